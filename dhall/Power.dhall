@@ -1,0 +1,2 @@
+{-| The power state virtfleet keeps a machine in. -}
+< Running | Stopped >

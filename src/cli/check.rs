@@ -1,0 +1,76 @@
+//! `virtfleet check`: evaluate and validate the fleet and the lockfile
+//! without contacting any host; report every problem at once.
+
+use super::{Context, EXIT_ERROR, EXIT_OK};
+use crate::diag::Diagnostic;
+use crate::lock::{ImageLock, LockError};
+use crate::spec::LoadError;
+use crate::ui::{ERROR, OK, WARN};
+
+/// Validate fleet.dhall and images.lock (no host is contacted).
+///
+/// Evaluates the Dhall (remote imports are refused), checks names, references,
+/// sizes, capacity and disk names, then checks that every image the fleet uses
+/// is pinned in images.lock with the same URL and format. Every problem is
+/// listed, each with its file, line when known, and the machine, host or image
+/// at fault. Exit status: 0 valid, 1 problems found.
+///
+/// Example:
+///   virtfleet check -f examples/homelab/fleet.dhall
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {}
+
+pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
+    let mut problems: Vec<Diagnostic> = Vec::new();
+    let fleet = match crate::spec::load(&ctx.fleet) {
+        Ok(f) => Some(f),
+        Err(LoadError::Invalid(d)) => {
+            problems.extend(d.0);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lock = match ImageLock::read(&ctx.lock) {
+        Ok(l) => Some(l),
+        Err(LockError::Invalid(d)) => {
+            problems.extend(d.0);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut warnings = Vec::new();
+    if let (Some(fleet), Some(lock)) = (&fleet, &lock) {
+        problems.extend(lock.check_against(fleet, &ctx.lock));
+        warnings.extend(lock.unused(fleet).map(|n| format!("{}: image {:?} is pinned but no longer in the fleet (kept)", ctx.lock.display(), n.as_str())));
+    }
+    for w in &warnings {
+        anstream::eprintln!("{WARN}warning{WARN:#}: {w}");
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        anstream::eprintln!("{ERROR}error{ERROR:#}: {n} problem{} found:", if n == 1 { "" } else { "s" });
+        for p in &problems {
+            anstream::eprintln!("  {p}");
+        }
+        return Ok(EXIT_ERROR);
+    }
+    let fleet = fleet.expect("no problems means the fleet loaded");
+    anstream::println!(
+        "{OK}ok{OK:#}: {} (fleet {:?}): {} host{}, {} image{}, {} machine{}; {} consistent",
+        ctx.fleet.display(),
+        fleet.name.as_str(),
+        fleet.hosts.len(),
+        plural(fleet.hosts.len()),
+        fleet.images.len(),
+        plural(fleet.images.len()),
+        fleet.machines.len(),
+        plural(fleet.machines.len()),
+        ctx.lock.display()
+    );
+    Ok(EXIT_OK)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

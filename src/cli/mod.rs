@@ -1,0 +1,117 @@
+//! Command-line interface: clap definitions and dispatch.
+//!
+//! Clap structs only describe and validate arguments; [`Context`] resolves
+//! paths once; each subcommand module has its own `Args` and `run`, which
+//! returns the process exit code (0 ok, 1 error, 2 changes present).
+
+mod check;
+mod images;
+mod init;
+mod show;
+
+use crate::lock::cache::Cache;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for success (and "no changes").
+pub const EXIT_OK: u8 = 0;
+/// Exit code for any error.
+pub const EXIT_ERROR: u8 = 1;
+
+const ABOUT: &str = "Keep a fleet of libvirt virtual machines in the state a Dhall file describes.";
+
+const LONG_ABOUT: &str = "\
+Keep a fleet of libvirt virtual machines in the state a Dhall file describes.
+
+fleet.dhall declares hosts, base images and machines; images.lock pins every
+base image by sha256 so an upstream change can never slip in unnoticed.";
+
+const AFTER_HELP: &str = "\
+Getting started:
+  virtfleet init mylab            scaffold mylab/fleet.dhall, the Dhall package and images.lock
+  cd mylab && $EDITOR fleet.dhall
+  virtfleet images lock           download and pin every base image
+  virtfleet check                 validate fleet and lock (no host is contacted)
+  virtfleet show                  the evaluated fleet as a table (--json for tools)";
+
+/// The virtfleet command line.
+#[derive(Debug, Parser)]
+#[command(name = "virtfleet", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The fleet file.
+    #[arg(short = 'f', long, global = true, env = "VIRTFLEET_FLEET", default_value = "fleet.dhall", value_name = "PATH")]
+    pub fleet: PathBuf,
+
+    /// The image lockfile [default: images.lock beside the fleet file].
+    #[arg(long, global = true, env = "VIRTFLEET_LOCK", value_name = "PATH")]
+    pub lock: Option<PathBuf>,
+
+    /// Where verified images are cached [default: $XDG_CACHE_HOME/virtfleet/images or ~/.cache/virtfleet/images].
+    #[arg(long, global = true, env = "VIRTFLEET_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Init(init::Args),
+    Check(check::Args),
+    Show(show::Args),
+    Images(images::Args),
+}
+
+/// Paths every command works with, resolved once from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The fleet file.
+    pub fleet: PathBuf,
+    /// The lockfile.
+    pub lock: PathBuf,
+    /// The image cache.
+    pub cache: Cache,
+}
+
+impl Context {
+    fn new(cli: &Cli) -> Self {
+        let lock = cli.lock.clone().unwrap_or_else(|| beside(&cli.fleet, "images.lock"));
+        let cache = Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_dir));
+        Context { fleet: cli.fleet.clone(), lock, cache }
+    }
+}
+
+/// `name` in the directory of `file`.
+fn beside(file: &Path, name: &str) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Parses the command line, runs it, and maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRTFLEET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ctx = Context::new(&cli);
+    let result = match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Check(a) => check::run(&ctx, a),
+        Command::Show(a) => show::run(&ctx, a),
+        Command::Images(a) => images::run(&ctx, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            crate::ui::print_error(&e);
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Loads and validates the fleet, with the file named in any error.
+pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::spec::Fleet> {
+    Ok(crate::spec::load(&ctx.fleet)?)
+}

@@ -1,0 +1,162 @@
+//! Diagnostics that point at a place in a user's file.
+//!
+//! Validation of the fleet and of the lockfile never stops at the first
+//! problem: it collects [`Diagnostic`]s so one run reports everything.
+//! Each one names the file, the line when it can be found, and the
+//! subject (`machine "web"`, `host "hv1"`, `image "debian-12"`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a user's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line, when the offending text could be located.
+    pub line: Option<usize>,
+    /// What the problem is about, e.g. `machine "web"`.
+    pub subject: String,
+    /// What is wrong, and where useful what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.subject.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.subject, self.message)
+        }
+    }
+}
+
+/// A non-empty list of diagnostics, as one error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "{n} problem{} found:", if n == 1 { "" } else { "s" })?;
+        for d in &self.0 {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Finds lines in a source text, best effort, so a diagnostic about a value
+/// built from a literal can point at that literal. Values produced by Dhall
+/// functions have no literal and get no line: the subject still names them.
+#[derive(Debug, Clone)]
+pub struct SourceIndex {
+    file: PathBuf,
+    lines: Vec<String>,
+}
+
+impl SourceIndex {
+    /// Indexes `text`, the contents of `file`.
+    pub fn new(file: &Path, text: &str) -> Self {
+        SourceIndex {
+            file: file.to_owned(),
+            lines: text.lines().map(str::to_owned).collect(),
+        }
+    }
+
+    /// An index that locates nothing (the file could not be read).
+    pub fn empty(file: &Path) -> Self {
+        SourceIndex {
+            file: file.to_owned(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// The file this index covers.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Line of the record whose `name` is `name` (a line holding `"name"`
+    /// next to a `name` field), falling back to any line quoting it.
+    pub fn record(&self, name: &str) -> Option<usize> {
+        let quoted = format!("\"{name}\"");
+        let is_name_line =
+            |l: &str| l.contains(&quoted) && l.split(&quoted).next().unwrap_or("").contains("name");
+        self.lines
+            .iter()
+            .position(|l| is_name_line(l))
+            .or_else(|| self.lines.iter().position(|l| l.contains(&quoted)))
+            .map(|i| i + 1)
+    }
+
+    /// Line of `field` inside the record named `name`: the first line after
+    /// the record's name line that mentions `field`, before the next record.
+    pub fn field(&self, name: &str, field: &str) -> Option<usize> {
+        let start = self.record(name)?;
+        let same_line = &self.lines[start - 1];
+        if contains_word(same_line, field) {
+            return Some(start);
+        }
+        for (i, l) in self.lines.iter().enumerate().skip(start) {
+            if contains_word(l, field) {
+                return Some(i + 1);
+            }
+            if contains_word(l, "name") && l.contains('=') {
+                break;
+            }
+        }
+        Some(start)
+    }
+
+    /// A diagnostic about `subject`, placed on `line`.
+    pub fn at(&self, line: Option<usize>, subject: String, message: String) -> Diagnostic {
+        Diagnostic {
+            file: self.file.clone(),
+            line,
+            subject,
+            message,
+        }
+    }
+}
+
+fn contains_word(line: &str, word: &str) -> bool {
+    line.match_indices(word).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + word.len()..].chars().next();
+        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        !ident(before) && !ident(after)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = r#"
+let V = ./dhall/package.dhall
+in V.Fleet::{
+, machines =
+  [ V.Machine::{ name = "web", image = "deb"
+    , memoryMiB = 0
+    }
+  , V.Machine::{ name = "db", image = "deb" }
+  ]
+}
+"#;
+
+    #[test]
+    fn finds_record_and_field_lines() {
+        let idx = SourceIndex::new(Path::new("f.dhall"), SRC);
+        assert_eq!(idx.record("web"), Some(5));
+        assert_eq!(idx.field("web", "memoryMiB"), Some(6));
+        assert_eq!(idx.field("web", "image"), Some(5));
+        // cpus is not written for db: the record's own line is the best place.
+        assert_eq!(idx.field("db", "cpus"), Some(8));
+        assert_eq!(idx.record("nope"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! virtfleet: keep a fleet of libvirt virtual machines in the state a Dhall
+//! file describes.
+//!
+//! Data flows one way: `spec` loads and validates `fleet.dhall`, `lock`
+//! reads `images.lock` and resolves images into the cache, and the CLI in
+//! `cli` ties them together. Library code never prints; `ui` does.
+
+pub mod cli;
+pub mod diag;
+pub mod lock;
+pub mod progress;
+pub mod spec;
+pub mod ui;

@@ -1,0 +1,326 @@
+//! `images.lock`: every base image pinned by sha256 and size.
+//!
+//! The format is plain text, one block per image, sorted by name, so a
+//! change shows up in a diff as exactly the lines that changed:
+//!
+//! ```text
+//! # virtfleet images.lock: ...
+//! format 1
+//!
+//! image debian-12
+//!   url     https://example.org/debian-12.qcow2
+//!   sha256  <64 lowercase hex digits>
+//!   size    345678912
+//!   format  qcow2
+//!   locked  2026-11-22T10:00:00Z
+//! ```
+//!
+//! Reading collects every problem with its line; writing is atomic
+//! (temporary file in the same directory, fsync, rename).
+
+pub mod cache;
+pub mod fetch;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::spec::{Fleet, ImageFormat, ImageName, check_url};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The lock format version this build reads and writes.
+pub const FORMAT: u32 = 1;
+
+const HEADER: &str = "# virtfleet images.lock: pins every base image by sha256 and size.\n\
+# Written by `virtfleet images lock` / `virtfleet images update`; review changes like code.\n";
+
+/// A sha256 digest as 64 lowercase hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// Validates `s` as 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+            Ok(Sha256Hex(s.to_owned()))
+        } else {
+            Err(format!("sha256 {s:?} must be 64 lowercase hex digits"))
+        }
+    }
+    /// Wraps a finished digest.
+    pub fn from_digest(bytes: &[u8]) -> Self {
+        Sha256Hex(hex::encode(bytes))
+    }
+    /// The digest as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 12 digits, for display.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One pinned image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockEntry {
+    /// Where it was downloaded from.
+    pub url: String,
+    /// Its sha256.
+    pub sha256: Sha256Hex,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its format.
+    pub format: ImageFormat,
+    /// When it was pinned (RFC 3339, UTC, seconds).
+    pub locked: String,
+}
+
+/// The whole lockfile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImageLock {
+    /// Entries by image name.
+    pub images: BTreeMap<ImageName, LockEntry>,
+}
+
+/// Why a lockfile could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// I/O on the lockfile.
+    #[error("{}: {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not a valid lockfile.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl ImageLock {
+    /// Reads `path`; a missing file is an empty lock (nothing pinned yet).
+    pub fn read(path: &Path) -> Result<ImageLock, LockError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => ImageLock::parse(&text, path).map_err(|d| LockError::Invalid(Diagnostics(d))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ImageLock::default()),
+            Err(source) => Err(LockError::Io { path: path.to_owned(), action: "cannot read", source }),
+        }
+    }
+
+    /// Parses lockfile text; `path` is only used in diagnostics.
+    pub fn parse(text: &str, path: &Path) -> Result<ImageLock, Vec<Diagnostic>> {
+        let mut errors = Vec::new();
+        let diag = |line: usize, subject: &str, message: String| Diagnostic {
+            file: path.to_owned(),
+            line: Some(line),
+            subject: subject.to_owned(),
+            message,
+        };
+        let mut images = BTreeMap::new();
+        let mut saw_format = false;
+        // (line, name, fields) of the entry being read.
+        let mut current: Option<(usize, String, BTreeMap<String, (usize, String)>)> = None;
+        let mut finish = |cur: Option<(usize, String, BTreeMap<String, (usize, String)>)>, errors: &mut Vec<Diagnostic>| {
+            let Some((line, name, fields)) = cur else { return };
+            let subject = format!("image {name:?}");
+            let image = match ImageName::new(&name) {
+                Ok(n) => n,
+                Err(e) => return errors.push(diag(line, &subject, format!("invalid name: {e}"))),
+            };
+            if images.contains_key(&image) {
+                return errors.push(diag(line, &subject, "listed more than once".into()));
+            }
+            let mut get = |key: &str| match fields.get(key) {
+                Some(v) => Some(v.clone()),
+                None => {
+                    errors.push(diag(line, &subject, format!("missing `{key}`")));
+                    None
+                }
+            };
+            let (url, sha, size, format, locked) = (get("url"), get("sha256"), get("size"), get("format"), get("locked"));
+            let (Some(url), Some(sha), Some(size), Some(format), Some(locked)) = (url, sha, size, format, locked) else { return };
+            let mut ok = true;
+            if let Err(e) = check_url(&url.1) {
+                errors.push(diag(url.0, &subject, e));
+                ok = false;
+            }
+            let sha256 = Sha256Hex::parse(&sha.1).map_err(|e| errors.push(diag(sha.0, &subject, e))).ok();
+            let size_v = size.1.parse::<u64>().ok().filter(|s| *s > 0);
+            if size_v.is_none() {
+                errors.push(diag(size.0, &subject, format!("size {:?} must be a positive number of bytes", size.1)));
+            }
+            let format_v = match format.1.as_str() {
+                "qcow2" => Some(ImageFormat::Qcow2),
+                "raw" => Some(ImageFormat::Raw),
+                other => {
+                    errors.push(diag(format.0, &subject, format!("format {other:?} must be qcow2 or raw")));
+                    None
+                }
+            };
+            if humantime::parse_rfc3339(&locked.1).is_err() {
+                errors.push(diag(locked.0, &subject, format!("locked {:?} must be an RFC 3339 time like 2026-01-31T12:00:00Z", locked.1)));
+                ok = false;
+            }
+            if let (Some(sha256), Some(size), Some(format), true) = (sha256, size_v, format_v, ok) {
+                images.insert(image, LockEntry { url: url.1, sha256, size, format, locked: locked.1 });
+            }
+        };
+        for (i, raw_line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw_line.trim_end();
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let indented = line.starts_with(char::is_whitespace);
+            let mut parts = line.split_whitespace();
+            let key = parts.next().unwrap_or("");
+            let value = parts.next();
+            let extra = parts.next().is_some();
+            match (indented, key, value, extra) {
+                (false, "format", Some(v), false) => {
+                    saw_format = true;
+                    if v != FORMAT.to_string() {
+                        errors.push(diag(n, "", format!("lock format {v} is not supported by this virtfleet (it reads format {FORMAT}); upgrade virtfleet")));
+                    }
+                }
+                (false, "image", Some(name), false) => {
+                    finish(current.take(), &mut errors);
+                    current = Some((n, name.to_owned(), BTreeMap::new()));
+                }
+                (true, k @ ("url" | "sha256" | "size" | "format" | "locked"), Some(v), false) => match current.as_mut() {
+                    Some((_, name, fields)) => {
+                        if fields.insert(k.to_owned(), (n, v.to_owned())).is_some() {
+                            errors.push(diag(n, &format!("image {name:?}"), format!("`{k}` given twice")));
+                        }
+                    }
+                    None => errors.push(diag(n, "", format!("`{k}` outside an `image` block"))),
+                },
+                _ => errors.push(diag(n, "", format!("cannot read line {:?}: expected `format N`, `image NAME` or an indented `url|sha256|size|format|locked VALUE`", line.trim()))),
+            }
+        }
+        finish(current.take(), &mut errors);
+        if !saw_format && !text.trim().is_empty() && errors.is_empty() {
+            errors.push(Diagnostic { file: path.to_owned(), line: None, subject: String::new(), message: format!("missing `format {FORMAT}` line") });
+        }
+        if errors.is_empty() { Ok(ImageLock { images }) } else { Err(errors) }
+    }
+
+    /// The canonical text of this lock (what [`ImageLock::write`] writes).
+    pub fn render(&self) -> String {
+        let mut out = String::from(HEADER);
+        let _ = writeln!(out, "format {FORMAT}");
+        for (name, e) in &self.images {
+            let _ = write!(
+                out,
+                "\nimage {name}\n  url     {}\n  sha256  {}\n  size    {}\n  format  {}\n  locked  {}\n",
+                e.url,
+                e.sha256,
+                e.size,
+                e.format.as_str(),
+                e.locked
+            );
+        }
+        out
+    }
+
+    /// Writes the lock atomically: a crash leaves the old file or the new
+    /// one, never half of either.
+    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+        write_atomic(path, self.render().as_bytes()).map_err(|source| LockError::Io { path: path.to_owned(), action: "cannot write", source })
+    }
+
+    /// Problems between the fleet and this lock: images the fleet uses that
+    /// are not pinned, or pinned with another URL or format. `lock_path`
+    /// names the lockfile in the diagnostics.
+    pub fn check_against(&self, fleet: &Fleet, lock_path: &Path) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for (name, image) in &fleet.images {
+            let d = |message: String| Diagnostic { file: lock_path.to_owned(), line: None, subject: format!("image {:?}", name.as_str()), message };
+            match self.images.get(name) {
+                None => out.push(d("not pinned; run `virtfleet images lock`".into())),
+                Some(e) if e.url != image.url => out.push(d(format!(
+                    "pinned from {} but the fleet now says {}; run `virtfleet images lock` to re-pin it",
+                    e.url, image.url
+                ))),
+                Some(e) if e.format != image.format => out.push(d(format!(
+                    "pinned as {} but the fleet says {}; run `virtfleet images lock` to re-pin it",
+                    e.format.as_str(),
+                    image.format.as_str()
+                ))),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Pinned images the fleet no longer declares (kept, reported as unused).
+    pub fn unused<'a>(&'a self, fleet: &'a Fleet) -> impl Iterator<Item = &'a ImageName> + 'a {
+        self.images.keys().filter(|n| !fleet.images.contains_key(*n))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// (same filesystem, so the rename is atomic), fsynced before the rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".virtfleet-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(url: &str, c: char) -> LockEntry {
+        LockEntry {
+            url: url.into(),
+            sha256: Sha256Hex::parse(&c.to_string().repeat(64)).unwrap(),
+            size: 1234,
+            format: ImageFormat::Qcow2,
+            locked: "2026-11-22T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_is_sorted() {
+        let mut lock = ImageLock::default();
+        lock.images.insert(ImageName::new("zeta").unwrap(), entry("http://h/z.qcow2", 'a'));
+        lock.images.insert(ImageName::new("alpha").unwrap(), entry("https://h/a.img", 'b'));
+        let text = lock.render();
+        assert!(text.find("image alpha").unwrap() < text.find("image zeta").unwrap());
+        let back = ImageLock::parse(&text, Path::new("images.lock")).unwrap();
+        assert_eq!(back, lock);
+        assert_eq!(back.render(), text, "rendering is canonical");
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_line() {
+        let text = "format 1\n\nimage a\n  url     http://h/a\n  sha256  XYZ\n  size    0\n  format  vmdk\n  locked  2026-11-22T10:00:00Z\n";
+        let errs = ImageLock::parse(text, Path::new("images.lock")).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "images.lock:5: image \"a\": sha256 \"XYZ\" must be 64 lowercase hex digits",
+                "images.lock:6: image \"a\": size \"0\" must be a positive number of bytes",
+                "images.lock:7: image \"a\": format \"vmdk\" must be qcow2 or raw",
+            ]
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Terminal presentation: progress display, tables, and error printing.
+//!
+//! Everything a person sees goes through here. Colour and progress bars
+//! appear only on a terminal (anstream strips styling otherwise and honours
+//! NO_COLOR); CI logs get plain, greppable lines.
+
+use crate::progress::Progress;
+use anstyle::{AnsiColor, Style};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Style for error headings.
+pub const ERROR: Style = AnsiColor::Red.on_default().bold();
+/// Style for hints.
+pub const HINT: Style = AnsiColor::Cyan.on_default();
+/// Style for success lines.
+pub const OK: Style = AnsiColor::Green.on_default();
+/// Style for warnings.
+pub const WARN: Style = AnsiColor::Yellow.on_default();
+
+/// Shows progress on stderr: a bar on a terminal, plain lines otherwise.
+pub struct StderrProgress {
+    terminal: bool,
+    state: Mutex<Option<Task>>,
+}
+
+struct Task {
+    label: String,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    done: u64,
+}
+
+impl StderrProgress {
+    /// Chooses the display from whether stderr is a terminal.
+    pub fn new() -> Self {
+        StderrProgress { terminal: std::io::stderr().is_terminal(), state: Mutex::new(None) }
+    }
+}
+
+impl Default for StderrProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for StderrProgress {
+    fn start(&self, label: &str, total: Option<u64>) {
+        let bar = self.terminal.then(|| {
+            let bar = match total {
+                Some(t) => ProgressBar::new(t),
+                None => ProgressBar::new_spinner(),
+            };
+            let style = ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_message(label.to_owned());
+            bar
+        });
+        if bar.is_none() {
+            let size = total.map(|t| format!(" ({})", human_bytes(t))).unwrap_or_default();
+            eprintln!("{label}{size}: started");
+        }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Task { label: label.to_owned(), bar, started: Instant::now(), done: 0 });
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(task) = self.state.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            task.done += bytes;
+            if let Some(bar) = &task.bar {
+                bar.inc(bytes);
+            }
+        }
+    }
+
+    fn finish(&self, outcome: &str) {
+        if let Some(task) = self.state.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(bar) = task.bar {
+                bar.finish_and_clear();
+            }
+            eprintln!("{}: {outcome}, {} in {:.1}s", task.label, human_bytes(task.done), task.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Renders rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:w$}  "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Prints an error and its causes to stderr, with hints for known failures.
+pub fn print_error(err: &anyhow::Error) {
+    anstream::eprintln!("{ERROR}error{ERROR:#}: {err}");
+    for cause in err.chain().skip(1) {
+        anstream::eprintln!("  caused by: {cause}");
+    }
+    for hint in hints(err) {
+        anstream::eprintln!("{HINT}hint{HINT:#}: {hint}");
+    }
+}
+
+fn hints(err: &anyhow::Error) -> Vec<&'static str> {
+    let text = format!("{err:#}");
+    let mut out = Vec::new();
+    if text.contains("cannot read") && text.contains("No such file") && text.contains(".dhall") {
+        out.push("run `virtfleet init` to scaffold a fleet, or pass `-f PATH` to use another file");
+    }
+    if text.contains("Connection refused") || text.contains("cannot connect") {
+        out.push("is the server up and reachable from this machine? The lockfile and cache were left as they were");
+    }
+    out
+}
