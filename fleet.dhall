@@ -1,8 +1,10 @@
 -- The example fleet for this machine: one local libvirt host with qcow2 files
 -- in a directory. Guests use software emulation (domainType Qemu, no <cpu>
 -- element) because nested KVM on CI-style machines cannot boot Linux guests.
--- The image is served from 127.0.0.1 by `scripts/serve-example-image`, so
--- nothing here needs the internet.
+-- The image is built reproducibly by `scripts/example-image` (a boot sector
+-- that prints to the serial console and halts) and served from 127.0.0.1 by
+-- `scripts/demo`, so nothing here needs the internet and its pin in
+-- images.lock holds on every machine.
 let V = ./dhall/package.dhall
 
 in  V.Fleet::{
@@ -21,7 +23,8 @@ in  V.Fleet::{
     , images =
       [ V.Image::{
         , name = "tiny"
-        , url = "http://127.0.0.1:8639/tiny.qcow2"
+        , url = "http://127.0.0.1:8639/tiny.img"
+        , format = V.ImageFormat.Raw
         }
       ]
     , machines =

@@ -84,14 +84,21 @@ impl SourceIndex {
     /// Line of the record whose `name` is `name` (a line holding `"name"`
     /// next to a `name` field), falling back to any line quoting it.
     pub fn record(&self, name: &str) -> Option<usize> {
+        self.record_nth(name, 0)
+    }
+
+    /// Like [`SourceIndex::record`] for the `n`th (0-based) record of that
+    /// name, so a duplicate can point at the second declaration.
+    pub fn record_nth(&self, name: &str, n: usize) -> Option<usize> {
         let quoted = format!("\"{name}\"");
         let is_name_line =
             |l: &str| l.contains(&quoted) && l.split(&quoted).next().unwrap_or("").contains("name");
-        self.lines
-            .iter()
-            .position(|l| is_name_line(l))
-            .or_else(|| self.lines.iter().position(|l| l.contains(&quoted)))
-            .map(|i| i + 1)
+        let named: Vec<usize> = (0..self.lines.len()).filter(|i| is_name_line(&self.lines[*i])).collect();
+        match named.get(n) {
+            Some(i) => Some(i + 1),
+            None if n == 0 => self.lines.iter().position(|l| l.contains(&quoted)).map(|i| i + 1),
+            None => None,
+        }
     }
 
     /// Line of `field` inside the record named `name`: the first line after

@@ -85,6 +85,7 @@ fn install_quiet_panic_hook() {
 /// error can start with `file:line:col` like every other diagnostic.
 fn position(message: &str) -> Option<(usize, usize)> {
     let rest = &message[message.find("--> ")? + 4..];
+    let rest = rest.strip_prefix("<current file>:").unwrap_or(rest);
     let end = rest.find(|c: char| !(c.is_ascii_digit() || c == ':')).unwrap_or(rest.len());
     let (l, c) = rest[..end].split_once(':')?;
     Some((l.parse().ok()?, c.parse().ok()?))
@@ -93,7 +94,74 @@ fn position(message: &str) -> Option<(usize, usize)> {
 /// Keeps the message readable: serde_dhall labels every snippet
 /// `<current file>` and prefixes its own internal names.
 fn tidy(message: &str) -> String {
+    if let Some(summary) = summarize_mismatch(message) {
+        return summary;
+    }
     message.replace("error: error", "error").trim_end().to_owned()
+}
+
+/// serde_dhall reports a schema mismatch as `annot mismatch: A != B` with
+/// both whole record types; a user needs only the fields that differ.
+fn summarize_mismatch(message: &str) -> Option<String> {
+    let start = message.find("annot mismatch: ")? + "annot mismatch: ".len();
+    let line = message[start..].lines().next()?;
+    let parts = split_top(line, " != ");
+    let [actual, wanted] = parts.as_slice() else { return None };
+    let (actual, wanted) = (record_fields(actual)?, record_fields(wanted)?);
+    let mut diffs = Vec::new();
+    for (field, want) in &wanted {
+        match actual.iter().find(|(f, _)| f == field) {
+            None => diffs.push(format!("field `{field}` is missing (it must be {want})")),
+            Some((_, got)) if got != want => diffs.push(format!("field `{field}` is {got}, but the schema wants {want}")),
+            Some(_) => {}
+        }
+    }
+    for (field, _) in &actual {
+        if !wanted.iter().any(|(f, _)| f == field) {
+            diffs.push(format!("field `{field}` is not part of the schema (misspelt?)"));
+        }
+    }
+    if diffs.is_empty() {
+        return None;
+    }
+    Some(format!("type error: the value does not match the virtfleet schema: {}", diffs.join("; ")))
+}
+
+/// Splits `s` on `sep` where no bracket is open.
+fn split_top<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let (mut depth, mut last) = (0i32, 0usize);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'<' | b'(' | b'[' => depth += 1,
+            b'}' | b'>' | b')' | b']' => depth -= 1,
+            _ if depth == 0 && s[i..].starts_with(sep) => {
+                out.push(&s[last..i]);
+                i += sep.len();
+                last = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&s[last..]);
+    out
+}
+
+/// `{ a : T, b : U }` → [(a, T), (b, U)]; None if `s` is not a record type.
+fn record_fields(s: &str) -> Option<Vec<(String, String)>> {
+    let inner = s.trim().strip_prefix('{')?.strip_suffix('}')?;
+    split_top(inner, ",")
+        .into_iter()
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let (k, v) = f.split_once(" : ")?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// First line that imports over http(s), i.e. a URL outside a string literal.
@@ -116,7 +184,17 @@ mod tests {
     fn finds_positions_and_remote_lines() {
         assert_eq!(position(" --> 3:14\n  |"), Some((3, 14)));
         assert_eq!(position("no position"), None);
+        assert_eq!(position(" --> <current file>:3:16\n"), Some((3, 16)));
         let src = "let a = \"https://not-an-import\"\n-- https://comment\nlet P = https://prelude.dhall-lang.org/package.dhall\nin a";
         assert_eq!(remote_import_line(src), Some(3));
+    }
+
+    #[test]
+    fn summarises_schema_mismatches_to_the_differing_fields() {
+        let msg = "Type error: annot mismatch: { cpus : Text, name : Text, extra : Bool, s : { a : Natural, b : Bool } } != { cpus : Natural, name : Text, image : Text, s : { a : Natural, b : Bool } }\n --> <current file>:3:16";
+        assert_eq!(
+            summarize_mismatch(msg).unwrap(),
+            "type error: the value does not match the virtfleet schema: field `cpus` is Text, but the schema wants Natural; field `image` is missing (it must be Text); field `extra` is not part of the schema (misspelt?)"
+        );
     }
 }

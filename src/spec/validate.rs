@@ -94,7 +94,7 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
         let Some(name) = c.name("host", &h.name, HostName::new) else { continue };
         let subject = format!("host {:?}", h.name);
         if hosts.contains_key(&name) {
-            c.err(src.record(&h.name), subject.clone(), "declared more than once".into());
+            c.err(src.record_nth(&h.name, 1).or(src.record(&h.name)), subject.clone(), "declared more than once".into());
             continue;
         }
         if !h.uri.contains(':') || h.uri.trim() != h.uri || h.uri.is_empty() {
@@ -150,7 +150,7 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
         let Some(name) = c.name("image", &i.name, ImageName::new) else { continue };
         let subject = format!("image {:?}", i.name);
         if images.contains_key(&name) {
-            c.err(src.record(&i.name), subject, "declared more than once".into());
+            c.err(src.record_nth(&i.name, 1).or(src.record(&i.name)), subject, "declared more than once".into());
             continue;
         }
         if let Err(why) = check_url(&i.url) {
@@ -165,7 +165,7 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
         let Some(name) = c.name("machine", &m.name, VmName::new) else { continue };
         let subject = format!("machine {:?}", m.name);
         if machines.contains_key(&name) {
-            c.err(src.record(&m.name), subject, "declared more than once".into());
+            c.err(src.record_nth(&m.name, 1).or(src.record(&m.name)), subject, "declared more than once".into());
             continue;
         }
         let mut ok = true;
