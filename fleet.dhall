@@ -17,6 +17,7 @@ in  V.Fleet::{
         , storage = V.Storage.Dir { path = "/var/lib/virtfleet/example" }
         , domainType = V.DomainType.Qemu
         , cpuMode = V.CpuMode.Default
+        , network = V.Network.User
         , capacity = Some { cpus = 2, memoryMiB = 4096 }
         }
       ]

@@ -56,12 +56,24 @@ fn main() {
         std::fs::write(&json, json_fleet(n)).expect("write json fleet");
 
         let (json_best, json_runs) = measure(JSON_RUNS, Duration::MAX, || parse_json(&json, n));
-        let base = Row { case: "json (baseline)", machines: n, runs: json_runs, best: json_best, baseline: json_best };
+        let base = Row {
+            case: "json (baseline)",
+            machines: n,
+            runs: json_runs,
+            best: json_best,
+            baseline: json_best,
+        };
         eprintln!("{}", base.progress());
         rows.push(base);
         for (case, path) in [("dhall literal", &literal), ("dhall generator", &generator)] {
             let (best, runs) = measure(DHALL_RUNS, DHALL_BUDGET, || load_dhall(path, n));
-            let row = Row { case, machines: n, runs, best, baseline: json_best };
+            let row = Row {
+                case,
+                machines: n,
+                runs,
+                best,
+                baseline: json_best,
+            };
             eprintln!("{}", row.progress());
             rows.push(row);
         }
@@ -92,7 +104,12 @@ fn load_dhall(path: &Path, n: usize) {
         Ok(fleet) => fleet,
         Err(e) => panic!("{}: load failed: {e}", path.display()),
     };
-    assert_eq!(fleet.machines.len(), n, "{}: wrong machine count", path.display());
+    assert_eq!(
+        fleet.machines.len(),
+        n,
+        "{}: wrong machine count",
+        path.display()
+    );
     black_box(fleet);
 }
 

@@ -11,3 +11,6 @@ pub mod lock;
 pub mod progress;
 pub mod spec;
 pub mod ui;
+pub mod host;
+pub mod observe;
+pub mod plan;

@@ -10,7 +10,7 @@ use crate::lock::cache::Verdict;
 use crate::lock::fetch::{Expected, download};
 use crate::lock::{ImageLock, LockEntry};
 use crate::spec::{Fleet, ImageName};
-use crate::ui::{ERROR, OK, StderrProgress, WARN, human_bytes};
+use crate::ui::{ERROR, HINT, OK, StderrProgress, WARN, human_bytes};
 use anyhow::bail;
 
 /// Pin, update, fetch and verify base images (images.lock and the cache).
@@ -98,6 +98,10 @@ fn select<'a>(fleet: &'a Fleet, names: &[String]) -> anyhow::Result<Vec<&'a Imag
 
 fn report_failure(name: &ImageName, err: &dyn std::fmt::Display) {
     anstream::eprintln!("{ERROR}error{ERROR:#}: image {:?}: {err}", name.as_str());
+    let text = err.to_string();
+    if text.contains("cannot connect") {
+        anstream::eprintln!("{HINT}hint{HINT:#}: is the server up and reachable from this machine?");
+    }
 }
 
 /// Downloads `targets` unpinned and re-pins them; returns the exit code.
@@ -114,7 +118,8 @@ fn repin(ctx: &Context, fleet: &Fleet, mut lock: ImageLock, targets: &[&ImageNam
                 let same = old.is_some_and(|o| o.sha256 == got.sha256 && o.size == got.size && o.url == image.url && o.format == image.format);
                 if show_changes {
                     match old {
-                        Some(o) if o.sha256 == got.sha256 => anstream::println!("{name}: unchanged ({})", got.sha256.short()),
+                        Some(o) if same => anstream::println!("{name}: unchanged ({})", o.sha256.short()),
+                        Some(o) if o.sha256 == got.sha256 => anstream::println!("{name}: sha256 unchanged ({}); url or format re-pinned", got.sha256.short()),
                         Some(o) => anstream::println!("{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})", o.sha256, got.sha256, o.size, got.size),
                         None => anstream::println!("{name}: pinned {} ({})", got.sha256, human_bytes(got.size)),
                     }
@@ -135,7 +140,7 @@ fn repin(ctx: &Context, fleet: &Fleet, mut lock: ImageLock, targets: &[&ImageNam
     if changed > 0 {
         lock.write(&ctx.lock)?;
         println!("{}: {changed} entr{} written", ctx.lock.display(), if changed == 1 { "y" } else { "ies" });
-    } else {
+    } else if failed == 0 {
         println!("{}: unchanged", ctx.lock.display());
     }
     if failed > 0 {

@@ -52,6 +52,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                 match &h.network {
                     Network::Libvirt(n) => format!("network:{n}"),
                     Network::Bridge(b) => format!("bridge:{b}"),
+                    Network::User => "user".into(),
                 },
                 h.capacity.map(|c| format!("{} cpus, {} MiB", c.cpus, c.memory_mib)).unwrap_or_else(|| "-".into()),
             ]

@@ -43,6 +43,9 @@ pub enum FetchError {
     /// The server could not be reached.
     #[error("{url}: cannot connect: {reason}")]
     Connect { url: String, reason: String },
+    /// The request failed after connecting (timeout, malformed response, TLS, ...).
+    #[error("{url}: request failed: {reason}")]
+    Request { url: String, reason: String },
     /// The server answered with an error status.
     #[error("{url}: the server answered HTTP {status}")]
     Http { url: String, status: u16 },
@@ -71,7 +74,6 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
         return Err(FetchError::UnsupportedScheme { url: url.into() });
     }
     let io = |source: std::io::Error| FetchError::Io { path: cache.dir().to_owned(), source };
-    std::fs::create_dir_all(cache.dir()).map_err(io)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -82,7 +84,8 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
         .into();
     let mut response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(status) => FetchError::Http { url: url.into(), status },
-        other => FetchError::Connect { url: url.into(), reason: other.to_string() },
+        e @ (ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed) => FetchError::Connect { url: url.into(), reason: e.to_string() },
+        other => FetchError::Request { url: url.into(), reason: other.to_string() },
     })?;
     let announced = response.body().content_length();
     if let (Some(exp), Some(len)) = (expected, announced)
@@ -90,6 +93,7 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
     {
         return Err(FetchError::SizeMismatch { url: url.into(), expected: exp.size, actual: len });
     }
+    std::fs::create_dir_all(cache.dir()).map_err(io)?;
     let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(cache.dir()).map_err(io)?;
     let mut reader = response.body_mut().as_reader();
     let mut hasher = Sha256::new();
@@ -131,7 +135,11 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
     })();
     progress.finish(if outcome.is_ok() { "done" } else { "failed" });
     let sha256 = outcome?;
+    let mut perm = tmp.as_file().metadata().map_err(io)?.permissions();
     tmp.as_file().sync_all().map_err(io)?;
+    // Cached images are shared by every fleet of this user and never change.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);
+    tmp.as_file().set_permissions(perm.clone()).map_err(io)?;
     let path = cache.path(&sha256);
     tmp.persist(&path).map_err(|e| io(e.error))?;
     Ok(Fetched { sha256, size: got, path })

@@ -129,8 +129,10 @@ impl ImageLock {
         let mut images = BTreeMap::new();
         let mut saw_format = false;
         // (line, name, fields) of the entry being read.
-        let mut current: Option<(usize, String, BTreeMap<String, (usize, String)>)> = None;
-        let mut finish = |cur: Option<(usize, String, BTreeMap<String, (usize, String)>)>, errors: &mut Vec<Diagnostic>| {
+        // The block being read: (line of `image NAME`, NAME, key → (line, value)).
+        type Block = (usize, String, BTreeMap<String, (usize, String)>);
+        let mut current: Option<Block> = None;
+        let mut finish = |cur: Option<Block>, errors: &mut Vec<Diagnostic>| {
             let Some((line, name, fields)) = cur else { return };
             let subject = format!("image {name:?}");
             let image = match ImageName::new(&name) {
@@ -277,6 +279,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new().prefix(".virtfleet-").tempfile_in(dir)?;
+    // tempfile creates 0600 files; a rewritten file keeps its mode, a new
+    // one gets the usual 0644 (fleet files are shared, not secret).
+    let mode = std::fs::metadata(path).map(|m| m.permissions()).unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    tmp.as_file().set_permissions(mode)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

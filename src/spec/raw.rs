@@ -73,6 +73,7 @@ pub enum CpuMode {
 pub enum Network {
     Libvirt(String),
     Bridge(String),
+    User,
 }
 
 /// `dhall/Capacity.dhall`.

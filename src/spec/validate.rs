@@ -49,7 +49,8 @@ impl Checker<'_> {
         }
     }
 
-    fn range(&mut self, kind: &str, name: &str, field: &str, value: u64, min: u64, max: u64, unit: &str) -> bool {
+    /// Reports `field = value` of the `kind` named `name` if outside `min..=max`.
+    fn range(&mut self, (kind, name): (&str, &str), field: &str, value: u64, (min, max, unit): (u64, u64, &str)) -> bool {
         if value < min || value > max {
             let line = self.src.field(name, field);
             let why = if value < min { "too small" } else { "too large" };
@@ -66,7 +67,7 @@ impl Checker<'_> {
     fn snapshots(&mut self, kind: &str, name: &str, s: &raw::Snapshots) {
         let counts = [s.hourly, s.daily, s.weekly, s.monthly];
         for ((period, max), value) in MAX_SNAPSHOTS.iter().zip(counts) {
-            self.range(kind, name, period, value, 0, *max, " snapshots");
+            self.range((kind, name), period, value, (0, *max, " snapshots"));
         }
     }
 }
@@ -112,8 +113,9 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
                 }
             }
         }
-        let (raw::Network::Libvirt(net) | raw::Network::Bridge(net)) = &h.network;
-        if net.is_empty() || net.chars().any(|ch| ch.is_whitespace() || ch == '/' || ch == '\'' || ch == '"') {
+        if let raw::Network::Libvirt(net) | raw::Network::Bridge(net) = &h.network
+            && (net.is_empty() || net.chars().any(|ch| ch.is_whitespace() || ch == '/' || ch == '\'' || ch == '"'))
+        {
             c.err(src.field(&h.name, "network"), subject.clone(), format!("network name {net:?} is not a valid libvirt network or bridge name"));
         }
         if let raw::CpuMode::Model(m) = &h.cpu_mode
@@ -122,8 +124,8 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
             c.err(src.field(&h.name, "cpuMode"), subject.clone(), format!("CPU model {m:?} is not a QEMU model name"));
         }
         if let Some(cap) = &h.capacity {
-            c.range("host", &h.name, "cpus", cap.cpus, 1, 65536, " CPUs of capacity");
-            c.range("host", &h.name, "memoryMiB", cap.memory_mib, MIN_MEMORY_MIB, 1 << 40, " MiB of capacity");
+            c.range(("host", &h.name), "cpus", cap.cpus, (1, 65536, " CPUs of capacity"));
+            c.range(("host", &h.name), "memoryMiB", cap.memory_mib, (MIN_MEMORY_MIB, 1 << 40, " MiB of capacity"));
         }
         if let Some(t) = &h.ssh_target
             && (t.is_empty() || t.starts_with('-') || t.chars().any(|ch| ch.is_whitespace()))
@@ -196,9 +198,9 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
                 None
             }
         };
-        ok &= c.range("machine", &m.name, "cpus", m.cpus, 1, MAX_CPUS, "");
-        ok &= c.range("machine", &m.name, "memoryMiB", m.memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB");
-        ok &= c.range("machine", &m.name, "diskGiB", m.disk_gib, 1, MAX_DISK_GIB, " GiB");
+        ok &= c.range(("machine", &m.name), "cpus", m.cpus, (1, MAX_CPUS, ""));
+        ok &= c.range(("machine", &m.name), "memoryMiB", m.memory_mib, (MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB"));
+        ok &= c.range(("machine", &m.name), "diskGiB", m.disk_gib, (1, MAX_DISK_GIB, " GiB"));
         c.snapshots("machine", &m.name, &m.snapshots);
 
         let mut data_disks = Vec::new();

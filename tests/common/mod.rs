@@ -86,6 +86,16 @@ impl TestServer {
 
     /// Changes what `path` serves from the next request on.
     pub fn set(&self, path: &str, behaviour: Behaviour) {
+        if let Behaviour::Truncated {
+            bytes,
+            announced_len,
+        } = &behaviour
+        {
+            assert!(
+                *announced_len > bytes.len() as u64,
+                "Truncated must announce more than it sends"
+            );
+        }
         self.routes
             .lock()
             .unwrap()
@@ -183,15 +193,9 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>) {
         Behaviour::Truncated {
             bytes,
             announced_len,
-        } => {
-            assert!(
-                announced_len > bytes.len() as u64,
-                "Truncated must announce more than it sends"
-            );
-            stream
-                .write_all(head("200 OK", announced_len).as_bytes())
-                .and_then(|_| stream.write_all(&bytes))
-        }
+        } => stream
+            .write_all(head("200 OK", announced_len).as_bytes())
+            .and_then(|_| stream.write_all(&bytes)),
     };
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Both);
@@ -427,18 +431,29 @@ pub fn parse_lock(text: &str) -> BTreeMap<String, LockFields> {
 }
 
 /// The virtfleet binary with `-f <fleet> --cache-dir <cache>`, no
-/// VIRTFLEET_* variables from the environment, HOME and XDG_CACHE_HOME
+/// VIRTFLEET_* or proxy variables from the environment, HOME and XDG_CACHE_HOME
 /// pointed at `home/` beside the cache (the Dhall evaluator creates its own
 /// cache directory there), and the cache's parent as cwd.
 pub fn virtfleet(fleet: &Path, cache: &Path) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("virtfleet").expect("virtfleet binary");
     let scratch = cache.parent().unwrap_or(cache);
     let home = scratch.join("home");
-    cmd.env_remove("VIRTFLEET_FLEET")
-        .env_remove("VIRTFLEET_LOCK")
-        .env_remove("VIRTFLEET_CACHE_DIR")
-        .env_remove("VIRTFLEET_LOG")
-        .env("NO_COLOR", "1")
+    // A proxy from the environment must not intercept 127.0.0.1.
+    for var in [
+        "VIRTFLEET_FLEET",
+        "VIRTFLEET_LOCK",
+        "VIRTFLEET_CACHE_DIR",
+        "VIRTFLEET_LOG",
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1")
         .env("HOME", &home)
         .env("XDG_CACHE_HOME", home.join(".cache"))
         .arg("--cache-dir")

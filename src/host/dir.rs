@@ -1,0 +1,201 @@
+//! The `Dir` storage backend: qcow2 files in a virtfleet-owned directory.
+//!
+//! Layout under the host's storage path:
+//!
+//! ```text
+//! images/<sha256>.<raw|qcow2>       verified base images (hash checked on the host)
+//! disks/<machine>-<disk>/disk.qcow2  a machine disk (overlay on a base image, or blank)
+//! disks/<machine>-<disk>/owner.json  {"fleet":..,"machine":..,"disk":..}: the ownership marker
+//! trash/<machine>-<disk>@<unix>/     a destroyed disk, restorable until it expires
+//! ```
+//!
+//! Each disk lives in its own directory so that every state change is one
+//! atomic `rename`: a disk is built in `disks/.new-<vol>/` and renamed into
+//! place, trashed by renaming into `trash/`, restored by renaming back. A
+//! crash therefore leaves either the old or the new state, plus at worst an
+//! owned `.new-*` directory that the next plan removes. Directories without
+//! an `owner.json` of this fleet are never touched.
+
+use super::transport::{ExecError, Transport};
+use crate::progress::Progress;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Ownership marker of a disk directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskOwner {
+    pub fleet: String,
+    pub machine: String,
+    pub disk: String,
+}
+
+/// One entry under the storage path, from a single listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Relative path → (is directory, size in bytes).
+    pub entries: BTreeMap<String, (bool, u64)>,
+    /// Relative path of each owner.json → its parsed content.
+    pub owners: BTreeMap<String, DiskOwner>,
+}
+
+/// A Dir storage root on a host.
+pub struct DirStorage<'a> {
+    root: String,
+    t: &'a dyn Transport,
+}
+
+impl<'a> DirStorage<'a> {
+    /// The storage at `root` (an absolute path validated by the spec).
+    pub fn new(root: &str, t: &'a dyn Transport) -> Self {
+        DirStorage { root: root.trim_end_matches('/').to_owned(), t }
+    }
+
+    /// Absolute path of `rel` under the root.
+    pub fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.root)
+    }
+
+    /// Path of a base image.
+    pub fn image_path(&self, sha256: &str, format: &str) -> String {
+        self.path(&format!("images/{sha256}.{format}"))
+    }
+
+    /// Path of a machine disk's image file.
+    pub fn disk_path(&self, volume: &str) -> String {
+        self.path(&format!("disks/{volume}/disk.qcow2"))
+    }
+
+    /// Lists everything under the root in one command, then reads every
+    /// owner.json in a second one. A missing root is an empty listing.
+    pub fn list(&self) -> Result<Listing, ExecError> {
+        let out = self.t.run(&["find", &self.root, "-mindepth", "1", "-maxdepth", "3", "-printf", "%y\t%s\t%P\n"])?;
+        let mut entries = BTreeMap::new();
+        if !out.success {
+            if out.stderr.contains("No such file") {
+                return Ok(Listing { entries, owners: BTreeMap::new() });
+            }
+            return Err(ExecError::Failed { argv: format!("find {}", self.root), status: "non-zero exit".into(), stderr: out.stderr.trim().into() });
+        }
+        for line in out.stdout.lines() {
+            let mut it = line.splitn(3, '\t');
+            let (Some(kind), Some(size), Some(rel)) = (it.next(), it.next(), it.next()) else { continue };
+            entries.insert(rel.to_owned(), (kind == "d", size.parse().unwrap_or(0)));
+        }
+        let owner_files: Vec<String> = entries.keys().filter(|p| p.ends_with("/owner.json")).map(|p| self.path(p)).collect();
+        let mut owners = BTreeMap::new();
+        if !owner_files.is_empty() {
+            let mut argv = vec!["grep", "-H", "."];
+            argv.extend(owner_files.iter().map(String::as_str));
+            let out = self.t.run(&argv)?;
+            let prefix = format!("{}/", self.root);
+            for line in out.stdout.lines() {
+                let Some((path, json)) = line.split_once(":{") else { continue };
+                if let Ok(owner) = serde_json::from_str::<DiskOwner>(&format!("{{{json}")) {
+                    owners.insert(path.trim_start_matches(&prefix).to_owned(), owner);
+                }
+            }
+        }
+        Ok(Listing { entries, owners })
+    }
+
+    /// Copies a verified image from the controller's cache to the host,
+    /// re-hashes it there, and only then renames it into `images/`.
+    /// Idempotent: an image already in place is left alone.
+    pub fn ensure_image(&self, cached: &Path, sha256: &str, format: &str, progress: &dyn Progress) -> Result<(), StorageError> {
+        let dest = self.image_path(sha256, format);
+        if self.t.run(&["test", "-f", &dest])?.success {
+            return Ok(());
+        }
+        self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
+        let tmp = self.path(&format!("images/.tmp-{sha256}.{format}"));
+        self.t.put_file(cached, &tmp, progress)?;
+        let out = self.t.run_ok(&["sha256sum", &tmp])?;
+        let got = out.split_whitespace().next().unwrap_or("");
+        if got != sha256 {
+            let _ = self.t.run(&["rm", "-f", &tmp]);
+            return Err(StorageError::ImageHashMismatch { path: dest, expected: sha256.into(), actual: got.into() });
+        }
+        // Base images are shared read-only by many overlays.
+        self.t.run_ok(&["chmod", "0444", &tmp])?;
+        self.t.run_ok(&["mv", "-f", &tmp, &dest])?;
+        Ok(())
+    }
+
+    /// Creates disk `volume` (overlay on `base` when given, else blank) of
+    /// `size_gib`, atomically. Idempotent: an existing disk is left alone.
+    pub fn create_disk(&self, volume: &str, owner: &DiskOwner, size_gib: u64, base: Option<(&str, &str)>) -> Result<(), StorageError> {
+        let final_dir = self.path(&format!("disks/{volume}"));
+        if self.t.run(&["test", "-d", &final_dir])?.success {
+            return Ok(());
+        }
+        let tmp_dir = self.path(&format!("disks/.new-{volume}"));
+        self.t.run_ok(&["rm", "-rf", &tmp_dir])?;
+        self.t.run_ok(&["mkdir", "-p", &tmp_dir])?;
+        let owner_json = serde_json::to_string(owner).expect("owner serialises");
+        self.t.write_file(&format!("{tmp_dir}/owner.json"), format!("{owner_json}\n").as_bytes())?;
+        let file = format!("{tmp_dir}/disk.qcow2");
+        let size = format!("{size_gib}G");
+        match base {
+            Some((path, fmt)) => self.t.run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", path, &file, &size])?,
+            None => self.t.run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", &file, &size])?,
+        };
+        self.t.run_ok(&["mv", "-T", &tmp_dir, &final_dir])?;
+        Ok(())
+    }
+
+    /// Grows an unattached or stopped machine's disk (a running guest is
+    /// resized through libvirt instead, so the guest sees it at once).
+    pub fn grow_offline(&self, volume: &str, size_gib: u64) -> Result<(), StorageError> {
+        self.t.run_ok(&["qemu-img", "resize", "-q", &self.disk_path(volume), &format!("{size_gib}G")])?;
+        Ok(())
+    }
+
+    /// Virtual size in bytes of a disk, read with `qemu-img info`.
+    pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
+        let out = self.t.run_ok(&["qemu-img", "info", "-U", "--output=json", &self.disk_path(volume)])?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
+        v["virtual-size"].as_u64().ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+    }
+
+    /// Moves a disk into the trash, stamped with `now` (unix seconds).
+    pub fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
+        self.t.run_ok(&["mkdir", "-p", &self.path("trash")])?;
+        self.t.run_ok(&["mv", "-T", &self.path(&format!("disks/{volume}")), &self.path(&format!("trash/{volume}@{now}"))])?;
+        Ok(())
+    }
+
+    /// Moves a trash entry back into place; refuses if the disk exists.
+    pub fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
+        let dest = self.path(&format!("disks/{volume}"));
+        if self.t.run(&["test", "-e", &dest])?.success {
+            return Err(StorageError::Exists(dest));
+        }
+        self.t.run_ok(&["mv", "-T", &self.path(&format!("trash/{entry}")), &dest])?;
+        Ok(())
+    }
+
+    /// Deletes an owned directory under `disks/` or `trash/` for good.
+    pub fn remove_dir(&self, rel: &str) -> Result<(), StorageError> {
+        debug_assert!(rel.starts_with("trash/") || rel.starts_with("disks/.new-"));
+        self.t.run_ok(&["rm", "-rf", "--", &self.path(rel)])?;
+        Ok(())
+    }
+}
+
+/// A failed storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A command failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The image copied to the host does not hash to its pin.
+    #[error("{path}: the copy on the host hashes to {actual}, not the pinned {expected}; it was deleted and nothing was cloned from it")]
+    ImageHashMismatch { path: String, expected: String, actual: String },
+    /// The target already exists.
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(String),
+    /// A tool's output could not be read.
+    #[error("cannot parse tool output: {0}")]
+    Parse(String),
+}

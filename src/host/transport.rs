@@ -1,0 +1,110 @@
+//! Running commands and moving files on a host.
+//!
+//! Commands are argv vectors, never shell strings. [`Local`] runs them with
+//! `std::process::Command` on this machine, which is what a `qemu:///...`
+//! host is. Remote hosts get an SSH transport behind the same trait.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::progress::Progress;
+
+/// A failed command or file transfer on a host.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The program could not be started.
+    #[error("cannot run `{argv}`: {source}")]
+    Spawn {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program exited unsuccessfully.
+    #[error("`{argv}` failed ({status}): {stderr}")]
+    Failed { argv: String, status: String, stderr: String },
+    /// Local file I/O.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit status was zero.
+    pub success: bool,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+/// Runs commands and writes files on one host.
+pub trait Transport: Send + Sync {
+    /// Runs `argv`; a non-zero exit is returned, not an error.
+    fn run(&self, argv: &[&str]) -> Result<Output, ExecError>;
+
+    /// Writes `bytes` to `path` on the host (replacing it).
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError>;
+
+    /// Copies the controller's file `local` to `remote` on the host.
+    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> Result<(), ExecError>;
+
+    /// Runs `argv` and returns its stdout, or an error carrying its stderr.
+    fn run_ok(&self, argv: &[&str]) -> Result<String, ExecError> {
+        let out = self.run(argv)?;
+        if out.success {
+            Ok(out.stdout)
+        } else {
+            Err(ExecError::Failed { argv: argv.join(" "), status: "non-zero exit".into(), stderr: out.stderr.trim().to_owned() })
+        }
+    }
+}
+
+/// This machine.
+#[derive(Debug, Clone, Default)]
+pub struct Local;
+
+impl Transport for Local {
+    fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
+        let (prog, args) = argv.split_first().expect("argv is never empty");
+        let out = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|source| ExecError::Spawn { argv: argv.join(" "), source })?;
+        Ok(Output {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
+        crate::lock::write_atomic(Path::new(path), bytes).map_err(|source| ExecError::Io { path: path.into(), source })
+    }
+
+    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> Result<(), ExecError> {
+        let io = |p: &str| {
+            let p = p.to_owned();
+            move |source| ExecError::Io { path: p, source }
+        };
+        let mut src = std::fs::File::open(local).map_err(io(&local.display().to_string()))?;
+        let mut dst = std::fs::File::create(remote).map_err(io(remote))?;
+        let mut buf = vec![0u8; crate::lock::cache::CHUNK];
+        loop {
+            let n = src.read(&mut buf).map_err(io(&local.display().to_string()))?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n]).map_err(io(remote))?;
+            progress.advance(n as u64);
+        }
+        dst.sync_all().map_err(io(remote))
+    }
+}

@@ -1,0 +1,186 @@
+//! Observation: what is really on each host, gathered in parallel.
+//!
+//! One thread per host opens that host's libvirt connection and storage,
+//! lists every domain and every file under the storage root, and records
+//! which of them carry this fleet's ownership marker. A host that cannot be
+//! reached becomes `Unreachable` with the reason; it never fails the run.
+//! An [`Observation`] is plain data: it can be saved (`observe --out`) and
+//! planned against later without contacting any host.
+
+use crate::host::dir::{DirStorage, DiskOwner};
+use crate::host::libvirt::{Libvirt, ObservedDomain};
+use crate::host::transport_for;
+use crate::spec::{Fleet, Host, Storage};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version of the observation file format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything observed on every host of a fleet, at one time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation {
+    pub format_version: u32,
+    /// The fleet whose ownership markers were looked for.
+    pub fleet: String,
+    /// When the observation started (unix seconds).
+    pub taken_at: u64,
+    /// By host name.
+    pub hosts: BTreeMap<String, HostObservation>,
+}
+
+/// One host: its state, or why it could not be observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum HostObservation {
+    Reachable(HostState),
+    Unreachable { error: String },
+}
+
+/// What is on a reachable host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostState {
+    /// Every domain, by name (managed or not: see `owner` in its config).
+    pub domains: BTreeMap<String, ObservedDomain>,
+    /// Base images present, as `<sha256>.<format>`.
+    pub images: BTreeSet<String>,
+    /// This fleet's disks, by volume name (`web-root`).
+    pub disks: BTreeMap<String, OwnedDisk>,
+    /// This fleet's trash entries, by entry name (`web-root@1700000000`).
+    pub trash: BTreeMap<String, TrashEntry>,
+    /// This fleet's half-created disks (`disks/.new-*`), left by a crash.
+    pub incomplete: Vec<String>,
+    /// Paths under the storage root that are not this fleet's (never touched).
+    pub unmanaged_files: Vec<String>,
+}
+
+/// A disk of this fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedDisk {
+    pub owner: DiskOwner,
+    pub path: String,
+    /// Virtual size in bytes.
+    pub size_bytes: u64,
+}
+
+/// A destroyed disk kept for restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrashEntry {
+    pub owner: DiskOwner,
+    pub volume: String,
+    /// When it was trashed (unix seconds).
+    pub trashed_at: u64,
+}
+
+impl HostObservation {
+    /// Digest of what planning depends on (guest IP addresses excluded:
+    /// they change on their own and never change a plan).
+    pub fn digest(&self) -> String {
+        let mut copy = self.clone();
+        if let HostObservation::Reachable(s) = &mut copy {
+            for d in s.domains.values_mut() {
+                d.addresses.clear();
+            }
+        }
+        let json = serde_json::to_vec(&copy).expect("observation serialises");
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+impl HostState {
+    /// Domains that carry this fleet's marker.
+    pub fn managed<'a>(&'a self, fleet: &'a str) -> impl Iterator<Item = (&'a String, &'a ObservedDomain)> + 'a {
+        self.domains.iter().filter(move |(_, d)| d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet))
+    }
+
+    /// Domains that do not carry this fleet's marker.
+    pub fn unmanaged<'a>(&'a self, fleet: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.domains.iter().filter(move |(_, d)| d.config.owner.as_ref().is_none_or(|o| o.fleet != fleet)).map(|(n, _)| n)
+    }
+}
+
+/// Observes every host of `fleet` in parallel; `now` is the unix time to stamp.
+pub fn observe(fleet: &Fleet, now: u64) -> Observation {
+    let hosts = std::thread::scope(|s| {
+        let handles: Vec<_> = fleet
+            .hosts
+            .values()
+            .map(|h| (h.name.to_string(), s.spawn(move || observe_host(fleet.name.as_str(), h))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, handle)| {
+                let obs = handle.join().unwrap_or_else(|_| HostObservation::Unreachable { error: "observation crashed".into() });
+                (name, obs)
+            })
+            .collect()
+    });
+    Observation { format_version: FORMAT_VERSION, fleet: fleet.name.to_string(), taken_at: now, hosts }
+}
+
+/// Observes one host.
+pub fn observe_host(fleet: &str, host: &Host) -> HostObservation {
+    match try_observe(fleet, host) {
+        Ok(state) => HostObservation::Reachable(state),
+        Err(error) => HostObservation::Unreachable { error },
+    }
+}
+
+fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
+    let lv = Libvirt::open(&host.uri).map_err(|e| e.to_string())?;
+    let domains: BTreeMap<String, ObservedDomain> = lv.domains().map_err(|e| e.to_string())?.into_iter().map(|d| (d.config.name.clone(), d)).collect();
+    let mut state = HostState { domains, ..HostState::default() };
+    match &host.storage {
+        Storage::Dir { path } => {
+            let t = transport_for(host)?;
+            let storage = DirStorage::new(path, t.as_ref());
+            let listing = storage.list().map_err(|e| format!("{}: {e}", host.name))?;
+            // Sizes of attached disks come from libvirt (no process per disk).
+            let attached: BTreeMap<&str, u64> = state
+                .domains
+                .values()
+                .flat_map(|d| d.config.disks.iter().map(move |r| (r.path.as_str(), d.disk_sizes.get(&r.target).copied().unwrap_or(0))))
+                .collect();
+            for (rel, (is_dir, _)) in &listing.entries {
+                let mut parts = rel.splitn(3, '/');
+                let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+                let owner = name.and_then(|n| listing.owners.get(&format!("{top}/{n}/owner.json"))).filter(|o| o.fleet == fleet);
+                match (top, name, rest) {
+                    ("images", None, None) | ("disks", None, None) | ("trash", None, None) if *is_dir => {}
+                    ("images", Some(f), None) if !f.starts_with('.') => {
+                        state.images.insert(f.to_owned());
+                    }
+                    ("disks", Some(n), None) if *is_dir => match owner {
+                        Some(_) if n.starts_with(".new-") => state.incomplete.push(format!("disks/{n}")),
+                        Some(o) => {
+                            let path = storage.disk_path(n);
+                            let size_bytes = match attached.get(path.as_str()) {
+                                Some(s) if *s > 0 => *s,
+                                _ => storage.virtual_size(n).unwrap_or(0),
+                            };
+                            state.disks.insert(n.to_owned(), OwnedDisk { owner: o.clone(), path, size_bytes });
+                        }
+                        None => state.unmanaged_files.push(rel.clone()),
+                    },
+                    ("trash", Some(n), None) if *is_dir => match (owner, n.rsplit_once('@')) {
+                        (Some(o), Some((vol, ts))) if ts.parse::<u64>().is_ok() => {
+                            state.trash.insert(n.to_owned(), TrashEntry { owner: o.clone(), volume: vol.to_owned(), trashed_at: ts.parse().unwrap_or(0) });
+                        }
+                        _ => state.unmanaged_files.push(rel.clone()),
+                    },
+                    // Files inside disk and trash directories belong to their directory.
+                    ("disks" | "trash", Some(_), Some(_)) => {}
+                    ("images", Some(_), None) => {}
+                    _ => state.unmanaged_files.push(rel.clone()),
+                }
+            }
+        }
+        Storage::Zfs { .. } => return Err(format!("host {}: ZFS storage is not supported by this version yet", host.name)),
+    }
+    Ok(state)
+}

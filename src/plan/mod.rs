@@ -1,0 +1,8 @@
+//! Planning: the pure planner, the plan data model, and its renderings.
+
+pub mod model;
+pub mod planner;
+pub mod render;
+
+pub use model::*;
+pub use planner::{Options, plan};

@@ -1,0 +1,163 @@
+//! The plan as data: what will change, where, how disruptive, and why.
+//!
+//! A [`Plan`] is serialisable (versioned by `formatVersion`) and carries
+//! digests of everything it was computed from, so `apply PLANFILE` can
+//! refuse a plan whose inputs have changed. The executor dispatches on
+//! [`Action`] only; `reason` is for people.
+
+use crate::spec::ImageFormat;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the plan format (`plan --json`, `plan --out`).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How disruptive a change is, least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Disruption {
+    /// Creates new resources; nothing existing is affected.
+    None,
+    /// Changes a running machine without restarting it.
+    Live,
+    /// Needs the guest stopped or restarted.
+    Restart,
+    /// Loses data (destroy, purge).
+    Destructive,
+}
+
+impl Disruption {
+    /// Lowercase name used in every rendering.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disruption::None => "none",
+            Disruption::Live => "live",
+            Disruption::Restart => "restart",
+            Disruption::Destructive => "destructive",
+        }
+    }
+}
+
+/// A base image as a disk is cloned from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseRef {
+    pub image: String,
+    pub sha256: String,
+    pub format: ImageFormat,
+}
+
+/// What to do. Every action is idempotent in the executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Action {
+    /// Copy a verified base image from the controller's cache to the host.
+    EnsureImage { image: String, sha256: String, format: ImageFormat, size: u64 },
+    /// Remove an owned half-created disk directory left by a crash.
+    RemoveIncomplete { path: String },
+    /// Create a disk: a copy-on-write overlay on `base`, or blank.
+    CreateDisk { volume: String, disk: String, size_gib: u64, base: Option<BaseRef> },
+    /// Grow a disk (never shrink).
+    GrowDisk { volume: String, target: String, from_bytes: u64, to_gib: u64, running: bool },
+    /// Define a new domain.
+    DefineDomain { xml: String },
+    /// Redefine a domain; optionally set memory live or restart it.
+    UpdateDomain { xml: String, memory_live_mib: Option<u64>, restart: bool },
+    /// Set a running guest's memory without restart (drift back).
+    SetMemoryLive { mib: u64 },
+    /// Set autostart.
+    SetAutostart { on: bool },
+    /// Start the domain.
+    Start,
+    /// Stop the domain (ACPI shutdown, then power off after a grace period).
+    Stop,
+    /// Undefine the domain and move its disks to the trash.
+    Destroy { volumes: Vec<String> },
+    /// Move an owned disk no machine uses any more to the trash.
+    TrashDisk { volume: String },
+    /// Delete a trash entry whose retention expired.
+    PurgeTrash { entry: String },
+}
+
+/// One change to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// `host/machine[/disk]`, or `host/images/<sha12>`, `host/trash/<entry>`.
+    pub address: String,
+    pub host: String,
+    pub machine: Option<String>,
+    pub action: Action,
+    pub disruption: Disruption,
+    /// Why, for people only.
+    pub reason: String,
+    /// Unified diff of the domain XML (updates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// A change withheld for lack of permission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pending {
+    pub change: Change,
+    /// What would allow it, e.g. `--allow-restart`.
+    pub needs: String,
+}
+
+/// Something the planner refuses to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    pub address: String,
+    pub message: String,
+}
+
+/// What a plan was computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inputs {
+    /// sha256 of the validated fleet.
+    pub fleet: String,
+    /// sha256 of the lockfile text.
+    pub lock: String,
+    /// sha256 of each host's observation.
+    pub hosts: BTreeMap<String, String>,
+    /// When the observation was taken (unix seconds).
+    pub observed_at: u64,
+    /// The observation came from a file (`plan --observed`), not live hosts.
+    pub from_file: bool,
+    /// The `now` the plan was computed for (unix seconds).
+    pub now: u64,
+}
+
+/// A complete plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub format_version: u32,
+    pub fleet: String,
+    pub inputs: Inputs,
+    /// Changes to apply, in execution order per host.
+    pub changes: Vec<Change>,
+    /// Changes withheld until permitted.
+    pub pending: Vec<Pending>,
+    /// Changes refused (e.g. shrinking a disk); a plan with refusals cannot be applied.
+    pub refused: Vec<Refusal>,
+    /// Hosts that could not be observed, with the reason: the plan is incomplete.
+    pub unreachable: BTreeMap<String, String>,
+    /// Objects on each host that are not this fleet's (listed, never touched).
+    pub unmanaged: BTreeMap<String, Vec<String>>,
+}
+
+impl Plan {
+    /// No changes, nothing pending, nothing refused.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.pending.is_empty() && self.refused.is_empty()
+    }
+
+    /// Some host could not be observed.
+    pub fn is_incomplete(&self) -> bool {
+        !self.unreachable.is_empty()
+    }
+}

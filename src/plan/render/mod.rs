@@ -1,0 +1,1 @@
+//! Plan renderings (human, JSON, Markdown).
