@@ -14,3 +14,4 @@ pub mod ui;
 pub mod host;
 pub mod observe;
 pub mod plan;
+pub mod apply;

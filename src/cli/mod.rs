@@ -4,10 +4,16 @@
 //! paths once; each subcommand module has its own `Args` and `run`, which
 //! returns the process exit code (0 ok, 1 error, 2 changes present).
 
+mod apply;
 mod check;
+mod destroy;
 mod images;
 mod init;
+mod observe;
+mod plan;
+mod restore;
 mod show;
+mod status;
 
 use crate::lock::cache::Cache;
 use clap::{Parser, Subcommand};
@@ -18,6 +24,8 @@ use std::process::ExitCode;
 pub const EXIT_OK: u8 = 0;
 /// Exit code for any error.
 pub const EXIT_ERROR: u8 = 1;
+/// Exit code when some host could not be observed (the rest was handled).
+pub const EXIT_INCOMPLETE: u8 = 3;
 
 const ABOUT: &str = "Keep a fleet of libvirt virtual machines in the state a Dhall file describes.";
 
@@ -33,7 +41,13 @@ Getting started:
   cd mylab && $EDITOR fleet.dhall
   virtfleet images lock           download and pin every base image
   virtfleet check                 validate fleet and lock (no host is contacted)
-  virtfleet show                  the evaluated fleet as a table (--json for tools)";
+  virtfleet show                  the evaluated fleet as a table (--json for tools)
+  virtfleet plan                  what apply would change, per host
+  virtfleet apply                 make the hosts match fleet.dhall (asks first)
+  virtfleet status                each machine's state, drift and address
+
+Exit status: 0 ok, 1 error, 2 changes present (plan --detailed-exitcode),
+3 incomplete (some host could not be observed).";
 
 /// The virtfleet command line.
 #[derive(Debug, Parser)]
@@ -61,6 +75,12 @@ enum Command {
     Check(check::Args),
     Show(show::Args),
     Images(images::Args),
+    Plan(plan::Args),
+    Apply(apply::Args),
+    Status(status::Args),
+    Observe(observe::Args),
+    Destroy(destroy::Args),
+    Restore(restore::Args),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -101,6 +121,12 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(&ctx, a),
         Command::Show(a) => show::run(&ctx, a),
         Command::Images(a) => images::run(&ctx, a),
+        Command::Plan(a) => plan::run(&ctx, a),
+        Command::Apply(a) => apply::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Observe(a) => observe::run(&ctx, a),
+        Command::Destroy(a) => destroy::run(&ctx, a),
+        Command::Restore(a) => restore::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -114,4 +140,21 @@ pub fn main() -> ExitCode {
 /// Loads and validates the fleet, with the file named in any error.
 pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::spec::Fleet> {
     Ok(crate::spec::load(&ctx.fleet)?)
+}
+
+/// Loads the fleet and the lock, and checks that every image the fleet uses
+/// is pinned: planning needs both, consistent.
+pub fn load_fleet_and_lock(ctx: &Context) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock)> {
+    let fleet = load_fleet(ctx)?;
+    let lock = crate::lock::ImageLock::read(&ctx.lock)?;
+    let problems = lock.check_against(&fleet, &ctx.lock);
+    if !problems.is_empty() {
+        return Err(crate::diag::Diagnostics(problems).into());
+    }
+    Ok((fleet, lock))
+}
+
+/// The current time in unix seconds; read here, at the edge, never in the planner.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

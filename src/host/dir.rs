@@ -159,7 +159,11 @@ impl<'a> DirStorage<'a> {
     }
 
     /// Moves a disk into the trash, stamped with `now` (unix seconds).
+    /// Idempotent: a disk no longer in place was already trashed.
     pub fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
+        if !self.t.run(&["test", "-d", &self.path(&format!("disks/{volume}"))])?.success {
+            return Ok(());
+        }
         self.t.run_ok(&["mkdir", "-p", &self.path("trash")])?;
         self.t.run_ok(&["mv", "-T", &self.path(&format!("disks/{volume}")), &self.path(&format!("trash/{volume}@{now}"))])?;
         Ok(())

@@ -15,7 +15,7 @@ use crate::host::libvirt::{ObservedDomain, PowerState};
 use crate::host::transport::Local;
 use crate::lock::ImageLock;
 use crate::observe::{HostObservation, HostState, Observation};
-use crate::spec::{Fleet, Host, Machine, Power, Storage};
+use crate::spec::{CpuMode, Fleet, Host, Machine, Power, Storage};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -137,8 +137,9 @@ impl HostPlan<'_> {
         self.refused.push(Refusal { address, message });
     }
 
-    fn is_pending(&self, address: &str) -> bool {
-        self.pending.iter().any(|p| p.change.address == address)
+    /// A domain update of `address` is withheld (so its disks stay attached).
+    fn update_pending(&self, address: &str) -> bool {
+        self.pending.iter().any(|p| p.change.address == address && matches!(p.change.action, Action::UpdateDomain { .. }))
     }
 }
 
@@ -251,7 +252,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                         hp.push(P_DISK, change(h, daddr,
                             Some(n),
                             Action::GrowDisk { volume: vol, target: target_name(i), from_bytes: od.size_bytes, to_gib: *size_gib, running },
-                            Disruption::Live,
+                            if running { Disruption::Live } else { Disruption::None },
                             format!("grow {} → {size_gib} GiB", human_gib(od.size_bytes))));
                     }
                 }
@@ -299,7 +300,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
         let wanted_vols: BTreeSet<String> = m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
         for (vol, od) in &state.disks {
             if od.owner.machine == n && !wanted_vols.contains(vol) {
-                let blocked = hp.is_pending(&addr);
+                let blocked = hp.update_pending(&addr);
                 let change_addr = format!("{addr}/{}", od.owner.disk);
                 if blocked {
                     let change = Change { address: change_addr, host: h.into(), machine: Some(n.into()), action: Action::TrashDisk { volume: vol.clone() }, disruption: Disruption::Destructive, reason: "disk removed from the fleet".into(), diff: None };
@@ -360,7 +361,13 @@ fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec
     let n = m.name.as_str();
     let h = hp.host.name.to_string();
     let h = h.as_str();
-    let have = &d.config;
+    let mut have = d.config.clone();
+    if want.cpu_mode == CpuMode::Default {
+        // "Default" leaves the model to the hypervisor, and libvirt writes the
+        // one it picked (e.g. qemu64) into the definition: any model matches.
+        have.cpu_mode = CpuMode::Default;
+    }
+    let have = &have;
     let running = matches!(d.state, PowerState::Running | PowerState::Paused);
     let hash_same = have.owner.as_ref().map(|o| &o.spec_hash) == want.owner.as_ref().map(|o| &o.spec_hash);
     let mut what = Vec::new();

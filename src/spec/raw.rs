@@ -96,8 +96,12 @@ pub struct Image {
 
 /// `dhall/ImageFormat.dhall`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all(serialize = "lowercase"))]
 pub enum ImageFormat {
+    // Dhall spells the labels capitalised; JSON (plans, show) lowercase.
+    #[serde(alias = "qcow2")]
     Qcow2,
+    #[serde(alias = "raw")]
     Raw,
 }
 

@@ -146,3 +146,66 @@ fn hints(err: &anyhow::Error) -> Vec<&'static str> {
     }
     out
 }
+
+/// Shows apply progress: one bar per host on a terminal, plain lines otherwise.
+pub struct ApplyProgress {
+    multi: Option<indicatif::MultiProgress>,
+    bars: Mutex<std::collections::BTreeMap<String, ProgressBar>>,
+}
+
+impl ApplyProgress {
+    /// Chooses the display from whether stderr is a terminal.
+    pub fn new() -> Self {
+        let multi = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+        ApplyProgress { multi, bars: Mutex::new(Default::default()) }
+    }
+}
+
+impl Default for ApplyProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::apply::Events for ApplyProgress {
+    fn event(&self, e: crate::apply::Event) {
+        use crate::apply::Event;
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        match (&self.multi, e) {
+            (Some(multi), Event::HostStarted { host, steps }) => {
+                let bar = multi.add(ProgressBar::new(steps as u64));
+                let style = ProgressStyle::with_template("{prefix:12} [{bar:20}] {pos}/{len} {msg}").map(|s| s.progress_chars("=> ")).unwrap_or_else(|_| ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar.set_prefix(host.clone());
+                bars.insert(host, bar);
+            }
+            (Some(_), Event::StepStarted { host, what, address }) => {
+                if let Some(b) = bars.get(&host) {
+                    b.set_message(format!("{address}: {what}"));
+                }
+            }
+            (Some(multi), Event::StepFinished { host, address, what, error, seconds }) => {
+                if let Some(b) = bars.get(&host) {
+                    b.inc(1);
+                    let line = match error {
+                        None => format!("{address}: {what} ... done ({seconds:.1}s)"),
+                        Some(e) => format!("{address}: {what} ... FAILED: {e}"),
+                    };
+                    let _ = multi.println(line);
+                }
+            }
+            (Some(_), Event::HostFinished { host, done, failed, skipped }) => {
+                if let Some(b) = bars.get(&host) {
+                    b.finish_with_message(format!("{done} done, {failed} failed, {skipped} skipped"));
+                }
+            }
+            (None, Event::HostStarted { host, steps }) => eprintln!("[{host}] applying {steps} change(s)"),
+            (None, Event::StepStarted { .. }) => {}
+            (None, Event::StepFinished { host, address, what, error, seconds }) => match error {
+                None => eprintln!("[{host}] {address}: {what} ... done ({seconds:.1}s)"),
+                Some(e) => eprintln!("[{host}] {address}: {what} ... FAILED: {e}"),
+            },
+            (None, Event::HostFinished { host, done, failed, skipped }) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
+        }
+    }
+}

@@ -1,1 +1,551 @@
-//! Plan renderings (human, JSON, Markdown).
+//! Plan renderings: for a terminal ([`human()`]), for a pull-request comment
+//! ([`markdown()`]), and for machines ([`json()`]).
+//!
+//! Every renderer is a pure function from a [`Plan`] to a `String`; the
+//! caller decides where it goes. What the renderers share lives here: how
+//! changes are classified and counted ([`counts`]), the symbol and
+//! one-line description of a change, and how ages are spelled ([`age`]), so
+//! the three renderings never disagree about a plan.
+
+pub mod human;
+pub mod json;
+pub mod markdown;
+
+pub use human::human;
+pub use json::json;
+pub use markdown::markdown;
+
+use super::model::{Action, Change, Disruption, Plan};
+use crate::ui::human_bytes;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// What a change does to the fleet, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Brings something new about (image, disk, domain, autostart, start).
+    Add,
+    /// Alters something that exists (update, grow, live memory, stop).
+    Change,
+    /// Removes something (destroy, trash, purge).
+    Destroy,
+}
+
+/// Classifies an action; the one place that decides what counts as what.
+pub fn kind(action: &Action) -> Kind {
+    match action {
+        Action::EnsureImage { .. }
+        | Action::CreateDisk { .. }
+        | Action::DefineDomain { .. }
+        | Action::Start
+        | Action::SetAutostart { .. }
+        | Action::RemoveIncomplete { .. } => Kind::Add,
+        Action::UpdateDomain { .. }
+        | Action::GrowDisk { .. }
+        | Action::SetMemoryLive { .. }
+        | Action::Stop => Kind::Change,
+        Action::Destroy { .. } | Action::TrashDisk { .. } | Action::PurgeTrash { .. } => {
+            Kind::Destroy
+        }
+    }
+}
+
+/// The one-character mark of a change: `+` add, `~` change in place,
+/// `±` needs a restart, `-` destroy.
+pub fn symbol(change: &Change) -> char {
+    if change.disruption == Disruption::Restart {
+        return '±';
+    }
+    match kind(&change.action) {
+        Kind::Add => '+',
+        Kind::Change => '~',
+        Kind::Destroy => '-',
+    }
+}
+
+/// A short description of what an action does, e.g. `grow disk to 20 GiB`.
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::EnsureImage { image, size, .. } => {
+            format!("ensure base image {image} ({})", human_bytes(*size))
+        }
+        Action::RemoveIncomplete { path } => format!("remove incomplete {path}"),
+        Action::CreateDisk {
+            size_gib,
+            base: Some(base),
+            ..
+        } => format!("create disk {size_gib} GiB (overlay on {})", base.image),
+        Action::CreateDisk {
+            size_gib,
+            base: None,
+            ..
+        } => format!("create disk {size_gib} GiB (blank)"),
+        Action::GrowDisk { to_gib, .. } => format!("grow disk to {to_gib} GiB"),
+        Action::DefineDomain { .. } => "define domain".into(),
+        Action::UpdateDomain {
+            memory_live_mib,
+            restart,
+            ..
+        } => {
+            let mut s = String::from("update domain");
+            if let Some(mib) = memory_live_mib {
+                s.push_str(&format!(", memory live to {mib} MiB"));
+            }
+            if *restart {
+                s.push_str(", restart");
+            }
+            s
+        }
+        Action::SetMemoryLive { mib } => format!("set memory live to {mib} MiB"),
+        Action::SetAutostart { on: true } => "enable autostart".into(),
+        Action::SetAutostart { on: false } => "disable autostart".into(),
+        Action::Start => "start".into(),
+        Action::Stop => "stop".into(),
+        Action::Destroy { volumes } => {
+            format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
+        }
+        Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
+        Action::PurgeTrash { entry } => format!("purge trash entry {entry}"),
+    }
+}
+
+/// Tallies of a plan (or of one host's share of it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Changes of [`Kind::Add`].
+    pub add: usize,
+    /// Changes of [`Kind::Change`].
+    pub change: usize,
+    /// Changes of [`Kind::Destroy`].
+    pub destroy: usize,
+    /// Changes withheld for lack of permission.
+    pub pending: usize,
+    /// Changes refused.
+    pub refused: usize,
+    /// Hosts not observed.
+    pub unreachable: usize,
+}
+
+impl Counts {
+    /// Counts `changes` by [`kind`]; the other tallies stay zero.
+    fn tally<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Counts {
+        let mut c = Counts::default();
+        for change in changes {
+            match kind(&change.action) {
+                Kind::Add => c.add += 1,
+                Kind::Change => c.change += 1,
+                Kind::Destroy => c.destroy += 1,
+            }
+        }
+        c
+    }
+
+    /// Changes to apply (pending and refused not included).
+    pub fn changes(&self) -> usize {
+        self.add + self.change + self.destroy
+    }
+
+    /// `A to add, C to change, D to destroy`, then the non-zero others:
+    /// `, P pending, R refused; H host(s) not observed`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} to add, {} to change, {} to destroy",
+            self.add, self.change, self.destroy
+        );
+        if self.pending > 0 {
+            s.push_str(&format!(", {} pending", self.pending));
+        }
+        if self.refused > 0 {
+            s.push_str(&format!(", {} refused", self.refused));
+        }
+        if self.unreachable > 0 {
+            s.push_str(&format!("; {} host(s) not observed", self.unreachable));
+        }
+        s
+    }
+}
+
+/// Counts the whole plan; every rendering's totals come from here.
+pub fn counts(plan: &Plan) -> Counts {
+    Counts {
+        pending: plan.pending.len(),
+        refused: plan.refused.len(),
+        unreachable: plan.unreachable.len(),
+        ..Counts::tally(&plan.changes)
+    }
+}
+
+/// Counts one host's share of the plan (refusals by their address prefix).
+pub fn host_counts(plan: &Plan, host: &str) -> Counts {
+    Counts {
+        pending: plan
+            .pending
+            .iter()
+            .filter(|p| p.change.host == host)
+            .count(),
+        refused: plan
+            .refused
+            .iter()
+            .filter(|r| address_host(&r.address) == host)
+            .count(),
+        unreachable: usize::from(plan.unreachable.contains_key(host)),
+        ..Counts::tally(plan.changes.iter().filter(|c| c.host == host))
+    }
+}
+
+/// Every host the plan mentions, sorted: from changes, pending changes,
+/// refusals, unreachable hosts and unmanaged objects.
+pub fn hosts(plan: &Plan) -> Vec<&str> {
+    let mut hosts: Vec<&str> = plan
+        .changes
+        .iter()
+        .map(|c| c.host.as_str())
+        .chain(plan.pending.iter().map(|p| p.change.host.as_str()))
+        .chain(plan.refused.iter().map(|r| address_host(&r.address)))
+        .chain(plan.unreachable.keys().map(String::as_str))
+        .chain(plan.unmanaged.keys().map(String::as_str))
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// The host part of an address (`host/machine/disk` → `host`).
+fn address_host(address: &str) -> &str {
+    address.split_once('/').map_or(address, |(h, _)| h)
+}
+
+/// How long ago `then` was at `now` (unix seconds), coarsely: `12 s`,
+/// `5 min`, `3 h`, `2 d`. A `then` after `now` counts as no time at all.
+pub fn age(now: u64, then: u64) -> String {
+    let secs = now.saturating_sub(then);
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3_600 => format!("{} min", secs / 60),
+        3_600..86_400 => format!("{} h", secs / 3_600),
+        _ => format!("{} d", secs / 86_400),
+    }
+}
+
+/// Unix seconds as RFC 3339, e.g. `2023-11-14T22:13:20Z`.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// `observation from a file, taken <RFC 3339> (<age> ago)` when the plan was
+/// computed from a saved observation; `None` for a live one.
+fn observation_note(plan: &Plan, now: u64) -> Option<String> {
+    let then = plan.inputs.observed_at;
+    plan.inputs.from_file.then(|| {
+        let when = if then > now {
+            format!("{} in the future; check the clocks", age(then, now))
+        } else {
+            format!("{} ago", age(now, then))
+        };
+        format!("observation from a file, taken {} ({when})", rfc3339(then))
+    })
+}
+
+/// `1 disk`, `2 disks`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::model::{BaseRef, FORMAT_VERSION, Inputs, Pending, Refusal};
+    use crate::spec::ImageFormat;
+    use std::collections::BTreeMap;
+
+    /// 2023-11-14T22:13:20Z.
+    const NOW: u64 = 1_700_000_000;
+
+    const DIFF: &str = "\
+--- actual
++++ desired
+@@ -3,5 +3,5 @@
+   <uuid>6f1c2a4e-0000-4000-8000-000000000001</uuid>
+   <vcpu>2</vcpu>
+-  <memory unit='MiB'>4096</memory>
+-  <currentMemory unit='MiB'>4096</currentMemory>
++  <memory unit='MiB'>2048</memory>
++  <currentMemory unit='MiB'>2048</currentMemory>
+   <os>
+";
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn change(address: &str, action: Action, disruption: Disruption, reason: &str) -> Change {
+        let mut parts = address.split('/');
+        let host = parts.next().unwrap_or_default().to_owned();
+        let machine = parts
+            .next()
+            .filter(|m| *m != "images" && *m != "trash")
+            .map(str::to_owned);
+        Change {
+            address: address.into(),
+            host,
+            machine,
+            action,
+            disruption,
+            reason: reason.into(),
+            diff: None,
+        }
+    }
+
+    fn empty_plan() -> Plan {
+        Plan {
+            format_version: FORMAT_VERSION,
+            fleet: "lab".into(),
+            inputs: Inputs {
+                fleet: "f".repeat(64),
+                lock: "1".repeat(64),
+                hosts: BTreeMap::from([("alpha".into(), "a".repeat(64))]),
+                observed_at: NOW - 3,
+                from_file: false,
+                now: NOW,
+            },
+            changes: Vec::new(),
+            pending: Vec::new(),
+            refused: Vec::new(),
+            unreachable: BTreeMap::new(),
+            unmanaged: BTreeMap::new(),
+        }
+    }
+
+    fn rich_plan() -> Plan {
+        let base = BaseRef {
+            image: "debian-12".into(),
+            sha256: SHA.into(),
+            format: ImageFormat::Qcow2,
+        };
+        let mut update = change(
+            "alpha/db",
+            Action::UpdateDomain {
+                xml: "<domain type='kvm'>…</domain>".into(),
+                memory_live_mib: Some(2048),
+                restart: false,
+            },
+            Disruption::Live,
+            "fleet.dhall changed: memory 4096 → 2048 MiB",
+        );
+        update.diff = Some(DIFF.into());
+        let changes = vec![
+            change(
+                "alpha/images/0123456789ab",
+                Action::EnsureImage {
+                    image: "debian-12".into(),
+                    sha256: SHA.into(),
+                    format: ImageFormat::Qcow2,
+                    size: 1 << 20,
+                },
+                Disruption::None,
+                "base image debian-12 is not on the host yet",
+            ),
+            change(
+                "alpha/web/root",
+                Action::CreateDisk {
+                    volume: "web-root".into(),
+                    disk: "root".into(),
+                    size_gib: 10,
+                    base: Some(base),
+                },
+                Disruption::None,
+                "new 10 GiB disk (overlay on debian-12)",
+            ),
+            change(
+                "alpha/web/data",
+                Action::CreateDisk {
+                    volume: "web-data".into(),
+                    disk: "data".into(),
+                    size_gib: 5,
+                    base: None,
+                },
+                Disruption::None,
+                "new 5 GiB disk (blank)",
+            ),
+            change(
+                "alpha/db/root",
+                Action::GrowDisk {
+                    volume: "db-root".into(),
+                    target: "vda".into(),
+                    from_bytes: 10 << 30,
+                    to_gib: 20,
+                    running: true,
+                },
+                Disruption::Live,
+                "grow 10 GiB → 20 GiB",
+            ),
+            change(
+                "alpha/web",
+                Action::DefineDomain {
+                    xml: "<domain type='kvm'>…</domain>".into(),
+                },
+                Disruption::None,
+                "new machine",
+            ),
+            change(
+                "alpha/web",
+                Action::SetAutostart { on: true },
+                Disruption::None,
+                "autostart with the host",
+            ),
+            update,
+            change(
+                "alpha/web",
+                Action::Start,
+                Disruption::None,
+                "power = Running",
+            ),
+            change(
+                "beta/old",
+                Action::Destroy {
+                    volumes: vec!["old-root".into(), "old-data".into()],
+                },
+                Disruption::Destructive,
+                "removed from the fleet: stop, undefine, move 2 disks to the trash",
+            ),
+            change(
+                "beta/trash/old-root.1699000000",
+                Action::PurgeTrash {
+                    entry: "old-root.1699000000".into(),
+                },
+                Disruption::Destructive,
+                "trash retention of 7 days expired",
+            ),
+        ];
+        let pending = vec![Pending {
+            change: change(
+                "beta/batch",
+                Action::Stop,
+                Disruption::Restart,
+                "power = Stopped",
+            ),
+            needs: "--allow-restart (or settings.allowRestart)".into(),
+        }];
+        let refused = vec![Refusal { address: "beta/cache/data".into(), message: "disk is 30 GiB but the fleet asks 20 GiB: disks only grow, a shrink would lose data (set the size back to at least 30 GiB)".into() }];
+        let mut plan = empty_plan();
+        plan.inputs.hosts = BTreeMap::from([
+            ("alpha".into(), "a".repeat(64)),
+            ("beta".into(), "b".repeat(64)),
+        ]);
+        plan.inputs.observed_at = NOW - 7200;
+        plan.inputs.from_file = true;
+        plan.changes = changes;
+        plan.pending = pending;
+        plan.refused = refused;
+        plan.unreachable = BTreeMap::from([(
+            "gamma".into(),
+            "cannot connect to qemu+ssh://gamma/system: Connection refused".into(),
+        )]);
+        plan.unmanaged = BTreeMap::from([(
+            "alpha".into(),
+            vec!["domain legacy-vm".into(), "file disks/scratch.qcow2".into()],
+        )]);
+        plan
+    }
+
+    #[test]
+    fn human_plain() {
+        insta::assert_snapshot!(human(&rich_plan(), NOW, false));
+    }
+
+    #[test]
+    fn human_color() {
+        insta::assert_snapshot!(human(&rich_plan(), NOW, true));
+    }
+
+    #[test]
+    fn human_empty() {
+        insta::assert_snapshot!(human(&empty_plan(), NOW, false));
+    }
+
+    #[test]
+    fn markdown_rich() {
+        insta::assert_snapshot!(markdown(&rich_plan(), NOW));
+    }
+
+    #[test]
+    fn markdown_empty() {
+        insta::assert_snapshot!(markdown(&empty_plan(), NOW));
+    }
+
+    #[test]
+    fn json_rich() {
+        insta::assert_snapshot!(json(&rich_plan()));
+    }
+
+    #[test]
+    fn json_empty() {
+        insta::assert_snapshot!(json(&empty_plan()));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        for plan in [rich_plan(), empty_plan()] {
+            let back: Plan = serde_json::from_str(&json(&plan)).expect("plan JSON parses");
+            assert_eq!(back, plan);
+        }
+    }
+
+    #[test]
+    fn plain_has_no_escapes_and_colour_has() {
+        assert!(!human(&rich_plan(), NOW, false).contains('\x1b'));
+        assert!(!human(&empty_plan(), NOW, false).contains('\x1b'));
+        assert!(human(&rich_plan(), NOW, true).contains('\x1b'));
+    }
+
+    #[test]
+    fn age_is_shown_whenever_the_observation_is_from_a_file() {
+        let plan = rich_plan();
+        assert!(human(&plan, NOW, false).contains("(2 h ago)"));
+        assert!(markdown(&plan, NOW).contains("(2 h ago)"));
+        let mut empty = empty_plan();
+        empty.inputs.from_file = true;
+        empty.inputs.observed_at = NOW - 90;
+        assert!(human(&empty, NOW, false).contains("(1 min ago)"));
+        assert!(markdown(&empty, NOW).contains("(1 min ago)"));
+    }
+
+    #[test]
+    fn counts_classify_every_change() {
+        let plan = rich_plan();
+        let c = counts(&plan);
+        assert_eq!(
+            c,
+            Counts {
+                add: 6,
+                change: 2,
+                destroy: 2,
+                pending: 1,
+                refused: 1,
+                unreachable: 1
+            }
+        );
+        assert_eq!(
+            host_counts(&plan, "beta"),
+            Counts {
+                add: 0,
+                change: 0,
+                destroy: 2,
+                pending: 1,
+                refused: 1,
+                unreachable: 0
+            }
+        );
+        assert_eq!(hosts(&plan), ["alpha", "beta", "gamma"]);
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(100, 88), "12 s");
+        assert_eq!(age(400, 100), "5 min");
+        assert_eq!(age(3 * 3_600 + 59, 0), "3 h");
+        assert_eq!(age(2 * 86_400 + 5, 0), "2 d");
+        assert_eq!(age(0, 10), "0 s");
+    }
+}

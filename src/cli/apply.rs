@@ -1,0 +1,145 @@
+//! `virtfleet apply [PLANFILE]`: apply a fresh plan (after confirmation) or
+//! exactly a saved one (refused if anything it was computed from changed),
+//! then observe again and check that the fleet converged.
+
+use super::plan::{Format, PlanArgs, compute, render_plan};
+use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
+use crate::apply::{OnFailure, Outcome, Settings};
+use crate::plan::Plan;
+use crate::ui::{ApplyProgress, ERROR, OK, WARN};
+use anyhow::{Context as _, bail};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Apply the plan: create, update, grow, start/stop and destroy machines.
+///
+/// Without PLANFILE: observes the hosts, shows the plan, asks for confirmation
+/// (type `yes`), applies it, then observes again and plans again: anything
+/// left over is reported and the exit status is 1. With PLANFILE (from
+/// `plan --out`): applies exactly that plan, and refuses it if the fleet, the
+/// lock or any host changed since it was made.
+///
+/// Restart-class changes need --allow-restart and destroys --allow-destroy (or
+/// the fleet's settings); without them they stay pending and the rest is
+/// applied. Destroyed disks go to the trash (`virtfleet restore NAME`).
+/// Without a terminal, --auto-approve is required.
+///
+/// Exit status: 0 converged, 1 error / not converged, 3 some host unreachable.
+///
+/// Examples:
+///   virtfleet apply
+///   virtfleet apply --auto-approve --allow-restart
+///   virtfleet plan --out p.plan && virtfleet apply p.plan --auto-approve
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A plan saved by `virtfleet plan --out`.
+    plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    common: PlanArgs,
+    /// Do not ask for confirmation (required without a terminal).
+    #[arg(long)]
+    auto_approve: bool,
+    /// How long a guest may take to shut down by ACPI before it is powered off.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// When a step fails on one host: let other hosts continue, or stop them.
+    #[arg(long, value_enum, default_value = "continue")]
+    on_failure: OnFailure,
+}
+
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
+    let (fleet, lock, plan) = match &args.plan_file {
+        None => compute(ctx, &args.common)?,
+        Some(path) => load_saved(ctx, path)?,
+    };
+    print!("{}", render_plan(&plan, Format::Human));
+    if !plan.refused.is_empty() {
+        anstream::eprintln!("{ERROR}error{ERROR:#}: the plan has refusals (listed above); fix fleet.dhall first. Nothing was changed.");
+        return Ok(EXIT_ERROR);
+    }
+    let incomplete = if plan.is_incomplete() { EXIT_INCOMPLETE } else { EXIT_OK };
+    if plan.changes.is_empty() {
+        return Ok(incomplete);
+    }
+    confirm(&plan, args.auto_approve)?;
+    let settings = Settings { now: now(), shutdown_grace: args.shutdown_timeout, on_failure: args.on_failure };
+    let progress = ApplyProgress::new();
+    let report = crate::apply::apply(&plan, &fleet, &lock, &ctx.cache, settings, &progress);
+    drop(progress);
+
+    let mut failed = 0;
+    for (host, steps) in &report {
+        let done = steps.iter().filter(|s| s.2 == Outcome::Done).count();
+        let skipped: Vec<&str> = steps.iter().filter(|s| s.2 == Outcome::Skipped).map(|s| s.0.as_str()).collect();
+        for (addr, what, o) in steps {
+            if let Outcome::Failed(e) = o {
+                failed += 1;
+                anstream::eprintln!("{ERROR}failed{ERROR:#}: {addr}: {what}: {e}");
+            }
+        }
+        println!("host {host}: {done} of {} change(s) done{}", steps.len(), if skipped.is_empty() { String::new() } else { format!("; not done: {}", skipped.join(", ")) });
+    }
+    if failed > 0 {
+        anstream::eprintln!("{ERROR}error{ERROR:#}: {failed} change(s) failed; re-run `virtfleet apply` after fixing the cause (every step is safe to repeat)");
+        return Ok(EXIT_ERROR);
+    }
+    // Convergence check: a fresh observation must plan nothing more.
+    let (_, _, after) = compute(ctx, &PlanArgs { observed: None, ..args.common.clone() })?;
+    if !after.changes.is_empty() || !after.refused.is_empty() {
+        anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
+        print!("{}", render_plan(&after, Format::Human));
+        return Ok(EXIT_ERROR);
+    }
+    if !after.pending.is_empty() {
+        anstream::println!("{WARN}{} change(s) pending{WARN:#}: re-run with the permission they need (listed in the plan)", after.pending.len());
+    }
+    anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
+    Ok(incomplete)
+}
+
+fn confirm(plan: &Plan, auto_approve: bool) -> anyhow::Result<()> {
+    if auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to apply without confirmation: no terminal to ask on. Review the plan above and re-run with --auto-approve. Nothing was changed.");
+    }
+    print!("Apply these {} change(s)? Only 'yes' is accepted: ", plan.changes.len());
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("apply cancelled; nothing was changed");
+    }
+    Ok(())
+}
+
+/// Reads a saved plan and checks that everything it was computed from is unchanged.
+fn load_saved(ctx: &Context, path: &PathBuf) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, Plan)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not a virtfleet plan", path.display()))?;
+    if plan.format_version != crate::plan::FORMAT_VERSION {
+        bail!("{}: plan format {} is not supported (expected {})", path.display(), plan.format_version, crate::plan::FORMAT_VERSION);
+    }
+    if plan.inputs.from_file {
+        bail!("{}: this plan was made from a saved observation; plan against the live hosts to apply", path.display());
+    }
+    let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
+    let stale = |what: String| anyhow::anyhow!("stale plan {}: {what} changed since it was made; run `virtfleet plan` again. Nothing was changed.", path.display());
+    if crate::plan::planner::fleet_digest(&fleet) != plan.inputs.fleet {
+        return Err(stale(ctx.fleet.display().to_string()));
+    }
+    if crate::plan::planner::lock_digest(&lock) != plan.inputs.lock {
+        return Err(stale(ctx.lock.display().to_string()));
+    }
+    let obs = crate::observe::observe(&fleet, now());
+    for (host, digest) in &plan.inputs.hosts {
+        match obs.hosts.get(host) {
+            Some(o) if o.digest() == *digest => {}
+            _ => return Err(stale(format!("host {host}"))),
+        }
+    }
+    Ok((fleet, lock, plan))
+}

@@ -1,0 +1,129 @@
+//! `virtfleet plan`: observe every host (or read a saved observation),
+//! compute the plan, render it, optionally save it for `apply PLANFILE`.
+
+use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
+use crate::observe::Observation;
+use crate::plan::render;
+use anyhow::Context as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Exit code of `plan --detailed-exitcode` when there are changes.
+pub const EXIT_CHANGES: u8 = 2;
+
+/// Output format of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people: symbols, per-host summaries, XML diffs (coloured on a terminal).
+    Human,
+    /// Versioned machine-readable JSON (see README, "Plan JSON").
+    Json,
+    /// Markdown for a pull-request comment.
+    Markdown,
+}
+
+/// Show what apply would change, without changing anything.
+///
+/// Observes every host in parallel (or reads `--observed FILE`), compares it with
+/// fleet.dhall and images.lock, and prints the plan: `+` create, `~` change in
+/// place, `±` needs a restart, `-` destroy, each with its disruption class
+/// (none, live, restart, destructive) and the reason. Unreachable hosts make the
+/// plan incomplete; the other hosts are still planned.
+///
+/// Exit status: 0 ok, 1 error (or refusals), 3 incomplete (a host was not
+/// observed); with --detailed-exitcode, 0 no changes, 2 changes present.
+///
+/// Examples:
+///   virtfleet plan
+///   virtfleet plan --format markdown --detailed-exitcode > plan.md
+///   virtfleet plan --out release.plan && virtfleet apply release.plan
+///   virtfleet plan --observed observed.json      # CI without host access
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: PlanArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Shorthand for --format json.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the plan to FILE; `virtfleet apply FILE` applies exactly it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+/// Options shared by plan and apply.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// Plan against a saved observation (`virtfleet observe --out`) instead of contacting hosts.
+    #[arg(long, value_name = "FILE")]
+    pub observed: Option<PathBuf>,
+    /// Allow destroying machines removed from the fleet and purging expired trash.
+    #[arg(long)]
+    pub allow_destroy: bool,
+    /// Allow changes that restart or stop guests.
+    #[arg(long)]
+    pub allow_restart: bool,
+}
+
+/// Loads fleet + lock, observes (or reads the observation), and plans.
+pub fn compute(ctx: &Context, args: &PlanArgs) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, crate::plan::Plan)> {
+    let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
+    let now = now();
+    let (obs, from_file) = match &args.observed {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let obs: Observation = serde_json::from_str(&text).with_context(|| format!("{}: not a virtfleet observation", path.display()))?;
+            if obs.format_version != crate::observe::FORMAT_VERSION {
+                anyhow::bail!("{}: observation format {} is not supported (expected {})", path.display(), obs.format_version, crate::observe::FORMAT_VERSION);
+            }
+            if obs.fleet != fleet.name.as_str() {
+                anyhow::bail!("{}: this observation is of fleet {:?}, not {:?}", path.display(), obs.fleet, fleet.name.as_str());
+            }
+            (obs, true)
+        }
+        None => (crate::observe::observe(&fleet, now), false),
+    };
+    let opts = crate::plan::Options {
+        now,
+        allow_destroy: args.allow_destroy || fleet.settings.allow_destroy,
+        allow_restart: args.allow_restart || fleet.settings.allow_restart,
+    };
+    let plan = crate::plan::plan(&fleet, &lock, &obs, opts, from_file);
+    Ok((fleet, lock, plan))
+}
+
+/// Renders `plan` in `format` for stdout.
+pub fn render_plan(plan: &crate::plan::Plan, format: Format) -> String {
+    let now = now();
+    match format {
+        Format::Human => render::human::human(plan, now, std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()),
+        Format::Json => render::json::json(plan),
+        Format::Markdown => render::markdown::markdown(plan, now),
+    }
+}
+
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
+    let (_, _, plan) = compute(ctx, &args.common)?;
+    let format = if args.json { Format::Json } else { args.format };
+    print!("{}", render_plan(&plan, format));
+    if let Some(out) = &args.out {
+        let json = serde_json::to_string_pretty(&plan)?;
+        crate::lock::write_atomic(out, json.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("plan saved to {}; apply exactly it with `virtfleet apply {}`", out.display(), out.display());
+    }
+    Ok(if !plan.refused.is_empty() {
+        EXIT_ERROR
+    } else if plan.is_incomplete() {
+        EXIT_INCOMPLETE
+    } else if args.detailed_exitcode && !plan.is_empty() {
+        EXIT_CHANGES
+    } else {
+        EXIT_OK
+    })
+}
