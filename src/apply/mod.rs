@@ -97,7 +97,6 @@ pub fn describe(c: &Change) -> String {
         Action::DefineDomain { .. } => "define domain".into(),
         Action::UpdateDomain { restart: true, .. } => "update domain and restart".into(),
         Action::UpdateDomain { .. } => "update domain".into(),
-        Action::SetMemoryLive { mib } => format!("set live memory to {mib} MiB"),
         Action::SetAutostart { on } => format!("set autostart {on}"),
         Action::Start => "start".into(),
         Action::Stop => "stop".into(),
@@ -224,7 +223,6 @@ fn step(c: &Change, fleet: &Fleet, lock: &ImageLock, cache: &Cache, lv: &Libvirt
                 lv.start(&m)?;
             }
         }
-        Action::SetMemoryLive { mib } => lv.set_memory_live(&machine()?, *mib)?,
         Action::SetAutostart { on } => lv.set_autostart(&machine()?, *on)?,
         Action::Start => lv.start(&machine()?)?,
         Action::Stop => {

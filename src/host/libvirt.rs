@@ -90,6 +90,20 @@ impl Libvirt {
     pub fn domains(&self) -> Result<Vec<ObservedDomain>, LibvirtError> {
         let mut out = Vec::new();
         for dom in self.conn.list_all_domains(0).map_err(self.err("list domains"))? {
+            match self.observe_domain(&dom) {
+                Ok(d) => out.push(d),
+                // Undefined by someone else between the listing and now: it
+                // is simply not there any more.
+                Err(_) if self.conn.lookup_domain_by_uuid_string(&dom.uuid_string().unwrap_or_default()).is_err() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        Ok(out)
+    }
+
+    fn observe_domain(&self, dom: &Domain) -> Result<ObservedDomain, LibvirtError> {
+        {
             let name = dom.name().map_err(self.err("domain name"))?;
             let what = |op: &str| format!("domain {name}: {op}");
             let xml = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(self.err(what("read XML")))?;
@@ -113,11 +127,9 @@ impl Libvirt {
                 let cap = dom.block_info(&d.target, 0).map(|b| b.capacity).unwrap_or(0);
                 disk_sizes.insert(d.target.clone(), cap);
             }
-            let addresses = if state == PowerState::Running { self.addresses(&dom) } else { Vec::new() };
-            out.push(ObservedDomain { config, state, autostart, live, disk_sizes, addresses });
+            let addresses = if state == PowerState::Running { self.addresses(dom) } else { Vec::new() };
+            Ok(ObservedDomain { config, state, autostart, live, disk_sizes, addresses })
         }
-        out.sort_by(|a, b| a.config.name.cmp(&b.config.name));
-        Ok(out)
     }
 
     fn addresses(&self, dom: &Domain) -> Vec<String> {

@@ -63,8 +63,6 @@ pub enum Action {
     DefineDomain { xml: String },
     /// Redefine a domain; optionally set memory live or restart it.
     UpdateDomain { xml: String, memory_live_mib: Option<u64>, restart: bool },
-    /// Set a running guest's memory without restart (drift back).
-    SetMemoryLive { mib: u64 },
     /// Set autostart.
     SetAutostart { on: bool },
     /// Start the domain.

@@ -426,12 +426,10 @@ fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec
             Action::UpdateDomain { xml: want.to_xml(), memory_live_mib: memory_live, restart },
             disruption,
             format!("{origin}: {}{how}", what.join("; "))) });
-    } else if let Some(live) = d.live
-        && live.memory_mib != want.current_memory_mib
-        && want.current_memory_mib <= have.memory_mib
-    {
-        hp.push(P_DOMAIN, change(h, addr.into(), Some(n), Action::SetMemoryLive { mib: want.current_memory_mib }, Disruption::Live, format!("drift: running guest has {} MiB, the fleet says {} MiB", live.memory_mib, want.current_memory_mib)));
     }
+    // The live balloon size is not compared: it is best effort (a guest
+    // without a balloon driver never follows it), and planning it would
+    // never converge for such guests. The persistent definition is managed.
     if d.autostart != m.autostart {
         hp.push(P_DOMAIN, change(h, addr.into(), Some(n), Action::SetAutostart { on: m.autostart }, Disruption::None, format!("autostart {} → {}", d.autostart, m.autostart)));
     }

@@ -41,7 +41,6 @@ pub fn kind(action: &Action) -> Kind {
         | Action::RemoveIncomplete { .. } => Kind::Add,
         Action::UpdateDomain { .. }
         | Action::GrowDisk { .. }
-        | Action::SetMemoryLive { .. }
         | Action::Stop => Kind::Change,
         Action::Destroy { .. } | Action::TrashDisk { .. } | Action::PurgeTrash { .. } => {
             Kind::Destroy
@@ -95,7 +94,6 @@ pub fn describe(action: &Action) -> String {
             }
             s
         }
-        Action::SetMemoryLive { mib } => format!("set memory live to {mib} MiB"),
         Action::SetAutostart { on: true } => "enable autostart".into(),
         Action::SetAutostart { on: false } => "disable autostart".into(),
         Action::Start => "start".into(),
