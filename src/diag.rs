@@ -93,10 +93,16 @@ impl SourceIndex {
         let quoted = format!("\"{name}\"");
         let is_name_line =
             |l: &str| l.contains(&quoted) && l.split(&quoted).next().unwrap_or("").contains("name");
-        let named: Vec<usize> = (0..self.lines.len()).filter(|i| is_name_line(&self.lines[*i])).collect();
+        let named: Vec<usize> = (0..self.lines.len())
+            .filter(|i| is_name_line(&self.lines[*i]))
+            .collect();
         match named.get(n) {
             Some(i) => Some(i + 1),
-            None if n == 0 => self.lines.iter().position(|l| l.contains(&quoted)).map(|i| i + 1),
+            None if n == 0 => self
+                .lines
+                .iter()
+                .position(|l| l.contains(&quoted))
+                .map(|i| i + 1),
             None => None,
         }
     }

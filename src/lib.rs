@@ -5,13 +5,13 @@
 //! reads `images.lock` and resolves images into the cache, and the CLI in
 //! `cli` ties them together. Library code never prints; `ui` does.
 
+pub mod apply;
 pub mod cli;
 pub mod diag;
+pub mod host;
 pub mod lock;
+pub mod observe;
+pub mod plan;
 pub mod progress;
 pub mod spec;
 pub mod ui;
-pub mod host;
-pub mod observe;
-pub mod plan;
-pub mod apply;

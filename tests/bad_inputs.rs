@@ -56,7 +56,11 @@ fn errors(text: &str) -> Vec<String> {
     let prefix = format!("{}/", d.0.path().display());
     match load(&path) {
         Ok(_) => panic!("expected the fleet to be rejected:\n{text}"),
-        Err(LoadError::Invalid(diags)) => diags.0.iter().map(|x| x.to_string().replace(&prefix, "")).collect(),
+        Err(LoadError::Invalid(diags)) => diags
+            .0
+            .iter()
+            .map(|x| x.to_string().replace(&prefix, ""))
+            .collect(),
         Err(other) => vec![other.to_string().replace(&prefix, "")],
     }
 }
@@ -72,14 +76,25 @@ fn the_base_fleet_is_valid() {
     let d = dir();
     let fleet = load(&d.write("fleet.dhall", &base())).unwrap();
     assert_eq!(fleet.machines.len(), 2);
-    assert_eq!(fleet.machines.values().map(|m| m.host.as_str()).collect::<Vec<_>>(), ["hv2", "hv1"]);
+    assert_eq!(
+        fleet
+            .machines
+            .values()
+            .map(|m| m.host.as_str())
+            .collect::<Vec<_>>(),
+        ["hv2", "hv1"]
+    );
 }
 
 #[test]
 fn dhall_syntax_error_names_file_line_and_column() {
     let e = errors(&with(r#", memoryMiB = 2048"#, ", memoryMiB = = 2048"));
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("fleet.dhall:13:23: Dhall error:"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("fleet.dhall:13:23: Dhall error:"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -87,7 +102,9 @@ fn dhall_type_error_names_the_field() {
     let e = errors(&with(r#", memoryMiB = 2048"#, r#", memoryMiB = "2G""#));
     assert_eq!(
         e,
-        ["fleet.dhall:12:9: Dhall error: type error: the value does not match the virtfleet schema: field `memoryMiB` is Text, but the schema wants Natural"]
+        [
+            "fleet.dhall:12:9: Dhall error: type error: the value does not match the virtfleet schema: field `memoryMiB` is Text, but the schema wants Natural"
+        ]
     );
 }
 
@@ -96,15 +113,24 @@ fn misspelt_field_is_named() {
     let e = errors(&with(r#", memoryMiB = 2048"#, ", memoryMb = 2048"));
     assert_eq!(
         e,
-        ["fleet.dhall:12:9: Dhall error: type error: the value does not match the virtfleet schema: field `memoryMb` is not part of the schema (misspelt?)"]
+        [
+            "fleet.dhall:12:9: Dhall error: type error: the value does not match the virtfleet schema: field `memoryMb` is not part of the schema (misspelt?)"
+        ]
     );
 }
 
 #[test]
 fn remote_import_is_refused_with_its_line() {
-    let e = errors(&base().replace("in  V.Fleet", "let P = https://prelude.dhall-lang.org/v20.0.0/package.dhall\nin  V.Fleet"));
+    let e = errors(&base().replace(
+        "in  V.Fleet",
+        "let P = https://prelude.dhall-lang.org/v20.0.0/package.dhall\nin  V.Fleet",
+    ));
     assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("fleet.dhall:2: remote imports are disabled"), "{}", e[0]);
+    assert!(
+        e[0].starts_with("fleet.dhall:2: remote imports are disabled"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
@@ -117,33 +143,111 @@ fn missing_local_import_is_an_error_not_a_crash() {
 #[test]
 fn semantic_errors_are_all_reported_at_once_with_places() {
     let cases: &[(&str, &str, &[&str])] = &[
-        (r#"name = "web""#, r#"name = "web_1""#, &[r#"fleet.dhall:12: machine "web_1": invalid name: "web_1" contains '_'; names may only use a-z, 0-9 and '-'"#]),
-        (r#"name = "db""#, r#"name = "web""#, &[r#"fleet.dhall:15: machine "web": declared more than once"#]),
-        (r#"name = "hv2""#, r#"name = "hv1""#, &[
-            r#"fleet.dhall:8: host "hv1": declared more than once"#,
-            r#"fleet.dhall:15: machine "db": unknown host "hv2" (hosts: hv1)"#,
-        ]),
-        (r#"host = Some "hv2""#, r#"host = Some "hv9""#, &[r#"fleet.dhall:15: machine "db": unknown host "hv9" (hosts: hv1, hv2)"#]),
-        (r#"image = "deb", cpus"#, r#"image = "ubuntu", cpus"#, &[r#"fleet.dhall:15: machine "db": unknown image "ubuntu" (images: deb)"#]),
-        (", memoryMiB = 2048", ", memoryMiB = 0", &[r#"fleet.dhall:13: machine "web": memoryMiB = 0 is too small (allowed 64..4194304 MiB)"#]),
-        (", memoryMiB = 2048", ", memoryMiB = 2048, diskGiB = 100000", &[r#"fleet.dhall:13: machine "web": diskGiB = 100000 is too large (allowed 1..65536 GiB)"#]),
-        ("cpus = 2 }", "cpus = 0 }", &[r#"fleet.dhall:15: machine "db": cpus = 0 is too small (allowed 1..256)"#]),
-        (", memoryMiB = 2048", ", memoryMiB = 2048, cpus = 8", &[r#"fleet.dhall:13: machine "web": cpus = 8 exceeds host "hv1"'s capacity of 4 CPUs"#]),
-        (", memoryMiB = 2048", ", memoryMiB = 9000", &[r#"fleet.dhall:5: host "hv1": machines web need 9000 MiB of memory together, over the capacity of 8192 MiB"#]),
-        (", memoryMiB = 2048", ", memoryMiB = 2048, snapshots = V.Snapshots::{ hourly = 1000, monthly = 241 }", &[
-            r#"fleet.dhall:13: machine "web": hourly = 1000 is too large (allowed 0..720 snapshots)"#,
-            r#"fleet.dhall:13: machine "web": monthly = 241 is too large (allowed 0..240 snapshots)"#,
-        ]),
-        (r#"url = "http://127.0.0.1:1/deb.qcow2""#, r#"url = "ftp://x/deb.qcow2""#, &[r#"fleet.dhall:10: image "deb": url "ftp://x/deb.qcow2" must be an http:// or https:// URL"#]),
-        (r#"parent = "tank/vms""#, r#"parent = "/tank/vms""#, &[r#"fleet.dhall:8: host "hv2": storage Zfs parent "/tank/vms" must be a dataset path like tank/vms (no leading or trailing '/')"#]),
-        (r#"path = "/srv/vf""#, r#"path = "srv/vf""#, &[r#"fleet.dhall:5: host "hv1": storage Dir path "srv/vf" must be an absolute path without '..'"#]),
-        (", memoryMiB = 2048", r#", memoryMiB = 2048, dataDisks = [ V.Disk::{ name = "root", sizeGiB = 5 }, V.Disk::{ name = "logs", sizeGiB = 0 } ]"#, &[
-            r#"fleet.dhall:13: machine "web" disk "root": the name `root` is reserved for the root disk"#,
-            r#"fleet.dhall:13: machine "web" disk "logs": sizeGiB = 0 is too small (allowed 1..65536 GiB)"#,
-        ]),
+        (
+            r#"name = "web""#,
+            r#"name = "web_1""#,
+            &[
+                r#"fleet.dhall:12: machine "web_1": invalid name: "web_1" contains '_'; names may only use a-z, 0-9 and '-'"#,
+            ],
+        ),
+        (
+            r#"name = "db""#,
+            r#"name = "web""#,
+            &[r#"fleet.dhall:15: machine "web": declared more than once"#],
+        ),
+        (
+            r#"name = "hv2""#,
+            r#"name = "hv1""#,
+            &[
+                r#"fleet.dhall:8: host "hv1": declared more than once"#,
+                r#"fleet.dhall:15: machine "db": unknown host "hv2" (hosts: hv1)"#,
+            ],
+        ),
+        (
+            r#"host = Some "hv2""#,
+            r#"host = Some "hv9""#,
+            &[r#"fleet.dhall:15: machine "db": unknown host "hv9" (hosts: hv1, hv2)"#],
+        ),
+        (
+            r#"image = "deb", cpus"#,
+            r#"image = "ubuntu", cpus"#,
+            &[r#"fleet.dhall:15: machine "db": unknown image "ubuntu" (images: deb)"#],
+        ),
+        (
+            ", memoryMiB = 2048",
+            ", memoryMiB = 0",
+            &[
+                r#"fleet.dhall:13: machine "web": memoryMiB = 0 is too small (allowed 64..4194304 MiB)"#,
+            ],
+        ),
+        (
+            ", memoryMiB = 2048",
+            ", memoryMiB = 2048, diskGiB = 100000",
+            &[
+                r#"fleet.dhall:13: machine "web": diskGiB = 100000 is too large (allowed 1..65536 GiB)"#,
+            ],
+        ),
+        (
+            "cpus = 2 }",
+            "cpus = 0 }",
+            &[r#"fleet.dhall:15: machine "db": cpus = 0 is too small (allowed 1..256)"#],
+        ),
+        (
+            ", memoryMiB = 2048",
+            ", memoryMiB = 2048, cpus = 8",
+            &[r#"fleet.dhall:13: machine "web": cpus = 8 exceeds host "hv1"'s capacity of 4 CPUs"#],
+        ),
+        (
+            ", memoryMiB = 2048",
+            ", memoryMiB = 9000",
+            &[
+                r#"fleet.dhall:5: host "hv1": machines web need 9000 MiB of memory together, over the capacity of 8192 MiB"#,
+            ],
+        ),
+        (
+            ", memoryMiB = 2048",
+            ", memoryMiB = 2048, snapshots = V.Snapshots::{ hourly = 1000, monthly = 241 }",
+            &[
+                r#"fleet.dhall:13: machine "web": hourly = 1000 is too large (allowed 0..720 snapshots)"#,
+                r#"fleet.dhall:13: machine "web": monthly = 241 is too large (allowed 0..240 snapshots)"#,
+            ],
+        ),
+        (
+            r#"url = "http://127.0.0.1:1/deb.qcow2""#,
+            r#"url = "ftp://x/deb.qcow2""#,
+            &[
+                r#"fleet.dhall:10: image "deb": url "ftp://x/deb.qcow2" must be an http:// or https:// URL"#,
+            ],
+        ),
+        (
+            r#"parent = "tank/vms""#,
+            r#"parent = "/tank/vms""#,
+            &[
+                r#"fleet.dhall:8: host "hv2": storage Zfs parent "/tank/vms" must be a dataset path like tank/vms (no leading or trailing '/')"#,
+            ],
+        ),
+        (
+            r#"path = "/srv/vf""#,
+            r#"path = "srv/vf""#,
+            &[
+                r#"fleet.dhall:5: host "hv1": storage Dir path "srv/vf" must be an absolute path without '..'"#,
+            ],
+        ),
+        (
+            ", memoryMiB = 2048",
+            r#", memoryMiB = 2048, dataDisks = [ V.Disk::{ name = "root", sizeGiB = 5 }, V.Disk::{ name = "logs", sizeGiB = 0 } ]"#,
+            &[
+                r#"fleet.dhall:13: machine "web" disk "root": the name `root` is reserved for the root disk"#,
+                r#"fleet.dhall:13: machine "web" disk "logs": sizeGiB = 0 is too small (allowed 1..65536 GiB)"#,
+            ],
+        ),
     ];
     for (from, to, expected) in cases {
-        assert_eq!(errors(&with(from, to)), *expected, "case {from:?} -> {to:?}");
+        assert_eq!(
+            errors(&with(from, to)),
+            *expected,
+            "case {from:?} -> {to:?}"
+        );
     }
 }
 
@@ -157,27 +261,43 @@ fn two_machines_claiming_one_disk_volume() {
     );
     assert_eq!(
         errors(&text),
-        [r#"fleet.dhall:16: machine "a-b" disk "root": its volume "a-b-root" on host "hv2" is also claimed by machine "a" disk "b-root"; rename one of them"#]
+        [
+            r#"fleet.dhall:16: machine "a-b" disk "root": its volume "a-b-root" on host "hv2" is also claimed by machine "a" disk "b-root"; rename one of them"#
+        ]
     );
 }
 
 #[test]
 fn many_problems_are_reported_in_one_run() {
-    let text = with(", memoryMiB = 2048", ", memoryMiB = 1, cpus = 999").replace(r#"image = "deb", cpus = 2"#, r#"image = "nope", cpus = 2"#);
+    let text = with(", memoryMiB = 2048", ", memoryMiB = 1, cpus = 999")
+        .replace(r#"image = "deb", cpus = 2"#, r#"image = "nope", cpus = 2"#);
     let e = errors(&text);
     assert_eq!(e.len(), 3, "{e:#?}");
 }
 
 fn lock_errors(text: &str) -> Vec<String> {
-    ImageLock::parse(text, Path::new("images.lock")).unwrap_err().iter().map(|d| d.to_string()).collect()
+    ImageLock::parse(text, Path::new("images.lock"))
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
 }
 
 const GOOD_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 #[test]
 fn lock_with_malformed_hash_names_the_line() {
-    let text = format!("format 1\n\nimage deb\n  url     http://h/deb\n  sha256  {}\n  size    4\n  format  qcow2\n  locked  2026-11-22T10:00:00Z\n", &GOOD_SHA[..63]);
-    assert_eq!(lock_errors(&text), [format!("images.lock:5: image \"deb\": sha256 \"{}\" must be 64 lowercase hex digits", &GOOD_SHA[..63])]);
+    let text = format!(
+        "format 1\n\nimage deb\n  url     http://h/deb\n  sha256  {}\n  size    4\n  format  qcow2\n  locked  2026-11-22T10:00:00Z\n",
+        &GOOD_SHA[..63]
+    );
+    assert_eq!(
+        lock_errors(&text),
+        [format!(
+            "images.lock:5: image \"deb\": sha256 \"{}\" must be 64 lowercase hex digits",
+            &GOOD_SHA[..63]
+        )]
+    );
     let upper = text.replace(&GOOD_SHA[..63], &GOOD_SHA.to_uppercase());
     assert_eq!(lock_errors(&upper).len(), 1);
 }
@@ -195,7 +315,12 @@ fn lock_missing_fields_and_garbage_lines() {
             "images.lock:2: image \"deb\": missing `locked`",
         ]
     );
-    assert_eq!(lock_errors("format 2\n"), ["images.lock:1: lock format 2 is not supported by this virtfleet (it reads format 1); upgrade virtfleet"]);
+    assert_eq!(
+        lock_errors("format 2\n"),
+        [
+            "images.lock:1: lock format 2 is not supported by this virtfleet (it reads format 1); upgrade virtfleet"
+        ]
+    );
 }
 
 #[test]
@@ -203,14 +328,29 @@ fn lock_missing_an_image_of_the_fleet() {
     let d = dir();
     let fleet = load(&d.write("fleet.dhall", &base())).unwrap();
     let lock = ImageLock::parse("format 1\n", Path::new("images.lock")).unwrap();
-    let problems: Vec<String> = lock.check_against(&fleet, Path::new("images.lock")).iter().map(|x| x.to_string()).collect();
-    assert_eq!(problems, [r#"images.lock: image "deb": not pinned; run `virtfleet images lock`"#]);
-
-    let moved = format!("format 1\n\nimage deb\n  url     http://mirror/deb.qcow2\n  sha256  {GOOD_SHA}\n  size    4\n  format  qcow2\n  locked  2026-11-22T10:00:00Z\n");
-    let lock = ImageLock::parse(&moved, Path::new("images.lock")).unwrap();
-    let problems: Vec<String> = lock.check_against(&fleet, Path::new("images.lock")).iter().map(|x| x.to_string()).collect();
+    let problems: Vec<String> = lock
+        .check_against(&fleet, Path::new("images.lock"))
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     assert_eq!(
         problems,
-        [r#"images.lock: image "deb": pinned from http://mirror/deb.qcow2 but the fleet now says http://127.0.0.1:1/deb.qcow2; run `virtfleet images lock` to re-pin it"#]
+        [r#"images.lock: image "deb": not pinned; run `virtfleet images lock`"#]
+    );
+
+    let moved = format!(
+        "format 1\n\nimage deb\n  url     http://mirror/deb.qcow2\n  sha256  {GOOD_SHA}\n  size    4\n  format  qcow2\n  locked  2026-11-22T10:00:00Z\n"
+    );
+    let lock = ImageLock::parse(&moved, Path::new("images.lock")).unwrap();
+    let problems: Vec<String> = lock
+        .check_against(&fleet, Path::new("images.lock"))
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            r#"images.lock: image "deb": pinned from http://mirror/deb.qcow2 but the fleet now says http://127.0.0.1:1/deb.qcow2; run `virtfleet images lock` to re-pin it"#
+        ]
     );
 }

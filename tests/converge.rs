@@ -9,7 +9,12 @@ const GIB: u64 = 1024 * 1024 * 1024;
 
 fn capacity(dom: &str, target: &str) -> u64 {
     let out = virsh_ok(SYSTEM, &["domblkinfo", dom, target]);
-    out.lines().find_map(|l| l.strip_prefix("Capacity:")).unwrap().trim().parse().unwrap()
+    out.lines()
+        .find_map(|l| l.strip_prefix("Capacity:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn state(dom: &str) -> String {
@@ -20,7 +25,13 @@ fn state(dom: &str) -> String {
 fn converges_and_handles_every_action_class() {
     let lab = Lab::new("t-conv");
     let (a, b, c) = (lab.m("a"), lab.m("b"), lab.m("c"));
-    let mut machines = vec![lab.machine("a", ""), lab.machine("b", "protect = True, dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]")];
+    let mut machines = vec![
+        lab.machine("a", ""),
+        lab.machine(
+            "b",
+            "protect = True, dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]",
+        ),
+    ];
     lab.write(&machines);
 
     // Create: both defined and running, with the right disks and marker.
@@ -29,14 +40,32 @@ fn converges_and_handles_every_action_class() {
     assert_eq!(domains(SYSTEM, &lab.m("")), [a.clone(), b.clone()]);
     assert_eq!(state(&a), "running");
     let xml = virsh_ok(SYSTEM, &["dumpxml", "--inactive", &b]);
-    assert!(xml.contains("fleet=\"t-conv\"") && xml.contains(&format!("machine=\"{b}\"")) && xml.contains("protect=\"true\""), "{xml}");
+    assert!(
+        xml.contains("fleet=\"t-conv\"")
+            && xml.contains(&format!("machine=\"{b}\""))
+            && xml.contains("protect=\"true\""),
+        "{xml}"
+    );
     let blk = virsh_ok(SYSTEM, &["domblklist", &b]);
     let root = lab.root.join(format!("disks/{b}-root/disk.qcow2"));
-    assert!(blk.contains(root.to_str().unwrap()) && blk.contains(&format!("disks/{b}-data/disk.qcow2")), "{blk}");
+    assert!(
+        blk.contains(root.to_str().unwrap()) && blk.contains(&format!("disks/{b}-data/disk.qcow2")),
+        "{blk}"
+    );
     // The root disk is a copy-on-write overlay on the verified base image.
-    let info = std::process::Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(&root).output().unwrap();
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&root)
+        .output()
+        .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert!(info["backing-filename"].as_str().unwrap().contains("/images/a74e6253c6b9"), "{info}");
+    assert!(
+        info["backing-filename"]
+            .as_str()
+            .unwrap()
+            .contains("/images/a74e6253c6b9"),
+        "{info}"
+    );
     assert_eq!(capacity(&a, "vda"), GIB);
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 
@@ -44,7 +73,11 @@ fn converges_and_handles_every_action_class() {
     machines.push(lab.machine("c", ""));
     lab.write(&machines);
     let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(2);
-    assert!(out.stdout.contains(&format!("+ local/{c}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("+ local/{c}")),
+        "{}",
+        out.stdout
+    );
     lab.apply(&[]).expect_code(0);
     assert_eq!(state(&c), "running");
 
@@ -52,21 +85,43 @@ fn converges_and_handles_every_action_class() {
     machines[0] = lab.machine("a", "memoryMiB = 96");
     lab.write(&machines);
     let out = lab.vf(&["plan"]).expect_code(0);
-    assert!(out.stdout.contains("[live]") && out.stdout.contains("memory 128 → 96 MiB"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("[live]") && out.stdout.contains("memory 128 → 96 MiB"),
+        "{}",
+        out.stdout
+    );
     let id = virsh_ok(SYSTEM, &["domid", &a]);
     lab.apply(&[]).expect_code(0);
     let config = virsh_ok(SYSTEM, &["dumpxml", "--inactive", &a]);
-    assert!(config.contains("<memory unit='KiB'>98304</memory>") && config.contains("<currentMemory unit='KiB'>98304</currentMemory>"), "{config}");
-    assert_eq!(virsh_ok(SYSTEM, &["domid", &a]), id, "same run of the guest: not restarted");
+    assert!(
+        config.contains("<memory unit='KiB'>98304</memory>")
+            && config.contains("<currentMemory unit='KiB'>98304</currentMemory>"),
+        "{config}"
+    );
+    assert_eq!(
+        virsh_ok(SYSTEM, &["domid", &a]),
+        id,
+        "same run of the guest: not restarted"
+    );
 
     // vCPUs: restart class, pending without --allow-restart, applied with it.
     machines[0] = lab.machine("a", "memoryMiB = 96, cpus = 2");
     lab.write(&machines);
     let out = lab.apply(&[]).expect_code(0);
-    assert!(out.stdout.contains("pending") && out.stdout.contains("--allow-restart"), "{}", out.all());
-    assert_eq!(virsh_ok(SYSTEM, &["vcpucount", &a, "--config", "--maximum"]).trim(), "1");
+    assert!(
+        out.stdout.contains("pending") && out.stdout.contains("--allow-restart"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        virsh_ok(SYSTEM, &["vcpucount", &a, "--config", "--maximum"]).trim(),
+        "1"
+    );
     lab.apply(&["--allow-restart"]).expect_code(0);
-    assert_eq!(virsh_ok(SYSTEM, &["vcpucount", &a, "--live", "--current"]).trim(), "2");
+    assert_eq!(
+        virsh_ok(SYSTEM, &["vcpucount", &a, "--live", "--current"]).trim(),
+        "2"
+    );
     assert_eq!(state(&a), "running");
 
     // Grow the root disk of a running guest (live block resize).
@@ -102,13 +157,23 @@ fn converges_and_handles_every_action_class() {
     lab.apply(&["--allow-destroy"]).expect_code(0);
     assert!(!virsh(SYSTEM, &["dominfo", &c]).0, "domain undefined");
     let trash = lab.entries("trash");
-    assert!(trash.len() == 1 && trash[0].starts_with(&format!("{c}-root@")), "{trash:?}");
+    assert!(
+        trash.len() == 1 && trash[0].starts_with(&format!("{c}-root@")),
+        "{trash:?}"
+    );
     let out = lab.vf(&["restore", &c]).expect_code(1);
-    assert!(out.stderr.contains("not in"), "restore needs the machine in the fleet: {}", out.stderr);
+    assert!(
+        out.stderr.contains("not in"),
+        "restore needs the machine in the fleet: {}",
+        out.stderr
+    );
     machines.push(lab.machine("c", ""));
     lab.write(&machines);
     lab.vf(&["restore", &c]).expect_code(0);
-    assert_eq!(std::fs::read_to_string(lab.root.join(format!("disks/{c}-root/marker"))).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(lab.root.join(format!("disks/{c}-root/marker"))).unwrap(),
+        "mine"
+    );
     lab.apply(&[]).expect_code(0);
     assert_eq!(state(&c), "running");
     assert!(lab.entries("trash").is_empty());
@@ -132,28 +197,50 @@ fn drift_is_detected_and_unmanaged_domains_are_left_alone() {
     // Out-of-band change to the definition.
     virsh_ok(SYSTEM, &["setmaxmem", &d, "160M", "--config"]);
     let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(2);
-    assert!(out.stdout.contains("drift: changed outside virtfleet") && out.stdout.contains("memory 160 → 128 MiB"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("drift: changed outside virtfleet")
+            && out.stdout.contains("memory 160 → 128 MiB"),
+        "{}",
+        out.stdout
+    );
     lab.apply(&["--allow-restart"]).expect_code(0);
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 
     // A domain created with virsh is listed and never changed, even with --allow-destroy.
     let x = lab.m("x");
-    let xml = format!("<domain type='qemu'><name>{x}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>");
+    let xml = format!(
+        "<domain type='qemu'><name>{x}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+    );
     let file = lab.root.join("x.xml");
     std::fs::write(&file, xml).unwrap();
     virsh_ok(SYSTEM, &["define", file.to_str().unwrap()]);
     let before = virsh_ok(SYSTEM, &["dumpxml", "--inactive", &x]);
-    let out = lab.vf(&["plan", "--detailed-exitcode", "--allow-destroy"]).expect_code(0);
-    assert!(out.stdout.contains(&format!("domain {x}")), "listed as unmanaged: {}", out.stdout);
-    lab.apply(&["--allow-destroy", "--allow-restart"]).expect_code(0);
+    let out = lab
+        .vf(&["plan", "--detailed-exitcode", "--allow-destroy"])
+        .expect_code(0);
+    assert!(
+        out.stdout.contains(&format!("domain {x}")),
+        "listed as unmanaged: {}",
+        out.stdout
+    );
+    lab.apply(&["--allow-destroy", "--allow-restart"])
+        .expect_code(0);
     assert_eq!(virsh_ok(SYSTEM, &["dumpxml", "--inactive", &x]), before);
     let status = lab.vf(&["status"]).expect_code(0);
-    assert!(status.stdout.contains(&format!("domain {x}")) && status.stdout.contains("in sync"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains(&format!("domain {x}")) && status.stdout.contains("in sync"),
+        "{}",
+        status.stdout
+    );
 
     // A machine whose name is taken by an unmanaged domain is refused, not adopted.
     lab.write(&[lab.machine("d", ""), lab.machine("x", "")]);
     let out = lab.vf(&["plan"]).expect_code(1);
-    assert!(out.stdout.contains("not managed by fleet"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("not managed by fleet"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(virsh_ok(SYSTEM, &["dumpxml", "--inactive", &x]), before);
 }
 
@@ -180,7 +267,11 @@ fn saved_plan_is_applied_exactly_and_a_stale_one_is_refused() {
     lab.vf(&["plan", "--out", p]).expect_code(0);
     virsh_ok(SYSTEM, &["setmaxmem", &lab.m("s"), "200M", "--config"]);
     let out = lab.vf(&["apply", p, "--auto-approve"]).expect_code(1);
-    assert!(out.stderr.contains("stale plan") && out.stderr.contains("host local"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stale plan") && out.stderr.contains("host local"),
+        "{}",
+        out.stderr
+    );
 
     // Without a terminal and without --auto-approve, apply refuses.
     let out = lab.vf(&["apply"]).expect_code(1);
@@ -192,8 +283,18 @@ fn crash_during_apply_is_recovered_by_re_running() {
     use std::io::{BufRead, BufReader};
     let lab = Lab::new("t-crash");
     let names = ["c1", "c2", "c3", "c4", "c5", "c6"];
-    lab.write(&names.iter().map(|n| lab.machine(n, "dataDisks = [ V.Disk::{ name = \"d\", sizeGiB = 1 } ]")).collect::<Vec<_>>());
-    let mut child = lab.vf_command(&["apply", "--auto-approve"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    lab.write(
+        &names
+            .iter()
+            .map(|n| lab.machine(n, "dataDisks = [ V.Disk::{ name = \"d\", sizeGiB = 1 } ]"))
+            .collect::<Vec<_>>(),
+    );
+    let mut child = lab
+        .vf_command(&["apply", "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut done = 0;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         if line.unwrap().contains("... done") {
@@ -213,7 +314,10 @@ fn crash_during_apply_is_recovered_by_re_running() {
     // No orphans: exactly the fleet's domains and disks, no half-made directories.
     let want: Vec<String> = names.iter().map(|n| lab.m(n)).collect();
     assert_eq!(domains(SYSTEM, &lab.m("")), want);
-    let mut disks: Vec<String> = want.iter().flat_map(|m| [format!("{m}-d"), format!("{m}-root")]).collect();
+    let mut disks: Vec<String> = want
+        .iter()
+        .flat_map(|m| [format!("{m}-d"), format!("{m}-root")])
+        .collect();
     disks.sort();
     assert_eq!(lab.entries("disks"), disks);
 }

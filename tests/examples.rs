@@ -21,28 +21,50 @@ fn every_example_loads() {
         }
     }
     seen.sort();
-    assert_eq!(seen, ["generated.dhall", "homelab.dhall", "single-host.dhall"]);
+    assert_eq!(
+        seen,
+        ["generated.dhall", "homelab.dhall", "single-host.dhall"]
+    );
 }
 
 #[test]
 fn homelab_is_multi_host_zfs() {
     let fleet = load(&repo("examples/homelab.dhall")).unwrap();
     assert_eq!(fleet.hosts.len(), 3);
-    assert!(fleet.hosts.values().all(|h| matches!(h.storage, Storage::Zfs { .. })));
+    assert!(
+        fleet
+            .hosts
+            .values()
+            .all(|h| matches!(h.storage, Storage::Zfs { .. }))
+    );
     let pg = &fleet.machines[&virtfleet::spec::VmName::new("postgres").unwrap()];
     assert!(pg.protect);
-    assert_eq!(pg.data_disks[0].snapshots.hourly, 24, "a data disk keeps its own policy");
+    assert_eq!(
+        pg.data_disks[0].snapshots.hourly, 24,
+        "a data disk keeps its own policy"
+    );
     let backup = &fleet.machines[&virtfleet::spec::VmName::new("backup").unwrap()];
     assert_eq!(backup.power, Power::Stopped);
-    assert_eq!(backup.data_disks[0].snapshots, backup.snapshots, "a data disk without a policy inherits the machine's");
+    assert_eq!(
+        backup.data_disks[0].snapshots, backup.snapshots,
+        "a data disk without a policy inherits the machine's"
+    );
 }
 
 #[test]
 fn generated_fleet_stamps_out_runners() {
     let fleet = load(&repo("examples/generated.dhall")).unwrap();
-    let runners: Vec<_> = fleet.machines.keys().filter(|n| n.as_str().starts_with("runner-")).collect();
+    let runners: Vec<_> = fleet
+        .machines
+        .keys()
+        .filter(|n| n.as_str().starts_with("runner-"))
+        .collect();
     assert_eq!(runners.len(), 12);
-    let on_a = fleet.machines.values().filter(|m| m.host.as_str() == "ci-a").count();
+    let on_a = fleet
+        .machines
+        .values()
+        .filter(|m| m.host.as_str() == "ci-a")
+        .count();
     assert_eq!(on_a, 7, "6 even runners and the coordinator");
 }
 
@@ -57,10 +79,18 @@ fn root_fleet_and_lock_are_consistent() {
 #[test]
 fn example_image_is_reproducible_and_matches_the_pin() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(repo("scripts/example-image")).arg(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(repo("scripts/example-image"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bytes = std::fs::read(dir.path().join("tiny.img")).unwrap();
-    let (sha, size) = virtfleet::lock::cache::hash_reader(&bytes[..], &virtfleet::progress::NoProgress).unwrap();
+    let (sha, size) =
+        virtfleet::lock::cache::hash_reader(&bytes[..], &virtfleet::progress::NoProgress).unwrap();
     let lock = ImageLock::read(&repo("images.lock")).unwrap();
     let pin = &lock.images[&virtfleet::spec::ImageName::new("tiny").unwrap()];
     assert_eq!((&pin.sha256, pin.size), (&sha, size));

@@ -48,11 +48,26 @@ pub enum Event {
     /// A host's sequence begins with `steps` changes.
     HostStarted { host: String, steps: usize },
     /// A change begins.
-    StepStarted { host: String, address: String, what: String },
+    StepStarted {
+        host: String,
+        address: String,
+        what: String,
+    },
     /// A change ended; `error` is None on success.
-    StepFinished { host: String, address: String, what: String, error: Option<String>, seconds: f64 },
+    StepFinished {
+        host: String,
+        address: String,
+        what: String,
+        error: Option<String>,
+        seconds: f64,
+    },
     /// A host's sequence ended.
-    HostFinished { host: String, done: usize, failed: usize, skipped: usize },
+    HostFinished {
+        host: String,
+        done: usize,
+        failed: usize,
+        skipped: usize,
+    },
 }
 
 /// Receives apply events, from several host threads at once.
@@ -100,14 +115,23 @@ pub fn describe(c: &Change) -> String {
         Action::SetAutostart { on } => format!("set autostart {on}"),
         Action::Start => "start".into(),
         Action::Stop => "stop".into(),
-        Action::Destroy { volumes } => format!("destroy (undefine, {} disk(s) to trash)", volumes.len()),
+        Action::Destroy { volumes } => {
+            format!("destroy (undefine, {} disk(s) to trash)", volumes.len())
+        }
         Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
         Action::PurgeTrash { entry } => format!("delete trash entry {entry}"),
     }
 }
 
 /// Applies `plan` to the hosts of `fleet`.
-pub fn apply(plan: &Plan, fleet: &Fleet, lock: &ImageLock, cache: &Cache, settings: Settings, events: &dyn Events) -> Report {
+pub fn apply(
+    plan: &Plan,
+    fleet: &Fleet,
+    lock: &ImageLock,
+    cache: &Cache,
+    settings: Settings,
+    events: &dyn Events,
+) -> Report {
     let mut by_host: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
     for c in &plan.changes {
         by_host.entry(c.host.as_str()).or_default().push(c);
@@ -119,23 +143,49 @@ pub fn apply(plan: &Plan, fleet: &Fleet, lock: &ImageLock, cache: &Cache, settin
             .map(|(h, changes)| {
                 let abort = &abort;
                 let host = fleet.hosts.values().find(|x| x.name.as_str() == h);
-                (h.to_owned(), s.spawn(move || run_host(host, h, &changes, fleet, lock, cache, settings, events, abort)))
+                (
+                    h.to_owned(),
+                    s.spawn(move || {
+                        run_host(
+                            host, h, &changes, fleet, lock, cache, settings, events, abort,
+                        )
+                    }),
+                )
             })
             .collect();
-        handles.into_iter().map(|(h, j)| (h, j.join().unwrap_or_default())).collect()
+        handles
+            .into_iter()
+            .map(|(h, j)| (h, j.join().unwrap_or_default()))
+            .collect()
     })
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; bundling would only rename the same values
-fn run_host(host: Option<&Host>, name: &str, changes: &[&Change], fleet: &Fleet, lock: &ImageLock, cache: &Cache, settings: Settings, events: &dyn Events, abort: &AtomicBool) -> Vec<(String, String, Outcome)> {
-    events.event(Event::HostStarted { host: name.into(), steps: changes.len() });
+fn run_host(
+    host: Option<&Host>,
+    name: &str,
+    changes: &[&Change],
+    fleet: &Fleet,
+    lock: &ImageLock,
+    cache: &Cache,
+    settings: Settings,
+    events: &dyn Events,
+    abort: &AtomicBool,
+) -> Vec<(String, String, Outcome)> {
+    events.event(Event::HostStarted {
+        host: name.into(),
+        steps: changes.len(),
+    });
     let mut results: Vec<(String, String, Outcome)> = Vec::new();
-    let setup = || -> Result<(Libvirt, Box<dyn crate::host::transport::Transport>, &Host), StepError> {
-        let host = host.ok_or_else(|| StepError::Other(format!("host {name} is not in the fleet any more")))?;
-        let lv = Libvirt::open(&host.uri)?;
-        let t = transport_for(host).map_err(StepError::Other)?;
-        Ok((lv, t, host))
-    };
+    let setup =
+        || -> Result<(Libvirt, Box<dyn crate::host::transport::Transport>, &Host), StepError> {
+            let host = host.ok_or_else(|| {
+                StepError::Other(format!("host {name} is not in the fleet any more"))
+            })?;
+            let lv = Libvirt::open(&host.uri)?;
+            let t = transport_for(host).map_err(StepError::Other)?;
+            Ok((lv, t, host))
+        };
     match setup() {
         Err(e) => {
             let msg = e.to_string();
@@ -151,15 +201,27 @@ fn run_host(host: Option<&Host>, name: &str, changes: &[&Change], fleet: &Fleet,
             let storage = DirStorage::new(path, t.as_ref());
             for c in changes {
                 let what = describe(c);
-                if failed || (settings.on_failure == OnFailure::Stop && abort.load(Ordering::SeqCst)) {
+                if failed
+                    || (settings.on_failure == OnFailure::Stop && abort.load(Ordering::SeqCst))
+                {
                     results.push((c.address.clone(), what, Outcome::Skipped));
                     continue;
                 }
-                events.event(Event::StepStarted { host: name.into(), address: c.address.clone(), what: what.clone() });
+                events.event(Event::StepStarted {
+                    host: name.into(),
+                    address: c.address.clone(),
+                    what: what.clone(),
+                });
                 let started = Instant::now();
                 let r = step(c, fleet, lock, cache, &lv, &storage, settings);
                 let error = r.as_ref().err().map(|e| e.to_string());
-                events.event(Event::StepFinished { host: name.into(), address: c.address.clone(), what: what.clone(), error: error.clone(), seconds: started.elapsed().as_secs_f64() });
+                events.event(Event::StepFinished {
+                    host: name.into(),
+                    address: c.address.clone(),
+                    what: what.clone(),
+                    error: error.clone(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 match error {
                     None => results.push((c.address.clone(), what, Outcome::Done)),
                     Some(e) => {
@@ -181,27 +243,95 @@ fn run_host(host: Option<&Host>, name: &str, changes: &[&Change], fleet: &Fleet,
     results
 }
 
-fn step(c: &Change, fleet: &Fleet, lock: &ImageLock, cache: &Cache, lv: &Libvirt, storage: &DirStorage<'_>, settings: Settings) -> Result<(), StepError> {
-    let machine = || c.machine.clone().ok_or_else(|| StepError::Other(format!("{}: change has no machine", c.address)));
+fn step(
+    c: &Change,
+    fleet: &Fleet,
+    lock: &ImageLock,
+    cache: &Cache,
+    lv: &Libvirt,
+    storage: &DirStorage<'_>,
+    settings: Settings,
+) -> Result<(), StepError> {
+    let machine = || {
+        c.machine
+            .clone()
+            .ok_or_else(|| StepError::Other(format!("{}: change has no machine", c.address)))
+    };
     match &c.action {
-        Action::EnsureImage { image, sha256, format, size } => {
+        Action::EnsureImage {
+            image,
+            sha256,
+            format,
+            size,
+        } => {
             let name = ImageName::new(image).map_err(|e| StepError::Other(e.to_string()))?;
-            let entry = lock.images.get(&name).filter(|e| e.sha256.as_str() == sha256).ok_or_else(|| StepError::Other(format!("image {image} with sha256 {sha256} is not in images.lock any more")))?;
+            let entry = lock
+                .images
+                .get(&name)
+                .filter(|e| e.sha256.as_str() == sha256)
+                .ok_or_else(|| {
+                    StepError::Other(format!(
+                        "image {image} with sha256 {sha256} is not in images.lock any more"
+                    ))
+                })?;
             // The controller's copy is re-hashed before it leaves: a corrupted
             // cache entry is replaced, never shipped.
-            if cache.verify(&entry.sha256, Some(*size), &NoProgress).map_err(|e| StepError::Other(e.to_string()))? != Verdict::Ok {
+            if cache
+                .verify(&entry.sha256, Some(*size), &NoProgress)
+                .map_err(|e| StepError::Other(e.to_string()))?
+                != Verdict::Ok
+            {
                 let _ = std::fs::remove_file(cache.path(&entry.sha256));
-                download(&entry.url, Some(&Expected { sha256: entry.sha256.clone(), size: entry.size }), cache, image, &NoProgress).map_err(|e| StepError::Other(e.to_string()))?;
+                download(
+                    &entry.url,
+                    Some(&Expected {
+                        sha256: entry.sha256.clone(),
+                        size: entry.size,
+                    }),
+                    cache,
+                    image,
+                    &NoProgress,
+                )
+                .map_err(|e| StepError::Other(e.to_string()))?;
             }
-            storage.ensure_image(&cache.path(&entry.sha256), sha256, format.as_str(), &NoProgress)?;
+            storage.ensure_image(
+                &cache.path(&entry.sha256),
+                sha256,
+                format.as_str(),
+                &NoProgress,
+            )?;
         }
         Action::RemoveIncomplete { path } => storage.remove_dir(path)?,
-        Action::CreateDisk { volume, disk, size_gib, base } => {
-            let owner = DiskOwner { fleet: fleet.name.to_string(), machine: machine()?, disk: disk.clone() };
-            let base_path = base.as_ref().map(|b| (storage.image_path(&b.sha256, b.format.as_str()), b.format.as_str()));
-            storage.create_disk(volume, &owner, *size_gib, base_path.as_ref().map(|(p, f)| (p.as_str(), *f)))?;
+        Action::CreateDisk {
+            volume,
+            disk,
+            size_gib,
+            base,
+        } => {
+            let owner = DiskOwner {
+                fleet: fleet.name.to_string(),
+                machine: machine()?,
+                disk: disk.clone(),
+            };
+            let base_path = base.as_ref().map(|b| {
+                (
+                    storage.image_path(&b.sha256, b.format.as_str()),
+                    b.format.as_str(),
+                )
+            });
+            storage.create_disk(
+                volume,
+                &owner,
+                *size_gib,
+                base_path.as_ref().map(|(p, f)| (p.as_str(), *f)),
+            )?;
         }
-        Action::GrowDisk { volume, target, to_gib, .. } => {
+        Action::GrowDisk {
+            volume,
+            target,
+            to_gib,
+            ..
+        } => {
             let m = machine()?;
             if lv.is_running(&m)? {
                 lv.block_resize(&m, target, to_gib * GIB)?;
@@ -210,7 +340,11 @@ fn step(c: &Change, fleet: &Fleet, lock: &ImageLock, cache: &Cache, lv: &Libvirt
             }
         }
         Action::DefineDomain { xml } => lv.define(xml)?,
-        Action::UpdateDomain { xml, memory_live_mib, restart } => {
+        Action::UpdateDomain {
+            xml,
+            memory_live_mib,
+            restart,
+        } => {
             let m = machine()?;
             lv.define(xml)?;
             if let Some(mib) = memory_live_mib
@@ -248,4 +382,3 @@ pub struct NoEvents;
 impl Events for NoEvents {
     fn event(&self, _: Event) {}
 }
-

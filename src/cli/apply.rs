@@ -56,15 +56,25 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     };
     print!("{}", render_plan(&plan, Format::Human));
     if !plan.refused.is_empty() {
-        anstream::eprintln!("{ERROR}error{ERROR:#}: the plan has refusals (listed above); fix fleet.dhall first. Nothing was changed.");
+        anstream::eprintln!(
+            "{ERROR}error{ERROR:#}: the plan has refusals (listed above); fix fleet.dhall first. Nothing was changed."
+        );
         return Ok(EXIT_ERROR);
     }
-    let incomplete = if plan.is_incomplete() { EXIT_INCOMPLETE } else { EXIT_OK };
+    let incomplete = if plan.is_incomplete() {
+        EXIT_INCOMPLETE
+    } else {
+        EXIT_OK
+    };
     if plan.changes.is_empty() {
         return Ok(incomplete);
     }
     confirm(&plan, args.auto_approve)?;
-    let settings = Settings { now: now(), shutdown_grace: args.shutdown_timeout, on_failure: args.on_failure };
+    let settings = Settings {
+        now: now(),
+        shutdown_grace: args.shutdown_timeout,
+        on_failure: args.on_failure,
+    };
     let progress = ApplyProgress::new();
     let report = crate::apply::apply(&plan, &fleet, &lock, &ctx.cache, settings, &progress);
     drop(progress);
@@ -72,28 +82,51 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let mut failed = 0;
     for (host, steps) in &report {
         let done = steps.iter().filter(|s| s.2 == Outcome::Done).count();
-        let skipped: Vec<&str> = steps.iter().filter(|s| s.2 == Outcome::Skipped).map(|s| s.0.as_str()).collect();
+        let skipped: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.2 == Outcome::Skipped)
+            .map(|s| s.0.as_str())
+            .collect();
         for (addr, what, o) in steps {
             if let Outcome::Failed(e) = o {
                 failed += 1;
                 anstream::eprintln!("{ERROR}failed{ERROR:#}: {addr}: {what}: {e}");
             }
         }
-        println!("host {host}: {done} of {} change(s) done{}", steps.len(), if skipped.is_empty() { String::new() } else { format!("; not done: {}", skipped.join(", ")) });
+        println!(
+            "host {host}: {done} of {} change(s) done{}",
+            steps.len(),
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; not done: {}", skipped.join(", "))
+            }
+        );
     }
     if failed > 0 {
-        anstream::eprintln!("{ERROR}error{ERROR:#}: {failed} change(s) failed; re-run `virtfleet apply` after fixing the cause (every step is safe to repeat)");
+        anstream::eprintln!(
+            "{ERROR}error{ERROR:#}: {failed} change(s) failed; re-run `virtfleet apply` after fixing the cause (every step is safe to repeat)"
+        );
         return Ok(EXIT_ERROR);
     }
     // Convergence check: a fresh observation must plan nothing more.
-    let (_, _, after) = compute(ctx, &PlanArgs { observed: None, ..args.common.clone() })?;
+    let (_, _, after) = compute(
+        ctx,
+        &PlanArgs {
+            observed: None,
+            ..args.common.clone()
+        },
+    )?;
     if !after.changes.is_empty() || !after.refused.is_empty() {
         anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
         print!("{}", render_plan(&after, Format::Human));
         return Ok(EXIT_ERROR);
     }
     if !after.pending.is_empty() {
-        anstream::println!("{WARN}{} change(s) pending{WARN:#}: re-run with the permission they need (listed in the plan)", after.pending.len());
+        anstream::println!(
+            "{WARN}{} change(s) pending{WARN:#}: re-run with the permission they need (listed in the plan)",
+            after.pending.len()
+        );
     }
     anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
     Ok(incomplete)
@@ -104,9 +137,14 @@ fn confirm(plan: &Plan, auto_approve: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        bail!("refusing to apply without confirmation: no terminal to ask on. Review the plan above and re-run with --auto-approve. Nothing was changed.");
+        bail!(
+            "refusing to apply without confirmation: no terminal to ask on. Review the plan above and re-run with --auto-approve. Nothing was changed."
+        );
     }
-    print!("Apply these {} change(s)? Only 'yes' is accepted: ", plan.changes.len());
+    print!(
+        "Apply these {} change(s)? Only 'yes' is accepted: ",
+        plan.changes.len()
+    );
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -117,17 +155,35 @@ fn confirm(plan: &Plan, auto_approve: bool) -> anyhow::Result<()> {
 }
 
 /// Reads a saved plan and checks that everything it was computed from is unchanged.
-fn load_saved(ctx: &Context, path: &PathBuf) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, Plan)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not a virtfleet plan", path.display()))?;
+fn load_saved(
+    ctx: &Context,
+    path: &PathBuf,
+) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, Plan)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a virtfleet plan", path.display()))?;
     if plan.format_version != crate::plan::FORMAT_VERSION {
-        bail!("{}: plan format {} is not supported (expected {})", path.display(), plan.format_version, crate::plan::FORMAT_VERSION);
+        bail!(
+            "{}: plan format {} is not supported (expected {})",
+            path.display(),
+            plan.format_version,
+            crate::plan::FORMAT_VERSION
+        );
     }
     if plan.inputs.from_file {
-        bail!("{}: this plan was made from a saved observation; plan against the live hosts to apply", path.display());
+        bail!(
+            "{}: this plan was made from a saved observation; plan against the live hosts to apply",
+            path.display()
+        );
     }
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
-    let stale = |what: String| anyhow::anyhow!("stale plan {}: {what} changed since it was made; run `virtfleet plan` again. Nothing was changed.", path.display());
+    let stale = |what: String| {
+        anyhow::anyhow!(
+            "stale plan {}: {what} changed since it was made; run `virtfleet plan` again. Nothing was changed.",
+            path.display()
+        )
+    };
     if crate::plan::planner::fleet_digest(&fleet) != plan.inputs.fleet {
         return Err(stale(ctx.fleet.display().to_string()));
     }

@@ -42,14 +42,23 @@ pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
     let mut warnings = Vec::new();
     if let (Some(fleet), Some(lock)) = (&fleet, &lock) {
         problems.extend(lock.check_against(fleet, &ctx.lock));
-        warnings.extend(lock.unused(fleet).map(|n| format!("{}: image {:?} is pinned but no longer in the fleet (kept)", ctx.lock.display(), n.as_str())));
+        warnings.extend(lock.unused(fleet).map(|n| {
+            format!(
+                "{}: image {:?} is pinned but no longer in the fleet (kept)",
+                ctx.lock.display(),
+                n.as_str()
+            )
+        }));
     }
     for w in &warnings {
         anstream::eprintln!("{WARN}warning{WARN:#}: {w}");
     }
     if !problems.is_empty() {
         let n = problems.len();
-        anstream::eprintln!("{ERROR}error{ERROR:#}: {n} problem{} found:", if n == 1 { "" } else { "s" });
+        anstream::eprintln!(
+            "{ERROR}error{ERROR:#}: {n} problem{} found:",
+            if n == 1 { "" } else { "s" }
+        );
         for p in &problems {
             anstream::eprintln!("  {p}");
         }

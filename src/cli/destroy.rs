@@ -40,46 +40,88 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
-    let name = crate::spec::VmName::new(&args.name).map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
+    let name = crate::spec::VmName::new(&args.name)
+        .map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
     if let Some(m) = fleet.machines.get(&name) {
         if m.protect {
-            bail!("machine {name} is protected in {}; refusing to destroy it", ctx.fleet.display());
+            bail!(
+                "machine {name} is protected in {}; refusing to destroy it",
+                ctx.fleet.display()
+            );
         }
         if !args.force {
-            bail!("machine {name} is still in {}; remove it there and run `virtfleet apply --allow-destroy`, or pass --force (the next apply would create it again, empty)", ctx.fleet.display());
+            bail!(
+                "machine {name} is still in {}; remove it there and run `virtfleet apply --allow-destroy`, or pass --force (the next apply would create it again, empty)",
+                ctx.fleet.display()
+            );
         }
     }
     let obs = crate::observe::observe(&fleet, now());
     let mut found = None;
     for (h, o) in &obs.hosts {
         if let HostObservation::Reachable(state) = o
-            && let Some((_, d)) = state.managed(fleet.name.as_str()).find(|(n, _)| *n == name.as_str())
+            && let Some((_, d)) = state
+                .managed(fleet.name.as_str())
+                .find(|(n, _)| *n == name.as_str())
         {
             if d.config.owner.as_ref().is_some_and(|o| o.protect) {
-                bail!("machine {name} on host {h} was protected when last applied; refusing to destroy it");
+                bail!(
+                    "machine {name} on host {h} was protected when last applied; refusing to destroy it"
+                );
             }
-            let volumes: Vec<String> = state.disks.iter().filter(|(_, od)| od.owner.machine == name.as_str()).map(|(v, _)| v.clone()).collect();
+            let volumes: Vec<String> = state
+                .disks
+                .iter()
+                .filter(|(_, od)| od.owner.machine == name.as_str())
+                .map(|(v, _)| v.clone())
+                .collect();
             found = Some((h.clone(), volumes));
         }
     }
-    let unreachable: Vec<&String> = obs.hosts.iter().filter(|(_, o)| matches!(o, HostObservation::Unreachable { .. })).map(|(h, _)| h).collect();
+    let unreachable: Vec<&String> = obs
+        .hosts
+        .iter()
+        .filter(|(_, o)| matches!(o, HostObservation::Unreachable { .. }))
+        .map(|(h, _)| h)
+        .collect();
     let Some((host, volumes)) = found else {
-        let extra = if unreachable.is_empty() { String::new() } else { format!(" (hosts not observed: {})", unreachable.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")) };
-        bail!("no machine {name} of fleet {:?} was found on any host{extra}; nothing was changed", fleet.name.as_str());
+        let extra = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (hosts not observed: {})",
+                unreachable
+                    .iter()
+                    .map(|h| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        bail!(
+            "no machine {name} of fleet {:?} was found on any host{extra}; nothing was changed",
+            fleet.name.as_str()
+        );
     };
     let change = Change {
         address: format!("{host}/{name}"),
         host: host.clone(),
         machine: Some(name.to_string()),
-        action: Action::Destroy { volumes: volumes.clone() },
+        action: Action::Destroy {
+            volumes: volumes.clone(),
+        },
         disruption: Disruption::Destructive,
         reason: "virtfleet destroy".into(),
         diff: None,
     };
-    anstream::println!("- {host}/{name}  destroy: stop, undefine, move {} disk(s) to the trash [destructive]", volumes.len());
+    anstream::println!(
+        "- {host}/{name}  destroy: stop, undefine, move {} disk(s) to the trash [destructive]",
+        volumes.len()
+    );
     if !args.auto_approve {
         if !std::io::stdin().is_terminal() {
-            bail!("refusing to destroy without confirmation: no terminal to ask on; re-run with --auto-approve. Nothing was changed.");
+            bail!(
+                "refusing to destroy without confirmation: no terminal to ask on; re-run with --auto-approve. Nothing was changed."
+            );
         }
         print!("Destroy {name}? Only 'yes' is accepted: ");
         std::io::stdout().flush()?;
@@ -93,14 +135,25 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let plan = Plan {
         format_version: crate::plan::FORMAT_VERSION,
         fleet: fleet.name.to_string(),
-        inputs: Inputs { fleet: String::new(), lock: String::new(), hosts: BTreeMap::new(), observed_at: obs.taken_at, from_file: false, now },
+        inputs: Inputs {
+            fleet: String::new(),
+            lock: String::new(),
+            hosts: BTreeMap::new(),
+            observed_at: obs.taken_at,
+            from_file: false,
+            now,
+        },
         changes: vec![change],
         pending: Vec::new(),
         refused: Vec::new(),
         unreachable: BTreeMap::new(),
         unmanaged: BTreeMap::new(),
     };
-    let settings = Settings { now, shutdown_grace: args.shutdown_timeout, on_failure: OnFailure::Stop };
+    let settings = Settings {
+        now,
+        shutdown_grace: args.shutdown_timeout,
+        on_failure: OnFailure::Stop,
+    };
     let progress = ApplyProgress::new();
     let report = crate::apply::apply(&plan, &fleet, &lock, &ctx.cache, settings, &progress);
     drop(progress);
@@ -112,6 +165,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             }
         }
     }
-    anstream::println!("{OK}destroyed{OK:#} {name}; its disks are in the trash: `virtfleet restore {name}` brings them back");
+    anstream::println!(
+        "{OK}destroyed{OK:#} {name}; its disks are in the trash: `virtfleet restore {name}` brings them back"
+    );
     Ok(EXIT_OK)
 }

@@ -88,9 +88,21 @@ fn select<'a>(fleet: &'a Fleet, names: &[String]) -> anyhow::Result<Vec<&'a Imag
     }
     let mut out = Vec::new();
     for n in names {
-        match fleet.images.get_key_value(&ImageName::new(n).map_err(|e| anyhow::anyhow!("image {n:?}: {e}"))?) {
+        match fleet
+            .images
+            .get_key_value(&ImageName::new(n).map_err(|e| anyhow::anyhow!("image {n:?}: {e}"))?)
+        {
             Some((k, _)) => out.push(k),
-            None => bail!("image {n:?} is not in {} (images: {})", fleet.source.display(), fleet.images.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")),
+            None => bail!(
+                "image {n:?} is not in {} (images: {})",
+                fleet.source.display(),
+                fleet
+                    .images
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
     Ok(out)
@@ -100,13 +112,21 @@ fn report_failure(name: &ImageName, err: &dyn std::fmt::Display) {
     anstream::eprintln!("{ERROR}error{ERROR:#}: image {:?}: {err}", name.as_str());
     let text = err.to_string();
     if text.contains("cannot connect") {
-        anstream::eprintln!("{HINT}hint{HINT:#}: is the server up and reachable from this machine?");
+        anstream::eprintln!(
+            "{HINT}hint{HINT:#}: is the server up and reachable from this machine?"
+        );
     }
 }
 
 /// Downloads `targets` unpinned and re-pins them; returns the exit code.
 /// `show_changes` prints old → new hashes (for `update`).
-fn repin(ctx: &Context, fleet: &Fleet, mut lock: ImageLock, targets: &[&ImageName], show_changes: bool) -> anyhow::Result<u8> {
+fn repin(
+    ctx: &Context,
+    fleet: &Fleet,
+    mut lock: ImageLock,
+    targets: &[&ImageName],
+    show_changes: bool,
+) -> anyhow::Result<u8> {
     let progress = StderrProgress::new();
     let mut failed = 0;
     let mut changed = 0;
@@ -115,20 +135,53 @@ fn repin(ctx: &Context, fleet: &Fleet, mut lock: ImageLock, targets: &[&ImageNam
         match download(&image.url, None, &ctx.cache, name.as_str(), &progress) {
             Ok(got) => {
                 let old = lock.images.get(*name);
-                let same = old.is_some_and(|o| o.sha256 == got.sha256 && o.size == got.size && o.url == image.url && o.format == image.format);
+                let same = old.is_some_and(|o| {
+                    o.sha256 == got.sha256
+                        && o.size == got.size
+                        && o.url == image.url
+                        && o.format == image.format
+                });
                 if show_changes {
                     match old {
-                        Some(o) if same => anstream::println!("{name}: unchanged ({})", o.sha256.short()),
-                        Some(o) if o.sha256 == got.sha256 => anstream::println!("{name}: sha256 unchanged ({}); url or format re-pinned", got.sha256.short()),
-                        Some(o) => anstream::println!("{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})", o.sha256, got.sha256, o.size, got.size),
-                        None => anstream::println!("{name}: pinned {} ({})", got.sha256, human_bytes(got.size)),
+                        Some(o) if same => {
+                            anstream::println!("{name}: unchanged ({})", o.sha256.short())
+                        }
+                        Some(o) if o.sha256 == got.sha256 => anstream::println!(
+                            "{name}: sha256 unchanged ({}); url or format re-pinned",
+                            got.sha256.short()
+                        ),
+                        Some(o) => anstream::println!(
+                            "{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})",
+                            o.sha256,
+                            got.sha256,
+                            o.size,
+                            got.size
+                        ),
+                        None => anstream::println!(
+                            "{name}: pinned {} ({})",
+                            got.sha256,
+                            human_bytes(got.size)
+                        ),
                     }
                 } else {
-                    anstream::println!("{OK}{name}{OK:#}: pinned {} ({})", got.sha256, human_bytes(got.size));
+                    anstream::println!(
+                        "{OK}{name}{OK:#}: pinned {} ({})",
+                        got.sha256,
+                        human_bytes(got.size)
+                    );
                 }
                 if !same {
                     changed += 1;
-                    lock.images.insert((*name).clone(), LockEntry { url: image.url.clone(), sha256: got.sha256, size: got.size, format: image.format, locked: now() });
+                    lock.images.insert(
+                        (*name).clone(),
+                        LockEntry {
+                            url: image.url.clone(),
+                            sha256: got.sha256,
+                            size: got.size,
+                            format: image.format,
+                            locked: now(),
+                        },
+                    );
                 }
             }
             Err(e) => {
@@ -139,12 +192,20 @@ fn repin(ctx: &Context, fleet: &Fleet, mut lock: ImageLock, targets: &[&ImageNam
     }
     if changed > 0 {
         lock.write(&ctx.lock)?;
-        println!("{}: {changed} entr{} written", ctx.lock.display(), if changed == 1 { "y" } else { "ies" });
+        println!(
+            "{}: {changed} entr{} written",
+            ctx.lock.display(),
+            if changed == 1 { "y" } else { "ies" }
+        );
     } else if failed == 0 {
         println!("{}: unchanged", ctx.lock.display());
     }
     if failed > 0 {
-        anstream::eprintln!("{ERROR}error{ERROR:#}: {failed} image{} failed; their entries in {} were left as they were", if failed == 1 { "" } else { "s" }, ctx.lock.display());
+        anstream::eprintln!(
+            "{ERROR}error{ERROR:#}: {failed} image{} failed; their entries in {} were left as they were",
+            if failed == 1 { "" } else { "s" },
+            ctx.lock.display()
+        );
         return Ok(EXIT_ERROR);
     }
     Ok(EXIT_OK)
@@ -156,11 +217,18 @@ fn lock(ctx: &Context) -> anyhow::Result<u8> {
     let stale: Vec<&ImageName> = fleet
         .images
         .iter()
-        .filter(|(n, i)| lock.images.get(*n).is_none_or(|e| e.url != i.url || e.format != i.format))
+        .filter(|(n, i)| {
+            lock.images
+                .get(*n)
+                .is_none_or(|e| e.url != i.url || e.format != i.format)
+        })
         .map(|(n, _)| n)
         .collect();
     if stale.is_empty() {
-        println!("{}: every image of the fleet is already pinned", ctx.lock.display());
+        println!(
+            "{}: every image of the fleet is already pinned",
+            ctx.lock.display()
+        );
         return Ok(EXIT_OK);
     }
     repin(ctx, &fleet, lock, &stale, false)
@@ -181,16 +249,39 @@ fn fetch(ctx: &Context, names: &[String]) -> anyhow::Result<u8> {
     for name in select(&fleet, names)? {
         let Some(entry) = lock.images.get(name) else {
             failed += 1;
-            report_failure(name, &format_args!("not pinned in {}; run `virtfleet images lock`", ctx.lock.display()));
+            report_failure(
+                name,
+                &format_args!(
+                    "not pinned in {}; run `virtfleet images lock`",
+                    ctx.lock.display()
+                ),
+            );
             continue;
         };
-        if ctx.cache.verify(&entry.sha256, Some(entry.size), &crate::progress::NoProgress)? == Verdict::Ok {
+        if ctx.cache.verify(
+            &entry.sha256,
+            Some(entry.size),
+            &crate::progress::NoProgress,
+        )? == Verdict::Ok
+        {
             println!("{name}: cached ({})", entry.sha256.short());
             continue;
         }
-        let expected = Expected { sha256: entry.sha256.clone(), size: entry.size };
-        match download(&entry.url, Some(&expected), &ctx.cache, name.as_str(), &progress) {
-            Ok(got) => anstream::println!("{OK}{name}{OK:#}: fetched and verified {}", got.sha256.short()),
+        let expected = Expected {
+            sha256: entry.sha256.clone(),
+            size: entry.size,
+        };
+        match download(
+            &entry.url,
+            Some(&expected),
+            &ctx.cache,
+            name.as_str(),
+            &progress,
+        ) {
+            Ok(got) => anstream::println!(
+                "{OK}{name}{OK:#}: fetched and verified {}",
+                got.sha256.short()
+            ),
             Err(e) => {
                 failed += 1;
                 report_failure(name, &e);
@@ -208,10 +299,22 @@ fn verify(ctx: &Context) -> anyhow::Result<u8> {
     let mut corrupted = 0;
     let entries = ctx.cache.entries()?;
     for sha in &entries {
-        let pinned: Vec<(&ImageName, &LockEntry)> = lock.images.iter().filter(|(_, e)| &e.sha256 == sha).collect();
+        let pinned: Vec<(&ImageName, &LockEntry)> = lock
+            .images
+            .iter()
+            .filter(|(_, e)| &e.sha256 == sha)
+            .collect();
         let size = pinned.first().map(|(_, e)| e.size);
-        let label = pinned.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",");
-        let label = if label.is_empty() { "(not pinned)".to_owned() } else { label };
+        let label = pinned
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let label = if label.is_empty() {
+            "(not pinned)".to_owned()
+        } else {
+            label
+        };
         match ctx.cache.verify(sha, size, &progress)? {
             Verdict::Ok => println!("ok        {sha}  {label}"),
             Verdict::Missing => {}
@@ -219,15 +322,26 @@ fn verify(ctx: &Context) -> anyhow::Result<u8> {
                 corrupted += 1;
                 let path = ctx.cache.path(sha);
                 std::fs::remove_file(&path)?;
-                anstream::println!("{ERROR}corrupted{ERROR:#} {sha}  {label}: content hashes to {actual} ({size} bytes); deleted {}", path.display());
+                anstream::println!(
+                    "{ERROR}corrupted{ERROR:#} {sha}  {label}: content hashes to {actual} ({size} bytes); deleted {}",
+                    path.display()
+                );
             }
         }
     }
     for (name, e) in &lock.images {
         if !entries.contains(&e.sha256) {
-            println!("missing   {}  {name} (not cached; `virtfleet images fetch` downloads it)", e.sha256);
+            println!(
+                "missing   {}  {name} (not cached; `virtfleet images fetch` downloads it)",
+                e.sha256
+            );
         }
     }
-    println!("{}: {} cached image{} checked, {corrupted} corrupted", ctx.cache.dir().display(), entries.len(), if entries.len() == 1 { "" } else { "s" });
+    println!(
+        "{}: {} cached image{} checked, {corrupted} corrupted",
+        ctx.cache.dir().display(),
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" }
+    );
     Ok(if corrupted > 0 { EXIT_ERROR } else { EXIT_OK })
 }

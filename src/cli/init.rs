@@ -17,16 +17,28 @@ pub const PACKAGE: &[(&str, &str)] = &[
     ("Host.dhall", include_str!("../../dhall/Host.dhall")),
     ("Capacity.dhall", include_str!("../../dhall/Capacity.dhall")),
     ("Storage.dhall", include_str!("../../dhall/Storage.dhall")),
-    ("DomainType.dhall", include_str!("../../dhall/DomainType.dhall")),
+    (
+        "DomainType.dhall",
+        include_str!("../../dhall/DomainType.dhall"),
+    ),
     ("CpuMode.dhall", include_str!("../../dhall/CpuMode.dhall")),
     ("Network.dhall", include_str!("../../dhall/Network.dhall")),
     ("Image.dhall", include_str!("../../dhall/Image.dhall")),
-    ("ImageFormat.dhall", include_str!("../../dhall/ImageFormat.dhall")),
+    (
+        "ImageFormat.dhall",
+        include_str!("../../dhall/ImageFormat.dhall"),
+    ),
     ("Machine.dhall", include_str!("../../dhall/Machine.dhall")),
     ("Power.dhall", include_str!("../../dhall/Power.dhall")),
     ("Disk.dhall", include_str!("../../dhall/Disk.dhall")),
-    ("CloudInit.dhall", include_str!("../../dhall/CloudInit.dhall")),
-    ("Snapshots.dhall", include_str!("../../dhall/Snapshots.dhall")),
+    (
+        "CloudInit.dhall",
+        include_str!("../../dhall/CloudInit.dhall"),
+    ),
+    (
+        "Snapshots.dhall",
+        include_str!("../../dhall/Snapshots.dhall"),
+    ),
 ];
 
 const TEMPLATE: &str = r#"-- A virtfleet fleet. Field reference: dhall/*.dhall, or the README.
@@ -96,14 +108,27 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         (dir.join("fleet.dhall"), TEMPLATE.replace("FLEET", &name)),
         (dir.join("images.lock"), ImageLock::default().render()),
     ];
-    files.extend(PACKAGE.iter().map(|(f, text)| (dir.join("dhall").join(f), (*text).to_owned())));
-    let existing: Vec<String> = files.iter().filter(|(p, _)| p.exists()).map(|(p, _)| p.display().to_string()).collect();
+    files.extend(
+        PACKAGE
+            .iter()
+            .map(|(f, text)| (dir.join("dhall").join(f), (*text).to_owned())),
+    );
+    let existing: Vec<String> = files
+        .iter()
+        .filter(|(p, _)| p.exists())
+        .map(|(p, _)| p.display().to_string())
+        .collect();
     if !existing.is_empty() {
-        bail!("refusing to overwrite existing files (nothing was written): {}", existing.join(", "));
+        bail!(
+            "refusing to overwrite existing files (nothing was written): {}",
+            existing.join(", ")
+        );
     }
-    std::fs::create_dir_all(dir.join("dhall")).with_context(|| format!("cannot create {}", dir.join("dhall").display()))?;
+    std::fs::create_dir_all(dir.join("dhall"))
+        .with_context(|| format!("cannot create {}", dir.join("dhall").display()))?;
     for (path, text) in &files {
-        write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!("created fleet {name:?} in {}:", dir.display());
     println!("  fleet.dhall   the fleet (one host, one image, one machine to start from)");

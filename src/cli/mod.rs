@@ -54,7 +54,14 @@ Exit status: 0 ok, 1 error, 2 changes present (plan --detailed-exitcode),
 #[command(name = "virtfleet", version, about = ABOUT, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The fleet file.
-    #[arg(short = 'f', long, global = true, env = "VIRTFLEET_FLEET", default_value = "fleet.dhall", value_name = "PATH")]
+    #[arg(
+        short = 'f',
+        long,
+        global = true,
+        env = "VIRTFLEET_FLEET",
+        default_value = "fleet.dhall",
+        value_name = "PATH"
+    )]
     pub fleet: PathBuf,
 
     /// The image lockfile [default: images.lock beside the fleet file].
@@ -96,9 +103,16 @@ pub struct Context {
 
 impl Context {
     fn new(cli: &Cli) -> Self {
-        let lock = cli.lock.clone().unwrap_or_else(|| beside(&cli.fleet, "images.lock"));
+        let lock = cli
+            .lock
+            .clone()
+            .unwrap_or_else(|| beside(&cli.fleet, "images.lock"));
         let cache = Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_dir));
-        Context { fleet: cli.fleet.clone(), lock, cache }
+        Context {
+            fleet: cli.fleet.clone(),
+            lock,
+            cache,
+        }
     }
 }
 
@@ -113,8 +127,12 @@ fn beside(file: &Path, name: &str) -> PathBuf {
 /// Parses the command line, runs it, and maps the result to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRTFLEET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIRTFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let ctx = Context::new(&cli);
     let result = match cli.command {
         Command::Init(a) => init::run(a),
@@ -144,7 +162,9 @@ pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::spec::Fleet> {
 
 /// Loads the fleet and the lock, and checks that every image the fleet uses
 /// is pinned: planning needs both, consistent.
-pub fn load_fleet_and_lock(ctx: &Context) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock)> {
+pub fn load_fleet_and_lock(
+    ctx: &Context,
+) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock)> {
     let fleet = load_fleet(ctx)?;
     let lock = crate::lock::ImageLock::read(&ctx.lock)?;
     let problems = lock.check_against(&fleet, &ctx.lock);
@@ -156,5 +176,8 @@ pub fn load_fleet_and_lock(ctx: &Context) -> anyhow::Result<(crate::spec::Fleet,
 
 /// The current time in unix seconds; read here, at the edge, never in the planner.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -72,18 +72,37 @@ pub struct PlanArgs {
 }
 
 /// Loads fleet + lock, observes (or reads the observation), and plans.
-pub fn compute(ctx: &Context, args: &PlanArgs) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, crate::plan::Plan)> {
+pub fn compute(
+    ctx: &Context,
+    args: &PlanArgs,
+) -> anyhow::Result<(
+    crate::spec::Fleet,
+    crate::lock::ImageLock,
+    crate::plan::Plan,
+)> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let now = now();
     let (obs, from_file) = match &args.observed {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let obs: Observation = serde_json::from_str(&text).with_context(|| format!("{}: not a virtfleet observation", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let obs: Observation = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a virtfleet observation", path.display()))?;
             if obs.format_version != crate::observe::FORMAT_VERSION {
-                anyhow::bail!("{}: observation format {} is not supported (expected {})", path.display(), obs.format_version, crate::observe::FORMAT_VERSION);
+                anyhow::bail!(
+                    "{}: observation format {} is not supported (expected {})",
+                    path.display(),
+                    obs.format_version,
+                    crate::observe::FORMAT_VERSION
+                );
             }
             if obs.fleet != fleet.name.as_str() {
-                anyhow::bail!("{}: this observation is of fleet {:?}, not {:?}", path.display(), obs.fleet, fleet.name.as_str());
+                anyhow::bail!(
+                    "{}: this observation is of fleet {:?}, not {:?}",
+                    path.display(),
+                    obs.fleet,
+                    fleet.name.as_str()
+                );
             }
             (obs, true)
         }
@@ -102,7 +121,11 @@ pub fn compute(ctx: &Context, args: &PlanArgs) -> anyhow::Result<(crate::spec::F
 pub fn render_plan(plan: &crate::plan::Plan, format: Format) -> String {
     let now = now();
     match format {
-        Format::Human => render::human::human(plan, now, std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()),
+        Format::Human => render::human::human(
+            plan,
+            now,
+            std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ),
         Format::Json => render::json::json(plan),
         Format::Markdown => render::markdown::markdown(plan, now),
     }
@@ -114,8 +137,13 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     print!("{}", render_plan(&plan, format));
     if let Some(out) = &args.out {
         let json = serde_json::to_string_pretty(&plan)?;
-        crate::lock::write_atomic(out, json.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
-        eprintln!("plan saved to {}; apply exactly it with `virtfleet apply {}`", out.display(), out.display());
+        crate::lock::write_atomic(out, json.as_bytes())
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!(
+            "plan saved to {}; apply exactly it with `virtfleet apply {}`",
+            out.display(),
+            out.display()
+        );
     }
     Ok(if !plan.refused.is_empty() {
         EXIT_ERROR

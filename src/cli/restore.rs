@@ -29,32 +29,52 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let fleet = super::load_fleet(ctx)?;
-    let name = crate::spec::VmName::new(&args.name).map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
+    let name = crate::spec::VmName::new(&args.name)
+        .map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
     let Some(m) = fleet.machines.get(&name) else {
-        bail!("machine {name} is not in {}: add it back first (the next apply would move restored disks to the trash again)", ctx.fleet.display());
+        bail!(
+            "machine {name} is not in {}: add it back first (the next apply would move restored disks to the trash again)",
+            ctx.fleet.display()
+        );
     };
     let host = &fleet.hosts[&m.host];
     let obs = observe(&fleet, now());
     let state = match obs.hosts.get(host.name.as_str()) {
         Some(HostObservation::Reachable(s)) => s,
-        Some(HostObservation::Unreachable { error }) => bail!("host {} not reachable: {error}", host.name),
+        Some(HostObservation::Unreachable { error }) => {
+            bail!("host {} not reachable: {error}", host.name)
+        }
         None => bail!("host {} not observed", host.name),
     };
     // Newest trash entry per volume of this machine.
     let mut newest: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     for (entry, t) in &state.trash {
-        if t.owner.machine == name.as_str() && newest.get(t.volume.as_str()).is_none_or(|(_, at)| t.trashed_at > *at) {
+        if t.owner.machine == name.as_str()
+            && newest
+                .get(t.volume.as_str())
+                .is_none_or(|(_, at)| t.trashed_at > *at)
+        {
             newest.insert(&t.volume, (entry, t.trashed_at));
         }
     }
     if newest.is_empty() {
-        bail!("no trash entries for machine {name} on host {} (expired, or never destroyed)", host.name);
+        bail!(
+            "no trash entries for machine {name} on host {} (expired, or never destroyed)",
+            host.name
+        );
     }
-    let Storage::Dir { path } = &host.storage else { bail!("host {}: only Dir storage is supported by this version", host.name) };
+    let Storage::Dir { path } = &host.storage else {
+        bail!(
+            "host {}: only Dir storage is supported by this version",
+            host.name
+        )
+    };
     let t = transport_for(host).map_err(anyhow::Error::msg)?;
     let storage = DirStorage::new(path, t.as_ref());
     for (vol, (entry, _)) in &newest {
-        storage.restore(entry, vol).with_context(|| format!("restoring {vol} from trash/{entry}"))?;
+        storage
+            .restore(entry, vol)
+            .with_context(|| format!("restoring {vol} from trash/{entry}"))?;
         anstream::println!("{OK}restored{OK:#} {vol} from trash/{entry}");
     }
     println!("run `virtfleet apply` to define {name} on its restored disks");

@@ -27,7 +27,13 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&fleet)?);
         return Ok(EXIT_OK);
     }
-    println!("fleet {}  (allowDestroy={}, allowRestart={}, trash kept {} days)\n", fleet.name, fleet.settings.allow_destroy, fleet.settings.allow_restart, fleet.settings.trash_retention_days);
+    println!(
+        "fleet {}  (allowDestroy={}, allowRestart={}, trash kept {} days)\n",
+        fleet.name,
+        fleet.settings.allow_destroy,
+        fleet.settings.allow_restart,
+        fleet.settings.trash_retention_days
+    );
     let hosts: Vec<Vec<String>> = fleet
         .hosts
         .values()
@@ -54,11 +60,21 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                     Network::Bridge(b) => format!("bridge:{b}"),
                     Network::User => "user".into(),
                 },
-                h.capacity.map(|c| format!("{} cpus, {} MiB", c.cpus, c.memory_mib)).unwrap_or_else(|| "-".into()),
+                h.capacity
+                    .map(|c| format!("{} cpus, {} MiB", c.cpus, c.memory_mib))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print!("{}", table(&["HOST", "URI", "STORAGE", "TYPE", "CPU", "NETWORK", "CAPACITY"], &hosts));
+    print!(
+        "{}",
+        table(
+            &[
+                "HOST", "URI", "STORAGE", "TYPE", "CPU", "NETWORK", "CAPACITY"
+            ],
+            &hosts
+        )
+    );
     println!();
     let machines: Vec<Vec<String>> = fleet
         .machines
@@ -72,16 +88,48 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                 m.cpus.to_string(),
                 format!("{} MiB", m.memory_mib),
                 format!("{} GiB", m.disk_gib),
-                if m.data_disks.is_empty() { "-".into() } else { m.data_disks.iter().map(|d| format!("{}:{}G", d.name, d.size_gib)).collect::<Vec<_>>().join(",") },
+                if m.data_disks.is_empty() {
+                    "-".into()
+                } else {
+                    m.data_disks
+                        .iter()
+                        .map(|d| format!("{}:{}G", d.name, d.size_gib))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 match m.power {
                     Power::Running => "running".into(),
                     Power::Stopped => "stopped".into(),
                 },
-                format!("{}h{}d{}w{}m{}", s.hourly, s.daily, s.weekly, s.monthly, if s.init { "+init" } else { "" }),
+                format!(
+                    "{}h{}d{}w{}m{}",
+                    s.hourly,
+                    s.daily,
+                    s.weekly,
+                    s.monthly,
+                    if s.init { "+init" } else { "" }
+                ),
                 if m.protect { "yes".into() } else { "-".into() },
             ]
         })
         .collect();
-    print!("{}", table(&["MACHINE", "HOST", "IMAGE", "CPUS", "MEMORY", "DISK", "DATA", "POWER", "SNAPSHOTS", "PROTECT"], &machines));
+    print!(
+        "{}",
+        table(
+            &[
+                "MACHINE",
+                "HOST",
+                "IMAGE",
+                "CPUS",
+                "MEMORY",
+                "DISK",
+                "DATA",
+                "POWER",
+                "SNAPSHOTS",
+                "PROTECT"
+            ],
+            &machines
+        )
+    );
     Ok(EXIT_OK)
 }

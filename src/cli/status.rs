@@ -54,16 +54,32 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let obs = crate::observe::observe(&fleet, super::now());
     // Permissions only decide pending vs not; status lists both alike.
-    let opts = crate::plan::Options { now: obs.taken_at, allow_destroy: true, allow_restart: true };
+    let opts = crate::plan::Options {
+        now: obs.taken_at,
+        allow_destroy: true,
+        allow_restart: true,
+    };
     let plan = crate::plan::plan(&fleet, &lock, &obs, opts, false);
-    let mut status = Status { fleet: fleet.name.to_string(), hosts: BTreeMap::new() };
+    let mut status = Status {
+        fleet: fleet.name.to_string(),
+        hosts: BTreeMap::new(),
+    };
     for host in fleet.hosts.values() {
         let h = host.name.to_string();
-        let mut hs = HostStatus { uri: host.uri.clone(), reachable: false, error: None, machines: Vec::new(), unmanaged: plan.unmanaged.get(&h).cloned().unwrap_or_default() };
+        let mut hs = HostStatus {
+            uri: host.uri.clone(),
+            reachable: false,
+            error: None,
+            machines: Vec::new(),
+            unmanaged: plan.unmanaged.get(&h).cloned().unwrap_or_default(),
+        };
         match obs.hosts.get(&h) {
             Some(HostObservation::Reachable(state)) => {
                 hs.reachable = true;
-                let mut names: Vec<String> = fleet.machines_on(&host.name).map(|m| m.name.to_string()).collect();
+                let mut names: Vec<String> = fleet
+                    .machines_on(&host.name)
+                    .map(|m| m.name.to_string())
+                    .collect();
                 names.extend(state.managed(fleet.name.as_str()).map(|(n, _)| n.clone()));
                 names.sort();
                 names.dedup();
@@ -74,10 +90,19 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                         .changes
                         .iter()
                         .chain(plan.pending.iter().map(|p| &p.change))
-                        .filter(|c| c.address == prefix || c.address.starts_with(&format!("{prefix}/")))
+                        .filter(|c| {
+                            c.address == prefix || c.address.starts_with(&format!("{prefix}/"))
+                        })
                         .map(crate::apply::describe)
                         .collect();
-                    sync.extend(plan.refused.iter().filter(|r| r.address == prefix || r.address.starts_with(&format!("{prefix}/"))).map(|r| format!("refused: {}", r.message)));
+                    sync.extend(
+                        plan.refused
+                            .iter()
+                            .filter(|r| {
+                                r.address == prefix || r.address.starts_with(&format!("{prefix}/"))
+                            })
+                            .map(|r| format!("refused: {}", r.message)),
+                    );
                     let state_s = match d.map(|d| d.state) {
                         None => "absent",
                         Some(PowerState::Running) => "running",
@@ -88,7 +113,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                     hs.machines.push(MachineStatus {
                         name: n.clone(),
                         state: state_s.into(),
-                        sync: if sync.is_empty() { "in sync".into() } else { sync.join("; ") },
+                        sync: if sync.is_empty() {
+                            "in sync".into()
+                        } else {
+                            sync.join("; ")
+                        },
                         addresses: d.map(|d| d.addresses.clone()).unwrap_or_default(),
                     });
                 }
@@ -106,7 +135,22 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                 Some(e) => println!("host {h} ({}): UNREACHABLE: {e}\n", hs.uri),
                 None => {
                     println!("host {h} ({})", hs.uri);
-                    let rows: Vec<Vec<String>> = hs.machines.iter().map(|m| vec![m.name.clone(), m.state.clone(), if m.addresses.is_empty() { "-".into() } else { m.addresses.join(",") }, m.sync.clone()]).collect();
+                    let rows: Vec<Vec<String>> = hs
+                        .machines
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.name.clone(),
+                                m.state.clone(),
+                                if m.addresses.is_empty() {
+                                    "-".into()
+                                } else {
+                                    m.addresses.join(",")
+                                },
+                                m.sync.clone(),
+                            ]
+                        })
+                        .collect();
                     print!("{}", table(&["MACHINE", "STATE", "ADDRESS", "SYNC"], &rows));
                     if !hs.unmanaged.is_empty() {
                         println!("unmanaged (never touched): {}", hs.unmanaged.join(", "));
@@ -116,5 +160,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if status.hosts.values().any(|h| !h.reachable) { EXIT_INCOMPLETE } else { EXIT_OK })
+    Ok(if status.hosts.values().any(|h| !h.reachable) {
+        EXIT_INCOMPLETE
+    } else {
+        EXIT_OK
+    })
 }

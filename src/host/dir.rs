@@ -48,7 +48,10 @@ pub struct DirStorage<'a> {
 impl<'a> DirStorage<'a> {
     /// The storage at `root` (an absolute path validated by the spec).
     pub fn new(root: &str, t: &'a dyn Transport) -> Self {
-        DirStorage { root: root.trim_end_matches('/').to_owned(), t }
+        DirStorage {
+            root: root.trim_end_matches('/').to_owned(),
+            t,
+        }
     }
 
     /// Absolute path of `rel` under the root.
@@ -69,20 +72,42 @@ impl<'a> DirStorage<'a> {
     /// Lists everything under the root in one command, then reads every
     /// owner.json in a second one. A missing root is an empty listing.
     pub fn list(&self) -> Result<Listing, ExecError> {
-        let out = self.t.run(&["find", &self.root, "-mindepth", "1", "-maxdepth", "3", "-printf", "%y\t%s\t%P\n"])?;
+        let out = self.t.run(&[
+            "find",
+            &self.root,
+            "-mindepth",
+            "1",
+            "-maxdepth",
+            "3",
+            "-printf",
+            "%y\t%s\t%P\n",
+        ])?;
         let mut entries = BTreeMap::new();
         if !out.success {
             if out.stderr.contains("No such file") {
-                return Ok(Listing { entries, owners: BTreeMap::new() });
+                return Ok(Listing {
+                    entries,
+                    owners: BTreeMap::new(),
+                });
             }
-            return Err(ExecError::Failed { argv: format!("find {}", self.root), status: "non-zero exit".into(), stderr: out.stderr.trim().into() });
+            return Err(ExecError::Failed {
+                argv: format!("find {}", self.root),
+                status: "non-zero exit".into(),
+                stderr: out.stderr.trim().into(),
+            });
         }
         for line in out.stdout.lines() {
             let mut it = line.splitn(3, '\t');
-            let (Some(kind), Some(size), Some(rel)) = (it.next(), it.next(), it.next()) else { continue };
+            let (Some(kind), Some(size), Some(rel)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
             entries.insert(rel.to_owned(), (kind == "d", size.parse().unwrap_or(0)));
         }
-        let owner_files: Vec<String> = entries.keys().filter(|p| p.ends_with("/owner.json")).map(|p| self.path(p)).collect();
+        let owner_files: Vec<String> = entries
+            .keys()
+            .filter(|p| p.ends_with("/owner.json"))
+            .map(|p| self.path(p))
+            .collect();
         let mut owners = BTreeMap::new();
         if !owner_files.is_empty() {
             let mut argv = vec!["grep", "-H", "."];
@@ -90,7 +115,9 @@ impl<'a> DirStorage<'a> {
             let out = self.t.run(&argv)?;
             let prefix = format!("{}/", self.root);
             for line in out.stdout.lines() {
-                let Some((path, json)) = line.split_once(":{") else { continue };
+                let Some((path, json)) = line.split_once(":{") else {
+                    continue;
+                };
                 if let Ok(owner) = serde_json::from_str::<DiskOwner>(&format!("{{{json}")) {
                     owners.insert(path.trim_start_matches(&prefix).to_owned(), owner);
                 }
@@ -102,7 +129,13 @@ impl<'a> DirStorage<'a> {
     /// Copies a verified image from the controller's cache to the host,
     /// re-hashes it there, and only then renames it into `images/`.
     /// Idempotent: an image already in place is left alone.
-    pub fn ensure_image(&self, cached: &Path, sha256: &str, format: &str, progress: &dyn Progress) -> Result<(), StorageError> {
+    pub fn ensure_image(
+        &self,
+        cached: &Path,
+        sha256: &str,
+        format: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), StorageError> {
         let dest = self.image_path(sha256, format);
         if self.t.run(&["test", "-f", &dest])?.success {
             return Ok(());
@@ -114,7 +147,11 @@ impl<'a> DirStorage<'a> {
         let got = out.split_whitespace().next().unwrap_or("");
         if got != sha256 {
             let _ = self.t.run(&["rm", "-f", &tmp]);
-            return Err(StorageError::ImageHashMismatch { path: dest, expected: sha256.into(), actual: got.into() });
+            return Err(StorageError::ImageHashMismatch {
+                path: dest,
+                expected: sha256.into(),
+                actual: got.into(),
+            });
         }
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
@@ -124,7 +161,13 @@ impl<'a> DirStorage<'a> {
 
     /// Creates disk `volume` (overlay on `base` when given, else blank) of
     /// `size_gib`, atomically. Idempotent: an existing disk is left alone.
-    pub fn create_disk(&self, volume: &str, owner: &DiskOwner, size_gib: u64, base: Option<(&str, &str)>) -> Result<(), StorageError> {
+    pub fn create_disk(
+        &self,
+        volume: &str,
+        owner: &DiskOwner,
+        size_gib: u64,
+        base: Option<(&str, &str)>,
+    ) -> Result<(), StorageError> {
         let final_dir = self.path(&format!("disks/{volume}"));
         if self.t.run(&["test", "-d", &final_dir])?.success {
             return Ok(());
@@ -133,12 +176,19 @@ impl<'a> DirStorage<'a> {
         self.t.run_ok(&["rm", "-rf", &tmp_dir])?;
         self.t.run_ok(&["mkdir", "-p", &tmp_dir])?;
         let owner_json = serde_json::to_string(owner).expect("owner serialises");
-        self.t.write_file(&format!("{tmp_dir}/owner.json"), format!("{owner_json}\n").as_bytes())?;
+        self.t.write_file(
+            &format!("{tmp_dir}/owner.json"),
+            format!("{owner_json}\n").as_bytes(),
+        )?;
         let file = format!("{tmp_dir}/disk.qcow2");
         let size = format!("{size_gib}G");
         match base {
-            Some((path, fmt)) => self.t.run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", path, &file, &size])?,
-            None => self.t.run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", &file, &size])?,
+            Some((path, fmt)) => self.t.run_ok(&[
+                "qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", path, &file, &size,
+            ])?,
+            None => self
+                .t
+                .run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", &file, &size])?,
         };
         self.t.run_ok(&["mv", "-T", &tmp_dir, &final_dir])?;
         Ok(())
@@ -147,25 +197,49 @@ impl<'a> DirStorage<'a> {
     /// Grows an unattached or stopped machine's disk (a running guest is
     /// resized through libvirt instead, so the guest sees it at once).
     pub fn grow_offline(&self, volume: &str, size_gib: u64) -> Result<(), StorageError> {
-        self.t.run_ok(&["qemu-img", "resize", "-q", &self.disk_path(volume), &format!("{size_gib}G")])?;
+        self.t.run_ok(&[
+            "qemu-img",
+            "resize",
+            "-q",
+            &self.disk_path(volume),
+            &format!("{size_gib}G"),
+        ])?;
         Ok(())
     }
 
     /// Virtual size in bytes of a disk, read with `qemu-img info`.
     pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
-        let out = self.t.run_ok(&["qemu-img", "info", "-U", "--output=json", &self.disk_path(volume)])?;
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
-        v["virtual-size"].as_u64().ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+        let out = self.t.run_ok(&[
+            "qemu-img",
+            "info",
+            "-U",
+            "--output=json",
+            &self.disk_path(volume),
+        ])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
+        v["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
     }
 
     /// Moves a disk into the trash, stamped with `now` (unix seconds).
     /// Idempotent: a disk no longer in place was already trashed.
     pub fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
-        if !self.t.run(&["test", "-d", &self.path(&format!("disks/{volume}"))])?.success {
+        if !self
+            .t
+            .run(&["test", "-d", &self.path(&format!("disks/{volume}"))])?
+            .success
+        {
             return Ok(());
         }
         self.t.run_ok(&["mkdir", "-p", &self.path("trash")])?;
-        self.t.run_ok(&["mv", "-T", &self.path(&format!("disks/{volume}")), &self.path(&format!("trash/{volume}@{now}"))])?;
+        self.t.run_ok(&[
+            "mv",
+            "-T",
+            &self.path(&format!("disks/{volume}")),
+            &self.path(&format!("trash/{volume}@{now}")),
+        ])?;
         Ok(())
     }
 
@@ -175,7 +249,8 @@ impl<'a> DirStorage<'a> {
         if self.t.run(&["test", "-e", &dest])?.success {
             return Err(StorageError::Exists(dest));
         }
-        self.t.run_ok(&["mv", "-T", &self.path(&format!("trash/{entry}")), &dest])?;
+        self.t
+            .run_ok(&["mv", "-T", &self.path(&format!("trash/{entry}")), &dest])?;
         Ok(())
     }
 
@@ -194,8 +269,14 @@ pub enum StorageError {
     #[error(transparent)]
     Exec(#[from] ExecError),
     /// The image copied to the host does not hash to its pin.
-    #[error("{path}: the copy on the host hashes to {actual}, not the pinned {expected}; it was deleted and nothing was cloned from it")]
-    ImageHashMismatch { path: String, expected: String, actual: String },
+    #[error(
+        "{path}: the copy on the host hashes to {actual}, not the pinned {expected}; it was deleted and nothing was cloned from it"
+    )]
+    ImageHashMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     /// The target already exists.
     #[error("{0} already exists; refusing to overwrite it")]
     Exists(String),

@@ -67,15 +67,25 @@ impl Nic {
     /// The NIC for a host network setting.
     pub fn for_network(net: &Network, mac: String) -> Nic {
         match net {
-            Network::Libvirt(n) => Nic::Network { network: n.clone(), mac },
-            Network::Bridge(b) => Nic::Bridge { bridge: b.clone(), mac },
+            Network::Libvirt(n) => Nic::Network {
+                network: n.clone(),
+                mac,
+            },
+            Network::Bridge(b) => Nic::Bridge {
+                bridge: b.clone(),
+                mac,
+            },
             Network::User => Nic::User { mac },
         }
     }
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
 }
 
 /// Guest disk device name for the `i`th disk: vda, vdb, ... vdz, vdaa, ...
@@ -119,16 +129,31 @@ impl DomainSpec {
             );
             let _ = writeln!(x, "  </metadata>");
         }
-        let _ = writeln!(x, "  <memory unit='KiB'>{}</memory>", self.memory_mib * 1024);
-        let _ = writeln!(x, "  <currentMemory unit='KiB'>{}</currentMemory>", self.current_memory_mib * 1024);
+        let _ = writeln!(
+            x,
+            "  <memory unit='KiB'>{}</memory>",
+            self.memory_mib * 1024
+        );
+        let _ = writeln!(
+            x,
+            "  <currentMemory unit='KiB'>{}</currentMemory>",
+            self.current_memory_mib * 1024
+        );
         let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", self.vcpus);
-        let _ = writeln!(x, "  <os>\n    <type arch='x86_64'>hvm</type>\n    <boot dev='hd'/>\n  </os>");
+        let _ = writeln!(
+            x,
+            "  <os>\n    <type arch='x86_64'>hvm</type>\n    <boot dev='hd'/>\n  </os>"
+        );
         let _ = writeln!(x, "  <features>\n    <acpi/>\n    <apic/>\n  </features>");
         match &self.cpu_mode {
             CpuMode::HostPassthrough => x.push_str("  <cpu mode='host-passthrough'/>\n"),
             CpuMode::HostModel => x.push_str("  <cpu mode='host-model'/>\n"),
             CpuMode::Model(m) => {
-                let _ = writeln!(x, "  <cpu mode='custom' match='exact'>\n    <model fallback='forbid'>{}</model>\n  </cpu>", esc(m));
+                let _ = writeln!(
+                    x,
+                    "  <cpu mode='custom' match='exact'>\n    <model fallback='forbid'>{}</model>\n  </cpu>",
+                    esc(m)
+                );
             }
             CpuMode::Default => {}
         }
@@ -145,13 +170,27 @@ impl DomainSpec {
         }
         match &self.nic {
             Some(Nic::Network { network, mac }) => {
-                let _ = writeln!(x, "    <interface type='network'>\n      <mac address='{}'/>\n      <source network='{}'/>\n      <model type='virtio'/>\n    </interface>", esc(mac), esc(network));
+                let _ = writeln!(
+                    x,
+                    "    <interface type='network'>\n      <mac address='{}'/>\n      <source network='{}'/>\n      <model type='virtio'/>\n    </interface>",
+                    esc(mac),
+                    esc(network)
+                );
             }
             Some(Nic::Bridge { bridge, mac }) => {
-                let _ = writeln!(x, "    <interface type='bridge'>\n      <mac address='{}'/>\n      <source bridge='{}'/>\n      <model type='virtio'/>\n    </interface>", esc(mac), esc(bridge));
+                let _ = writeln!(
+                    x,
+                    "    <interface type='bridge'>\n      <mac address='{}'/>\n      <source bridge='{}'/>\n      <model type='virtio'/>\n    </interface>",
+                    esc(mac),
+                    esc(bridge)
+                );
             }
             Some(Nic::User { mac }) => {
-                let _ = writeln!(x, "    <interface type='user'>\n      <mac address='{}'/>\n      <model type='virtio'/>\n    </interface>", esc(mac));
+                let _ = writeln!(
+                    x,
+                    "    <interface type='user'>\n      <mac address='{}'/>\n      <model type='virtio'/>\n    </interface>",
+                    esc(mac)
+                );
             }
             None => {}
         }
@@ -163,12 +202,17 @@ impl DomainSpec {
 
     /// Parses the managed fields out of libvirt's XML for a domain.
     pub fn from_xml(xml: &str) -> Result<DomainSpec, String> {
-        let doc = roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
+        let doc =
+            roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
         let root = doc.root_element();
         fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
             n.children().find(|c| c.has_tag_name(tag))
         }
-        let text = |tag: &str| child(root, tag).and_then(|n| n.text()).map(|t| t.trim().to_owned());
+        let text = |tag: &str| {
+            child(root, tag)
+                .and_then(|n| n.text())
+                .map(|t| t.trim().to_owned())
+        };
         let name = text("name").ok_or("domain XML has no <name>")?;
         let uuid = text("uuid").unwrap_or_default();
         let domain_type = match root.attribute("type") {
@@ -211,31 +255,78 @@ impl DomainSpec {
         let mut disks = Vec::new();
         let mut nic = None;
         if let Some(devices) = child(root, "devices") {
-            for d in devices.children().filter(|c| c.has_tag_name("disk") && c.attribute("device") == Some("disk")) {
-                let path = child(d, "source").and_then(|s| s.attribute("file").or(s.attribute("dev"))).unwrap_or("").to_owned();
-                let target = child(d, "target").and_then(|t| t.attribute("dev")).unwrap_or("").to_owned();
-                let format = child(d, "driver").and_then(|t| t.attribute("type")).unwrap_or("raw").to_owned();
-                disks.push(DiskRef { target, path, format });
+            for d in devices
+                .children()
+                .filter(|c| c.has_tag_name("disk") && c.attribute("device") == Some("disk"))
+            {
+                let path = child(d, "source")
+                    .and_then(|s| s.attribute("file").or(s.attribute("dev")))
+                    .unwrap_or("")
+                    .to_owned();
+                let target = child(d, "target")
+                    .and_then(|t| t.attribute("dev"))
+                    .unwrap_or("")
+                    .to_owned();
+                let format = child(d, "driver")
+                    .and_then(|t| t.attribute("type"))
+                    .unwrap_or("raw")
+                    .to_owned();
+                disks.push(DiskRef {
+                    target,
+                    path,
+                    format,
+                });
             }
             if let Some(i) = devices.children().find(|c| c.has_tag_name("interface")) {
-                let mac = child(i, "mac").and_then(|m| m.attribute("address")).unwrap_or("").to_owned();
-                let source = |attr: &str| child(i, "source").and_then(|s| s.attribute(attr)).unwrap_or("").to_owned();
+                let mac = child(i, "mac")
+                    .and_then(|m| m.attribute("address"))
+                    .unwrap_or("")
+                    .to_owned();
+                let source = |attr: &str| {
+                    child(i, "source")
+                        .and_then(|s| s.attribute(attr))
+                        .unwrap_or("")
+                        .to_owned()
+                };
                 nic = match i.attribute("type") {
-                    Some("network") => Some(Nic::Network { network: source("network"), mac }),
-                    Some("bridge") => Some(Nic::Bridge { bridge: source("bridge"), mac }),
+                    Some("network") => Some(Nic::Network {
+                        network: source("network"),
+                        mac,
+                    }),
+                    Some("bridge") => Some(Nic::Bridge {
+                        bridge: source("bridge"),
+                        mac,
+                    }),
                     Some("user") => Some(Nic::User { mac }),
                     _ => None,
                 };
             }
         }
-        let owner = child(root, "metadata").and_then(|m| m.children().find(|c| c.tag_name().namespace() == Some(METADATA_NS) && c.tag_name().name() == "owner")).map(|o| Owner {
-            fleet: o.attribute("fleet").unwrap_or("").to_owned(),
-            host: o.attribute("host").unwrap_or("").to_owned(),
-            machine: o.attribute("machine").unwrap_or("").to_owned(),
-            spec_hash: o.attribute("spec").unwrap_or("").to_owned(),
-            protect: o.attribute("protect") == Some("true"),
-        });
-        Ok(DomainSpec { name, uuid, domain_type, cpu_mode, vcpus, memory_mib, current_memory_mib, disks, nic, owner })
+        let owner = child(root, "metadata")
+            .and_then(|m| {
+                m.children().find(|c| {
+                    c.tag_name().namespace() == Some(METADATA_NS) && c.tag_name().name() == "owner"
+                })
+            })
+            .map(|o| Owner {
+                fleet: o.attribute("fleet").unwrap_or("").to_owned(),
+                host: o.attribute("host").unwrap_or("").to_owned(),
+                machine: o.attribute("machine").unwrap_or("").to_owned(),
+                spec_hash: o.attribute("spec").unwrap_or("").to_owned(),
+                protect: o.attribute("protect") == Some("true"),
+            });
+        Ok(DomainSpec {
+            name,
+            uuid,
+            domain_type,
+            cpu_mode,
+            vcpus,
+            memory_mib,
+            current_memory_mib,
+            disks,
+            nic,
+            owner,
+        })
     }
 }
 
@@ -253,11 +344,28 @@ mod tests {
             memory_mib: 512,
             current_memory_mib: 512,
             disks: vec![
-                DiskRef { target: "vda".into(), path: "/srv/vf/disks/web-root/disk.qcow2".into(), format: "qcow2".into() },
-                DiskRef { target: "vdb".into(), path: "/srv/vf/disks/web-data/disk.qcow2".into(), format: "qcow2".into() },
+                DiskRef {
+                    target: "vda".into(),
+                    path: "/srv/vf/disks/web-root/disk.qcow2".into(),
+                    format: "qcow2".into(),
+                },
+                DiskRef {
+                    target: "vdb".into(),
+                    path: "/srv/vf/disks/web-data/disk.qcow2".into(),
+                    format: "qcow2".into(),
+                },
             ],
-            nic: Some(Nic::Network { network: "default".into(), mac: "52:54:00:01:02:03".into() }),
-            owner: Some(Owner { fleet: "lab".into(), host: "hv1".into(), machine: "web".into(), spec_hash: "abc".into(), protect: true }),
+            nic: Some(Nic::Network {
+                network: "default".into(),
+                mac: "52:54:00:01:02:03".into(),
+            }),
+            owner: Some(Owner {
+                fleet: "lab".into(),
+                host: "hv1".into(),
+                machine: "web".into(),
+                spec_hash: "abc".into(),
+                protect: true,
+            }),
         }
     }
 
@@ -266,7 +374,9 @@ mod tests {
         let s = spec();
         assert_eq!(DomainSpec::from_xml(&s.to_xml()).unwrap(), s);
         let mut u = spec();
-        u.nic = Some(Nic::User { mac: "52:54:00:01:02:03".into() });
+        u.nic = Some(Nic::User {
+            mac: "52:54:00:01:02:03".into(),
+        });
         u.cpu_mode = CpuMode::Default;
         u.owner = None;
         assert_eq!(DomainSpec::from_xml(&u.to_xml()).unwrap(), u);
@@ -279,14 +389,27 @@ mod tests {
             <devices><emulator>/usr/bin/qemu</emulator><disk type='file' device='cdrom'><source file='/seed.iso'/></disk>\
             <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/zvol/tank/x'/><target dev='vda' bus='virtio'/></disk></devices></domain>";
         let s = DomainSpec::from_xml(xml).unwrap();
-        assert_eq!((s.memory_mib, s.current_memory_mib, s.vcpus), (1024, 1024, 4));
+        assert_eq!(
+            (s.memory_mib, s.current_memory_mib, s.vcpus),
+            (1024, 1024, 4)
+        );
         assert_eq!(s.cpu_mode, CpuMode::HostModel);
-        assert_eq!(s.disks, [DiskRef { target: "vda".into(), path: "/dev/zvol/tank/x".into(), format: "raw".into() }]);
+        assert_eq!(
+            s.disks,
+            [DiskRef {
+                target: "vda".into(),
+                path: "/dev/zvol/tank/x".into(),
+                format: "raw".into()
+            }]
+        );
         assert_eq!(s.owner, None);
     }
 
     #[test]
     fn target_names() {
-        assert_eq!([0, 1, 25, 26, 27].map(target_name), ["vda", "vdb", "vdz", "vdaa", "vdab"]);
+        assert_eq!(
+            [0, 1, 25, 26, 27].map(target_name),
+            ["vda", "vdb", "vdz", "vdaa", "vdab"]
+        );
     }
 }

@@ -73,28 +73,52 @@ impl Libvirt {
     /// Connects to `uri`.
     pub fn open(uri: &str) -> Result<Libvirt, LibvirtError> {
         quiet();
-        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError { uri: uri.into(), action: "cannot connect".into(), message: e.message().to_owned() })?;
-        Ok(Libvirt { uri: uri.into(), conn })
+        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError {
+            uri: uri.into(),
+            action: "cannot connect".into(),
+            message: e.message().to_owned(),
+        })?;
+        Ok(Libvirt {
+            uri: uri.into(),
+            conn,
+        })
     }
 
-    fn err(&self, action: impl Into<String>) -> impl FnOnce(virt::error::Error) -> LibvirtError + '_ {
+    fn err(
+        &self,
+        action: impl Into<String>,
+    ) -> impl FnOnce(virt::error::Error) -> LibvirtError + '_ {
         let action = action.into();
-        move |e| LibvirtError { uri: self.uri.clone(), action, message: e.message().to_owned() }
+        move |e| LibvirtError {
+            uri: self.uri.clone(),
+            action,
+            message: e.message().to_owned(),
+        }
     }
 
     fn lookup(&self, name: &str) -> Result<Domain, LibvirtError> {
-        self.conn.lookup_domain_by_name(name).map_err(self.err(format!("domain {name}: lookup")))
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(self.err(format!("domain {name}: lookup")))
     }
 
     /// Every domain on the host, managed or not, sorted by name.
     pub fn domains(&self) -> Result<Vec<ObservedDomain>, LibvirtError> {
         let mut out = Vec::new();
-        for dom in self.conn.list_all_domains(0).map_err(self.err("list domains"))? {
+        for dom in self
+            .conn
+            .list_all_domains(0)
+            .map_err(self.err("list domains"))?
+        {
             match self.observe_domain(&dom) {
                 Ok(d) => out.push(d),
                 // Undefined by someone else between the listing and now: it
                 // is simply not there any more.
-                Err(_) if self.conn.lookup_domain_by_uuid_string(&dom.uuid_string().unwrap_or_default()).is_err() => {}
+                Err(_)
+                    if self
+                        .conn
+                        .lookup_domain_by_uuid_string(&dom.uuid_string().unwrap_or_default())
+                        .is_err() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -106,37 +130,73 @@ impl Libvirt {
         {
             let name = dom.name().map_err(self.err("domain name"))?;
             let what = |op: &str| format!("domain {name}: {op}");
-            let xml = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE).map_err(self.err(what("read XML")))?;
-            let config = DomainSpec::from_xml(&xml).map_err(|m| LibvirtError { uri: self.uri.clone(), action: what("parse XML"), message: m })?;
+            let xml = dom
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(self.err(what("read XML")))?;
+            let config = DomainSpec::from_xml(&xml).map_err(|m| LibvirtError {
+                uri: self.uri.clone(),
+                action: what("parse XML"),
+                message: m,
+            })?;
             let state = match dom.state().map_err(self.err(what("state")))?.0 {
-                virt::enumutil::Enum::Known(DomainState::Running | DomainState::Blocked) => PowerState::Running,
-                virt::enumutil::Enum::Known(DomainState::Paused | DomainState::PMSuspended) => PowerState::Paused,
-                virt::enumutil::Enum::Known(DomainState::Shutoff | DomainState::Crashed) => PowerState::Stopped,
+                virt::enumutil::Enum::Known(DomainState::Running | DomainState::Blocked) => {
+                    PowerState::Running
+                }
+                virt::enumutil::Enum::Known(DomainState::Paused | DomainState::PMSuspended) => {
+                    PowerState::Paused
+                }
+                virt::enumutil::Enum::Known(DomainState::Shutoff | DomainState::Crashed) => {
+                    PowerState::Stopped
+                }
                 _ => PowerState::Other,
             };
             let autostart = dom.autostart().map_err(self.err(what("autostart")))?;
             let live = if state == PowerState::Running || state == PowerState::Paused {
                 let live_xml = dom.xml_desc(0).map_err(self.err(what("read live XML")))?;
-                DomainSpec::from_xml(&live_xml).ok().map(|s| Live { vcpus: s.vcpus, memory_mib: s.current_memory_mib })
+                DomainSpec::from_xml(&live_xml).ok().map(|s| Live {
+                    vcpus: s.vcpus,
+                    memory_mib: s.current_memory_mib,
+                })
             } else {
                 None
             };
             let mut disk_sizes = std::collections::BTreeMap::new();
             for d in &config.disks {
                 // A missing image is observation, not failure: it shows as size 0.
-                let cap = dom.block_info(&d.target, 0).map(|b| b.capacity).unwrap_or(0);
+                let cap = dom
+                    .block_info(&d.target, 0)
+                    .map(|b| b.capacity)
+                    .unwrap_or(0);
                 disk_sizes.insert(d.target.clone(), cap);
             }
-            let addresses = if state == PowerState::Running { self.addresses(dom) } else { Vec::new() };
-            Ok(ObservedDomain { config, state, autostart, live, disk_sizes, addresses })
+            let addresses = if state == PowerState::Running {
+                self.addresses(dom)
+            } else {
+                Vec::new()
+            };
+            Ok(ObservedDomain {
+                config,
+                state,
+                autostart,
+                live,
+                disk_sizes,
+                addresses,
+            })
         }
     }
 
     fn addresses(&self, dom: &Domain) -> Vec<String> {
         let mut addrs = Vec::new();
-        for source in [sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP] {
+        for source in [
+            sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+        ] {
             if let Ok(ifaces) = dom.interface_addresses(source, 0) {
-                addrs.extend(ifaces.into_iter().flat_map(|i| i.addrs.into_iter().map(|a| a.addr)));
+                addrs.extend(
+                    ifaces
+                        .into_iter()
+                        .flat_map(|i| i.addrs.into_iter().map(|a| a.addr)),
+                );
             }
             if !addrs.is_empty() {
                 break;
@@ -149,29 +209,42 @@ impl Libvirt {
 
     /// Defines (or redefines) a domain from XML.
     pub fn define(&self, xml: &str) -> Result<(), LibvirtError> {
-        self.conn.define_domain_xml(xml).map(|_| ()).map_err(self.err("define domain"))
+        self.conn
+            .define_domain_xml(xml)
+            .map(|_| ())
+            .map_err(self.err("define domain"))
     }
 
     /// Starts a defined domain; already running is fine.
     pub fn start(&self, name: &str) -> Result<(), LibvirtError> {
         let dom = self.lookup(name)?;
-        if dom.is_active().map_err(self.err(format!("domain {name}: state")))? {
+        if dom
+            .is_active()
+            .map_err(self.err(format!("domain {name}: state")))?
+        {
             return Ok(());
         }
-        dom.create().map_err(self.err(format!("domain {name}: start")))
+        dom.create()
+            .map_err(self.err(format!("domain {name}: start")))
     }
 
     /// Stops a domain: ACPI shutdown, then power off after `grace`.
     /// Returns true when the guest shut down by itself.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {
         let dom = self.lookup(name)?;
-        if !dom.is_active().map_err(self.err(format!("domain {name}: state")))? {
+        if !dom
+            .is_active()
+            .map_err(self.err(format!("domain {name}: state")))?
+        {
             return Ok(true);
         }
         let _ = dom.shutdown();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if !dom.is_active().map_err(self.err(format!("domain {name}: state")))? {
+            if !dom
+                .is_active()
+                .map_err(self.err(format!("domain {name}: state")))?
+            {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -189,32 +262,41 @@ impl Libvirt {
             Ok(d) => d,
             Err(_) => return Ok(()),
         };
-        let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
-        dom.undefine_flags(flags).or_else(|_| dom.undefine()).map_err(self.err(format!("domain {name}: undefine")))
+        let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+        dom.undefine_flags(flags)
+            .or_else(|_| dom.undefine())
+            .map_err(self.err(format!("domain {name}: undefine")))
     }
 
     /// Sets a running guest's memory (balloon target) without a restart.
     pub fn set_memory_live(&self, name: &str, mib: u64) -> Result<(), LibvirtError> {
         let dom = self.lookup(name)?;
-        dom.set_memory_flags(mib * 1024, sys::VIR_DOMAIN_AFFECT_LIVE).map_err(self.err(format!("domain {name}: set memory")))
+        dom.set_memory_flags(mib * 1024, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(self.err(format!("domain {name}: set memory")))
     }
 
     /// Sets whether the domain starts with the host.
     pub fn set_autostart(&self, name: &str, on: bool) -> Result<(), LibvirtError> {
         let dom = self.lookup(name)?;
-        dom.set_autostart(on).map_err(self.err(format!("domain {name}: set autostart")))
+        dom.set_autostart(on)
+            .map_err(self.err(format!("domain {name}: set autostart")))
     }
 
     /// Grows a running guest's disk so the guest sees the new size at once.
     pub fn block_resize(&self, name: &str, target: &str, bytes: u64) -> Result<(), LibvirtError> {
         let dom = self.lookup(name)?;
-        dom.block_resize(target, bytes, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES).map_err(self.err(format!("domain {name}: resize {target}")))
+        dom.block_resize(target, bytes, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            .map_err(self.err(format!("domain {name}: resize {target}")))
     }
 
     /// True when the domain is running.
     pub fn is_running(&self, name: &str) -> Result<bool, LibvirtError> {
         match self.conn.lookup_domain_by_name(name) {
-            Ok(d) => d.is_active().map_err(self.err(format!("domain {name}: state"))),
+            Ok(d) => d
+                .is_active()
+                .map_err(self.err(format!("domain {name}: state"))),
             Err(_) => Ok(false),
         }
     }

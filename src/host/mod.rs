@@ -37,10 +37,19 @@ pub fn is_local_uri(uri: &str) -> bool {
 mod tests {
     #[test]
     fn local_uris() {
-        for u in ["qemu:///system", "qemu:///session", "qemu+unix:///system?socket=/run/x", "test:///default"] {
+        for u in [
+            "qemu:///system",
+            "qemu:///session",
+            "qemu+unix:///system?socket=/run/x",
+            "test:///default",
+        ] {
             assert!(super::is_local_uri(u), "{u}");
         }
-        for u in ["qemu+ssh://root@hv1/system", "qemu://hv1/system", "qemu+tls://hv1/system"] {
+        for u in [
+            "qemu+ssh://root@hv1/system",
+            "qemu://hv1/system",
+            "qemu+tls://hv1/system",
+        ] {
             assert!(!super::is_local_uri(u), "{u}");
         }
     }

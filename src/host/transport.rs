@@ -22,7 +22,11 @@ pub enum ExecError {
     },
     /// The program exited unsuccessfully.
     #[error("`{argv}` failed ({status}): {stderr}")]
-    Failed { argv: String, status: String, stderr: String },
+    Failed {
+        argv: String,
+        status: String,
+        stderr: String,
+    },
     /// Local file I/O.
     #[error("{path}: {source}")]
     Io {
@@ -52,7 +56,12 @@ pub trait Transport: Send + Sync {
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError>;
 
     /// Copies the controller's file `local` to `remote` on the host.
-    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> Result<(), ExecError>;
+    fn put_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError>;
 
     /// Runs `argv` and returns its stdout, or an error carrying its stderr.
     fn run_ok(&self, argv: &[&str]) -> Result<String, ExecError> {
@@ -60,7 +69,11 @@ pub trait Transport: Send + Sync {
         if out.success {
             Ok(out.stdout)
         } else {
-            Err(ExecError::Failed { argv: argv.join(" "), status: "non-zero exit".into(), stderr: out.stderr.trim().to_owned() })
+            Err(ExecError::Failed {
+                argv: argv.join(" "),
+                status: "non-zero exit".into(),
+                stderr: out.stderr.trim().to_owned(),
+            })
         }
     }
 }
@@ -77,7 +90,10 @@ impl Transport for Local {
             .stdin(Stdio::null())
             .env("LC_ALL", "C")
             .output()
-            .map_err(|source| ExecError::Spawn { argv: argv.join(" "), source })?;
+            .map_err(|source| ExecError::Spawn {
+                argv: argv.join(" "),
+                source,
+            })?;
         Ok(Output {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -86,10 +102,18 @@ impl Transport for Local {
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
-        crate::lock::write_atomic(Path::new(path), bytes).map_err(|source| ExecError::Io { path: path.into(), source })
+        crate::lock::write_atomic(Path::new(path), bytes).map_err(|source| ExecError::Io {
+            path: path.into(),
+            source,
+        })
     }
 
-    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> Result<(), ExecError> {
+    fn put_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
         let io = |p: &str| {
             let p = p.to_owned();
             move |source| ExecError::Io { path: p, source }
@@ -98,7 +122,9 @@ impl Transport for Local {
         let mut dst = std::fs::File::create(remote).map_err(io(remote))?;
         let mut buf = vec![0u8; crate::lock::cache::CHUNK];
         loop {
-            let n = src.read(&mut buf).map_err(io(&local.display().to_string()))?;
+            let n = src
+                .read(&mut buf)
+                .map_err(io(&local.display().to_string()))?;
             if n == 0 {
                 break;
             }

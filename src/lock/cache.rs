@@ -67,7 +67,11 @@ impl Cache {
         };
         for entry in rd {
             let entry = entry?;
-            if let Some(sha) = entry.file_name().to_str().and_then(|n| Sha256Hex::parse(n).ok()) {
+            if let Some(sha) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Sha256Hex::parse(n).ok())
+            {
                 out.push(sha);
             }
         }
@@ -76,7 +80,12 @@ impl Cache {
     }
 
     /// Re-hashes the cached file for `sha`; `size` is checked when given.
-    pub fn verify(&self, sha: &Sha256Hex, size: Option<u64>, progress: &dyn Progress) -> std::io::Result<Verdict> {
+    pub fn verify(
+        &self,
+        sha: &Sha256Hex,
+        size: Option<u64>,
+        progress: &dyn Progress,
+    ) -> std::io::Result<Verdict> {
         let path = self.path(sha);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,

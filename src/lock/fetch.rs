@@ -51,13 +51,30 @@ pub enum FetchError {
     Http { url: String, status: u16 },
     /// The transfer ended early or broke.
     #[error("{url}: download interrupted after {got} bytes{}: {reason}", expected.map(|e| format!(" of {e}")).unwrap_or_default())]
-    Truncated { url: String, got: u64, expected: Option<u64>, reason: String },
+    Truncated {
+        url: String,
+        got: u64,
+        expected: Option<u64>,
+        reason: String,
+    },
     /// The server's size differs from the pin.
-    #[error("{url}: size mismatch: images.lock pins {expected} bytes but the server sent {actual}; the download was deleted (if the image changed upstream on purpose, run `virtfleet images update`)")]
-    SizeMismatch { url: String, expected: u64, actual: u64 },
+    #[error(
+        "{url}: size mismatch: images.lock pins {expected} bytes but the server sent {actual}; the download was deleted (if the image changed upstream on purpose, run `virtfleet images update`)"
+    )]
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
     /// The content differs from the pin.
-    #[error("{url}: sha256 mismatch: images.lock pins {expected} but the download hashes to {actual}; the download was deleted (if the image changed upstream on purpose, run `virtfleet images update`)")]
-    HashMismatch { url: String, expected: Sha256Hex, actual: Sha256Hex },
+    #[error(
+        "{url}: sha256 mismatch: images.lock pins {expected} but the download hashes to {actual}; the download was deleted (if the image changed upstream on purpose, run `virtfleet images update`)"
+    )]
+    HashMismatch {
+        url: String,
+        expected: Sha256Hex,
+        actual: Sha256Hex,
+    },
     /// Local I/O in the cache directory.
     #[error("{}: {source}", path.display())]
     Io {
@@ -69,11 +86,20 @@ pub enum FetchError {
 
 /// Downloads `url` into `cache`, checking it against `expected` when given.
 /// `label` names the image in progress events.
-pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &str, progress: &dyn Progress) -> Result<Fetched, FetchError> {
+pub fn download(
+    url: &str,
+    expected: Option<&Expected>,
+    cache: &Cache,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<Fetched, FetchError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(FetchError::UnsupportedScheme { url: url.into() });
     }
-    let io = |source: std::io::Error| FetchError::Io { path: cache.dir().to_owned(), source };
+    let io = |source: std::io::Error| FetchError::Io {
+        path: cache.dir().to_owned(),
+        source,
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -83,18 +109,36 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
         .build()
         .into();
     let mut response = agent.get(url).call().map_err(|e| match e {
-        ureq::Error::StatusCode(status) => FetchError::Http { url: url.into(), status },
-        e @ (ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed) => FetchError::Connect { url: url.into(), reason: e.to_string() },
-        other => FetchError::Request { url: url.into(), reason: other.to_string() },
+        ureq::Error::StatusCode(status) => FetchError::Http {
+            url: url.into(),
+            status,
+        },
+        e @ (ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed) => {
+            FetchError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            }
+        }
+        other => FetchError::Request {
+            url: url.into(),
+            reason: other.to_string(),
+        },
     })?;
     let announced = response.body().content_length();
     if let (Some(exp), Some(len)) = (expected, announced)
         && exp.size != len
     {
-        return Err(FetchError::SizeMismatch { url: url.into(), expected: exp.size, actual: len });
+        return Err(FetchError::SizeMismatch {
+            url: url.into(),
+            expected: exp.size,
+            actual: len,
+        });
     }
     std::fs::create_dir_all(cache.dir()).map_err(io)?;
-    let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(cache.dir()).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(cache.dir())
+        .map_err(io)?;
     let mut reader = response.body_mut().as_reader();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
@@ -105,7 +149,14 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
             let k = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(k) => k,
-                Err(e) => return Err(FetchError::Truncated { url: url.into(), got, expected: announced, reason: e.to_string() }),
+                Err(e) => {
+                    return Err(FetchError::Truncated {
+                        url: url.into(),
+                        got,
+                        expected: announced,
+                        reason: e.to_string(),
+                    });
+                }
             };
             hasher.update(&buf[..k]);
             tmp.write_all(&buf[..k]).map_err(io)?;
@@ -114,21 +165,38 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
             if let Some(exp) = expected
                 && got > exp.size
             {
-                return Err(FetchError::SizeMismatch { url: url.into(), expected: exp.size, actual: got });
+                return Err(FetchError::SizeMismatch {
+                    url: url.into(),
+                    expected: exp.size,
+                    actual: got,
+                });
             }
         }
         if let Some(len) = announced
             && got != len
         {
-            return Err(FetchError::Truncated { url: url.into(), got, expected: Some(len), reason: "connection closed early".into() });
+            return Err(FetchError::Truncated {
+                url: url.into(),
+                got,
+                expected: Some(len),
+                reason: "connection closed early".into(),
+            });
         }
         let sha256 = Sha256Hex::from_digest(&hasher.finalize());
         if let Some(exp) = expected {
             if got != exp.size {
-                return Err(FetchError::SizeMismatch { url: url.into(), expected: exp.size, actual: got });
+                return Err(FetchError::SizeMismatch {
+                    url: url.into(),
+                    expected: exp.size,
+                    actual: got,
+                });
             }
             if sha256 != exp.sha256 {
-                return Err(FetchError::HashMismatch { url: url.into(), expected: exp.sha256.clone(), actual: sha256 });
+                return Err(FetchError::HashMismatch {
+                    url: url.into(),
+                    expected: exp.sha256.clone(),
+                    actual: sha256,
+                });
             }
         }
         Ok(sha256)
@@ -142,5 +210,9 @@ pub fn download(url: &str, expected: Option<&Expected>, cache: &Cache, label: &s
     tmp.as_file().set_permissions(perm.clone()).map_err(io)?;
     let path = cache.path(&sha256);
     tmp.persist(&path).map_err(|e| io(e.error))?;
-    Ok(Fetched { sha256, size: got, path })
+    Ok(Fetched {
+        sha256,
+        size: got,
+        path,
+    })
 }

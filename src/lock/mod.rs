@@ -43,7 +43,10 @@ pub struct Sha256Hex(String);
 impl Sha256Hex {
     /// Validates `s` as 64 lowercase hex digits.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        if s.len() == 64
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
             Ok(Sha256Hex(s.to_owned()))
         } else {
             Err(format!("sha256 {s:?} must be 64 lowercase hex digits"))
@@ -111,9 +114,15 @@ impl ImageLock {
     /// Reads `path`; a missing file is an empty lock (nothing pinned yet).
     pub fn read(path: &Path) -> Result<ImageLock, LockError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => ImageLock::parse(&text, path).map_err(|d| LockError::Invalid(Diagnostics(d))),
+            Ok(text) => {
+                ImageLock::parse(&text, path).map_err(|d| LockError::Invalid(Diagnostics(d)))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ImageLock::default()),
-            Err(source) => Err(LockError::Io { path: path.to_owned(), action: "cannot read", source }),
+            Err(source) => Err(LockError::Io {
+                path: path.to_owned(),
+                action: "cannot read",
+                source,
+            }),
         }
     }
 
@@ -133,7 +142,9 @@ impl ImageLock {
         type Block = (usize, String, BTreeMap<String, (usize, String)>);
         let mut current: Option<Block> = None;
         let mut finish = |cur: Option<Block>, errors: &mut Vec<Diagnostic>| {
-            let Some((line, name, fields)) = cur else { return };
+            let Some((line, name, fields)) = cur else {
+                return;
+            };
             let subject = format!("image {name:?}");
             let image = match ImageName::new(&name) {
                 Ok(n) => n,
@@ -149,32 +160,68 @@ impl ImageLock {
                     None
                 }
             };
-            let (url, sha, size, format, locked) = (get("url"), get("sha256"), get("size"), get("format"), get("locked"));
-            let (Some(url), Some(sha), Some(size), Some(format), Some(locked)) = (url, sha, size, format, locked) else { return };
+            let (url, sha, size, format, locked) = (
+                get("url"),
+                get("sha256"),
+                get("size"),
+                get("format"),
+                get("locked"),
+            );
+            let (Some(url), Some(sha), Some(size), Some(format), Some(locked)) =
+                (url, sha, size, format, locked)
+            else {
+                return;
+            };
             let mut ok = true;
             if let Err(e) = check_url(&url.1) {
                 errors.push(diag(url.0, &subject, e));
                 ok = false;
             }
-            let sha256 = Sha256Hex::parse(&sha.1).map_err(|e| errors.push(diag(sha.0, &subject, e))).ok();
+            let sha256 = Sha256Hex::parse(&sha.1)
+                .map_err(|e| errors.push(diag(sha.0, &subject, e)))
+                .ok();
             let size_v = size.1.parse::<u64>().ok().filter(|s| *s > 0);
             if size_v.is_none() {
-                errors.push(diag(size.0, &subject, format!("size {:?} must be a positive number of bytes", size.1)));
+                errors.push(diag(
+                    size.0,
+                    &subject,
+                    format!("size {:?} must be a positive number of bytes", size.1),
+                ));
             }
             let format_v = match format.1.as_str() {
                 "qcow2" => Some(ImageFormat::Qcow2),
                 "raw" => Some(ImageFormat::Raw),
                 other => {
-                    errors.push(diag(format.0, &subject, format!("format {other:?} must be qcow2 or raw")));
+                    errors.push(diag(
+                        format.0,
+                        &subject,
+                        format!("format {other:?} must be qcow2 or raw"),
+                    ));
                     None
                 }
             };
             if humantime::parse_rfc3339(&locked.1).is_err() {
-                errors.push(diag(locked.0, &subject, format!("locked {:?} must be an RFC 3339 time like 2026-01-31T12:00:00Z", locked.1)));
+                errors.push(diag(
+                    locked.0,
+                    &subject,
+                    format!(
+                        "locked {:?} must be an RFC 3339 time like 2026-01-31T12:00:00Z",
+                        locked.1
+                    ),
+                ));
                 ok = false;
             }
             if let (Some(sha256), Some(size), Some(format), true) = (sha256, size_v, format_v, ok) {
-                images.insert(image, LockEntry { url: url.1, sha256, size, format, locked: locked.1 });
+                images.insert(
+                    image,
+                    LockEntry {
+                        url: url.1,
+                        sha256,
+                        size,
+                        format,
+                        locked: locked.1,
+                    },
+                );
             }
         };
         for (i, raw_line) in text.lines().enumerate() {
@@ -212,9 +259,18 @@ impl ImageLock {
         }
         finish(current.take(), &mut errors);
         if !saw_format && !text.trim().is_empty() && errors.is_empty() {
-            errors.push(Diagnostic { file: path.to_owned(), line: None, subject: String::new(), message: format!("missing `format {FORMAT}` line") });
+            errors.push(Diagnostic {
+                file: path.to_owned(),
+                line: None,
+                subject: String::new(),
+                message: format!("missing `format {FORMAT}` line"),
+            });
         }
-        if errors.is_empty() { Ok(ImageLock { images }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(ImageLock { images })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The canonical text of this lock (what [`ImageLock::write`] writes).
@@ -238,7 +294,11 @@ impl ImageLock {
     /// Writes the lock atomically: a crash leaves the old file or the new
     /// one, never half of either.
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
-        write_atomic(path, self.render().as_bytes()).map_err(|source| LockError::Io { path: path.to_owned(), action: "cannot write", source })
+        write_atomic(path, self.render().as_bytes()).map_err(|source| LockError::Io {
+            path: path.to_owned(),
+            action: "cannot write",
+            source,
+        })
     }
 
     /// Problems between the fleet and this lock: images the fleet uses that
@@ -247,7 +307,12 @@ impl ImageLock {
     pub fn check_against(&self, fleet: &Fleet, lock_path: &Path) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for (name, image) in &fleet.images {
-            let d = |message: String| Diagnostic { file: lock_path.to_owned(), line: None, subject: format!("image {:?}", name.as_str()), message };
+            let d = |message: String| Diagnostic {
+                file: lock_path.to_owned(),
+                line: None,
+                subject: format!("image {:?}", name.as_str()),
+                message,
+            };
             match self.images.get(name) {
                 None => out.push(d("not pinned; run `virtfleet images lock`".into())),
                 Some(e) if e.url != image.url => out.push(d(format!(
@@ -267,7 +332,9 @@ impl ImageLock {
 
     /// Pinned images the fleet no longer declares (kept, reported as unused).
     pub fn unused<'a>(&'a self, fleet: &'a Fleet) -> impl Iterator<Item = &'a ImageName> + 'a {
-        self.images.keys().filter(|n| !fleet.images.contains_key(*n))
+        self.images
+            .keys()
+            .filter(|n| !fleet.images.contains_key(*n))
     }
 }
 
@@ -278,10 +345,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".virtfleet-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".virtfleet-")
+        .tempfile_in(dir)?;
     // tempfile creates 0600 files; a rewritten file keeps its mode, a new
     // one gets the usual 0644 (fleet files are shared, not secret).
-    let mode = std::fs::metadata(path).map(|m| m.permissions()).unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
     tmp.as_file().set_permissions(mode)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -306,8 +377,14 @@ mod tests {
     #[test]
     fn round_trips_and_is_sorted() {
         let mut lock = ImageLock::default();
-        lock.images.insert(ImageName::new("zeta").unwrap(), entry("http://h/z.qcow2", 'a'));
-        lock.images.insert(ImageName::new("alpha").unwrap(), entry("https://h/a.img", 'b'));
+        lock.images.insert(
+            ImageName::new("zeta").unwrap(),
+            entry("http://h/z.qcow2", 'a'),
+        );
+        lock.images.insert(
+            ImageName::new("alpha").unwrap(),
+            entry("https://h/a.img", 'b'),
+        );
         let text = lock.render();
         assert!(text.find("image alpha").unwrap() < text.find("image zeta").unwrap());
         let back = ImageLock::parse(&text, Path::new("images.lock")).unwrap();

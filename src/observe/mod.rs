@@ -94,13 +94,21 @@ impl HostObservation {
 
 impl HostState {
     /// Domains that carry this fleet's marker.
-    pub fn managed<'a>(&'a self, fleet: &'a str) -> impl Iterator<Item = (&'a String, &'a ObservedDomain)> + 'a {
-        self.domains.iter().filter(move |(_, d)| d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet))
+    pub fn managed<'a>(
+        &'a self,
+        fleet: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a ObservedDomain)> + 'a {
+        self.domains
+            .iter()
+            .filter(move |(_, d)| d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet))
     }
 
     /// Domains that do not carry this fleet's marker.
     pub fn unmanaged<'a>(&'a self, fleet: &'a str) -> impl Iterator<Item = &'a String> + 'a {
-        self.domains.iter().filter(move |(_, d)| d.config.owner.as_ref().is_none_or(|o| o.fleet != fleet)).map(|(n, _)| n)
+        self.domains
+            .iter()
+            .filter(move |(_, d)| d.config.owner.as_ref().is_none_or(|o| o.fleet != fleet))
+            .map(|(n, _)| n)
     }
 }
 
@@ -110,17 +118,31 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
         let handles: Vec<_> = fleet
             .hosts
             .values()
-            .map(|h| (h.name.to_string(), s.spawn(move || observe_host(fleet.name.as_str(), h))))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    s.spawn(move || observe_host(fleet.name.as_str(), h)),
+                )
+            })
             .collect();
         handles
             .into_iter()
             .map(|(name, handle)| {
-                let obs = handle.join().unwrap_or_else(|_| HostObservation::Unreachable { error: "observation crashed".into() });
+                let obs = handle
+                    .join()
+                    .unwrap_or_else(|_| HostObservation::Unreachable {
+                        error: "observation crashed".into(),
+                    });
                 (name, obs)
             })
             .collect()
     });
-    Observation { format_version: FORMAT_VERSION, fleet: fleet.name.to_string(), taken_at: now, hosts }
+    Observation {
+        format_version: FORMAT_VERSION,
+        fleet: fleet.name.to_string(),
+        taken_at: now,
+        hosts,
+    }
 }
 
 /// Observes one host.
@@ -133,8 +155,16 @@ pub fn observe_host(fleet: &str, host: &Host) -> HostObservation {
 
 fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
     let lv = Libvirt::open(&host.uri).map_err(|e| e.to_string())?;
-    let domains: BTreeMap<String, ObservedDomain> = lv.domains().map_err(|e| e.to_string())?.into_iter().map(|d| (d.config.name.clone(), d)).collect();
-    let mut state = HostState { domains, ..HostState::default() };
+    let domains: BTreeMap<String, ObservedDomain> = lv
+        .domains()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|d| (d.config.name.clone(), d))
+        .collect();
+    let mut state = HostState {
+        domains,
+        ..HostState::default()
+    };
     match &host.storage {
         Storage::Dir { path } => {
             let t = transport_for(host)?;
@@ -144,32 +174,58 @@ fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
             let attached: BTreeMap<&str, u64> = state
                 .domains
                 .values()
-                .flat_map(|d| d.config.disks.iter().map(move |r| (r.path.as_str(), d.disk_sizes.get(&r.target).copied().unwrap_or(0))))
+                .flat_map(|d| {
+                    d.config.disks.iter().map(move |r| {
+                        (
+                            r.path.as_str(),
+                            d.disk_sizes.get(&r.target).copied().unwrap_or(0),
+                        )
+                    })
+                })
                 .collect();
             for (rel, (is_dir, _)) in &listing.entries {
                 let mut parts = rel.splitn(3, '/');
                 let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
-                let owner = name.and_then(|n| listing.owners.get(&format!("{top}/{n}/owner.json"))).filter(|o| o.fleet == fleet);
+                let owner = name
+                    .and_then(|n| listing.owners.get(&format!("{top}/{n}/owner.json")))
+                    .filter(|o| o.fleet == fleet);
                 match (top, name, rest) {
-                    ("images", None, None) | ("disks", None, None) | ("trash", None, None) if *is_dir => {}
+                    ("images", None, None) | ("disks", None, None) | ("trash", None, None)
+                        if *is_dir => {}
                     ("images", Some(f), None) if !f.starts_with('.') => {
                         state.images.insert(f.to_owned());
                     }
                     ("disks", Some(n), None) if *is_dir => match owner {
-                        Some(_) if n.starts_with(".new-") => state.incomplete.push(format!("disks/{n}")),
+                        Some(_) if n.starts_with(".new-") => {
+                            state.incomplete.push(format!("disks/{n}"))
+                        }
                         Some(o) => {
                             let path = storage.disk_path(n);
                             let size_bytes = match attached.get(path.as_str()) {
                                 Some(s) if *s > 0 => *s,
                                 _ => storage.virtual_size(n).unwrap_or(0),
                             };
-                            state.disks.insert(n.to_owned(), OwnedDisk { owner: o.clone(), path, size_bytes });
+                            state.disks.insert(
+                                n.to_owned(),
+                                OwnedDisk {
+                                    owner: o.clone(),
+                                    path,
+                                    size_bytes,
+                                },
+                            );
                         }
                         None => state.unmanaged_files.push(rel.clone()),
                     },
                     ("trash", Some(n), None) if *is_dir => match (owner, n.rsplit_once('@')) {
                         (Some(o), Some((vol, ts))) if ts.parse::<u64>().is_ok() => {
-                            state.trash.insert(n.to_owned(), TrashEntry { owner: o.clone(), volume: vol.to_owned(), trashed_at: ts.parse().unwrap_or(0) });
+                            state.trash.insert(
+                                n.to_owned(),
+                                TrashEntry {
+                                    owner: o.clone(),
+                                    volume: vol.to_owned(),
+                                    trashed_at: ts.parse().unwrap_or(0),
+                                },
+                            );
                         }
                         _ => state.unmanaged_files.push(rel.clone()),
                     },
@@ -180,7 +236,12 @@ fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
                 }
             }
         }
-        Storage::Zfs { .. } => return Err(format!("host {}: ZFS storage is not supported by this version yet", host.name)),
+        Storage::Zfs { .. } => {
+            return Err(format!(
+                "host {}: ZFS storage is not supported by this version yet",
+                host.name
+            ));
+        }
     }
     Ok(state)
 }

@@ -49,20 +49,44 @@ pub struct BaseRef {
 
 /// What to do. Every action is idempotent in the executor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// Copy a verified base image from the controller's cache to the host.
-    EnsureImage { image: String, sha256: String, format: ImageFormat, size: u64 },
+    EnsureImage {
+        image: String,
+        sha256: String,
+        format: ImageFormat,
+        size: u64,
+    },
     /// Remove an owned half-created disk directory left by a crash.
     RemoveIncomplete { path: String },
     /// Create a disk: a copy-on-write overlay on `base`, or blank.
-    CreateDisk { volume: String, disk: String, size_gib: u64, base: Option<BaseRef> },
+    CreateDisk {
+        volume: String,
+        disk: String,
+        size_gib: u64,
+        base: Option<BaseRef>,
+    },
     /// Grow a disk (never shrink).
-    GrowDisk { volume: String, target: String, from_bytes: u64, to_gib: u64, running: bool },
+    GrowDisk {
+        volume: String,
+        target: String,
+        from_bytes: u64,
+        to_gib: u64,
+        running: bool,
+    },
     /// Define a new domain.
     DefineDomain { xml: String },
     /// Redefine a domain; optionally set memory live or restart it.
-    UpdateDomain { xml: String, memory_live_mib: Option<u64>, restart: bool },
+    UpdateDomain {
+        xml: String,
+        memory_live_mib: Option<u64>,
+        restart: bool,
+    },
     /// Set autostart.
     SetAutostart { on: bool },
     /// Start the domain.

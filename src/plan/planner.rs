@@ -35,7 +35,9 @@ pub struct Options {
 
 /// sha256 of the validated fleet (as JSON), for stale-plan detection.
 pub fn fleet_digest(fleet: &Fleet) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(fleet).expect("fleet serialises")))
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(fleet).expect("fleet serialises"),
+    ))
 }
 
 /// sha256 of the lockfile's canonical text.
@@ -46,11 +48,13 @@ pub fn lock_digest(lock: &ImageLock) -> String {
 /// Hash of everything that goes into a machine's domain and disks, stored
 /// in the domain's metadata: a mismatch means the fleet changed, a match
 /// with differing fields means someone changed the domain behind our back.
-pub fn spec_hash(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) -> String {
-    let v = serde_json::json!({
-        "machine": m, "domainType": host.domain_type, "cpuMode": host.cpu_mode,
-        "network": host.network, "storage": host.storage, "image": image_sha, "fleet": fleet.name,
-    });
+///
+/// Only what goes into the definition counts: power, autostart and disk
+/// sizes have their own actions and must not trigger a redefinition.
+pub fn spec_hash(definition: &DomainSpec, image_sha: &str) -> String {
+    let mut d = definition.clone();
+    d.owner = None;
+    let v = serde_json::json!({ "domain": d, "image": image_sha });
     hex::encode(&Sha256::digest(serde_json::to_vec(&v).expect("spec serialises"))[..8])
 }
 
@@ -73,9 +77,13 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
         .disks()
         .iter()
         .enumerate()
-        .map(|(i, (disk, _))| DiskRef { target: target_name(i), path: disk_path(host, &m.volume_name(disk)), format: format.into() })
+        .map(|(i, (disk, _))| DiskRef {
+            target: target_name(i),
+            path: disk_path(host, &m.volume_name(disk)),
+            format: format.into(),
+        })
         .collect();
-    DomainSpec {
+    let mut spec = DomainSpec {
         name: n.into(),
         uuid: identity::uuid(f, h, n),
         domain_type: host.domain_type,
@@ -85,19 +93,47 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
         current_memory_mib: m.memory_mib,
         disks,
         nic: Some(Nic::for_network(&host.network, identity::mac(f, h, n))),
-        owner: Some(Owner { fleet: f.into(), host: h.into(), machine: n.into(), spec_hash: spec_hash(fleet, host, m, image_sha), protect: m.protect }),
-    }
+        owner: None,
+    };
+    let hash = spec_hash(&spec, image_sha);
+    spec.owner = Some(Owner {
+        fleet: f.into(),
+        host: h.into(),
+        machine: n.into(),
+        spec_hash: hash,
+        protect: m.protect,
+    });
+    spec
 }
 
 /// A unified diff of two domain specs, both rendered by the same code.
 pub fn domain_diff(actual: &DomainSpec, desired: &DomainSpec) -> String {
     let (a, d) = (actual.to_xml(), desired.to_xml());
-    similar::TextDiff::from_lines(&a, &d).unified_diff().context_radius(2).header("actual", "desired").to_string()
+    similar::TextDiff::from_lines(&a, &d)
+        .unified_diff()
+        .context_radius(2)
+        .header("actual", "desired")
+        .to_string()
 }
 
 /// A change on `host` with no diff.
-fn change(host: &str, address: String, machine: Option<&str>, action: Action, disruption: Disruption, reason: String) -> Change {
-    Change { address, host: host.to_owned(), machine: machine.map(str::to_owned), action, disruption, reason, diff: None }
+fn change(
+    host: &str,
+    address: String,
+    machine: Option<&str>,
+    action: Action,
+    disruption: Disruption,
+    reason: String,
+) -> Change {
+    Change {
+        address,
+        host: host.to_owned(),
+        machine: machine.map(str::to_owned),
+        action,
+        disruption,
+        reason,
+        diff: None,
+    }
 }
 
 struct HostPlan<'a> {
@@ -123,12 +159,19 @@ impl HostPlan<'_> {
     fn push(&mut self, phase: u8, change: Change) {
         let disruption = change.disruption;
         let needs = match disruption {
-            Disruption::Restart if !self.opts.allow_restart => Some("--allow-restart (or settings.allowRestart)"),
-            Disruption::Destructive if !self.opts.allow_destroy => Some("--allow-destroy (or settings.allowDestroy)"),
+            Disruption::Restart if !self.opts.allow_restart => {
+                Some("--allow-restart (or settings.allowRestart)")
+            }
+            Disruption::Destructive if !self.opts.allow_destroy => {
+                Some("--allow-destroy (or settings.allowDestroy)")
+            }
             _ => None,
         };
         match needs {
-            Some(n) => self.pending.push(Pending { change, needs: n.into() }),
+            Some(n) => self.pending.push(Pending {
+                change,
+                needs: n.into(),
+            }),
             None => self.changes.push((phase, change)),
         }
     }
@@ -139,19 +182,31 @@ impl HostPlan<'_> {
 
     /// A domain update of `address` is withheld (so its disks stay attached).
     fn update_pending(&self, address: &str) -> bool {
-        self.pending.iter().any(|p| p.change.address == address && matches!(p.change.action, Action::UpdateDomain { .. }))
+        self.pending.iter().any(|p| {
+            p.change.address == address && matches!(p.change.action, Action::UpdateDomain { .. })
+        })
     }
 }
 
 /// Computes the plan.
-pub fn plan(fleet: &Fleet, lock: &ImageLock, obs: &Observation, opts: Options, from_file: bool) -> Plan {
+pub fn plan(
+    fleet: &Fleet,
+    lock: &ImageLock,
+    obs: &Observation,
+    opts: Options,
+    from_file: bool,
+) -> Plan {
     let mut plan = Plan {
         format_version: FORMAT_VERSION,
         fleet: fleet.name.to_string(),
         inputs: Inputs {
             fleet: fleet_digest(fleet),
             lock: lock_digest(lock),
-            hosts: obs.hosts.iter().map(|(h, o)| (h.clone(), o.digest())).collect(),
+            hosts: obs
+                .hosts
+                .iter()
+                .map(|(h, o)| (h.clone(), o.digest()))
+                .collect(),
             observed_at: obs.taken_at,
             from_file,
             now: opts.now,
@@ -171,16 +226,26 @@ pub fn plan(fleet: &Fleet, lock: &ImageLock, obs: &Observation, opts: Options, f
                 continue;
             }
             None => {
-                plan.unreachable.insert(name, "not in the observation".into());
+                plan.unreachable
+                    .insert(name, "not in the observation".into());
                 continue;
             }
         };
-        let mut unmanaged: Vec<String> = state.unmanaged(fleet.name.as_str()).map(|d| format!("domain {d}")).collect();
+        let mut unmanaged: Vec<String> = state
+            .unmanaged(fleet.name.as_str())
+            .map(|d| format!("domain {d}"))
+            .collect();
         unmanaged.extend(state.unmanaged_files.iter().map(|f| format!("file {f}")));
         if !unmanaged.is_empty() {
             plan.unmanaged.insert(name.clone(), unmanaged);
         }
-        let mut hp = HostPlan { host, opts, changes: Vec::new(), pending: Vec::new(), refused: Vec::new() };
+        let mut hp = HostPlan {
+            host,
+            opts,
+            changes: Vec::new(),
+            pending: Vec::new(),
+            refused: Vec::new(),
+        };
         plan_host(fleet, lock, state, &mut hp);
         // Stable sort: phase order, insertion (machine name) order within.
         hp.changes.sort_by_key(|(phase, _)| *phase);
@@ -202,36 +267,69 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
     let mut images_done = BTreeSet::new();
     for m in &desired {
         let Some(pin) = lock.images.get(&m.image) else {
-            hp.refuse(format!("{h}/{}", m.name), format!("image {:?} is not pinned in images.lock; run `virtfleet images lock`", m.image.as_str()));
+            hp.refuse(
+                format!("{h}/{}", m.name),
+                format!(
+                    "image {:?} is not pinned in images.lock; run `virtfleet images lock`",
+                    m.image.as_str()
+                ),
+            );
             continue;
         };
         let file = format!("{}.{}", pin.sha256, pin.format.as_str());
         if !state.images.contains(&file) && images_done.insert(file) {
-            hp.push(P_IMAGE, change(h, format!("{h}/images/{}", pin.sha256.short()),
-                None,
-                Action::EnsureImage { image: m.image.to_string(), sha256: pin.sha256.to_string(), format: pin.format, size: pin.size },
-                Disruption::None,
-                format!("base image {} is not on the host yet", m.image)));
+            hp.push(
+                P_IMAGE,
+                change(
+                    h,
+                    format!("{h}/images/{}", pin.sha256.short()),
+                    None,
+                    Action::EnsureImage {
+                        image: m.image.to_string(),
+                        sha256: pin.sha256.to_string(),
+                        format: pin.format,
+                        size: pin.size,
+                    },
+                    Disruption::None,
+                    format!("base image {} is not on the host yet", m.image),
+                ),
+            );
         }
     }
 
     for path in &state.incomplete {
-        hp.push(P_CLEAN, change(h, format!("{h}/{path}"), None, Action::RemoveIncomplete { path: path.clone() }, Disruption::None, "left half-created by an interrupted apply".into()));
+        hp.push(
+            P_CLEAN,
+            change(
+                h,
+                format!("{h}/{path}"),
+                None,
+                Action::RemoveIncomplete { path: path.clone() },
+                Disruption::None,
+                "left half-created by an interrupted apply".into(),
+            ),
+        );
     }
 
     for m in &desired {
-        let Some(pin) = lock.images.get(&m.image) else { continue };
+        let Some(pin) = lock.images.get(&m.image) else {
+            continue;
+        };
         let n = m.name.as_str();
         let addr = format!("{h}/{n}");
         let want = desired_domain(fleet, host, m, pin.sha256.as_str());
         let observed = state.domains.get(n);
         if let Some(d) = observed
-            && d.config.owner.as_ref().is_none_or(|o| o.fleet != fleet_name)
+            && d.config
+                .owner
+                .as_ref()
+                .is_none_or(|o| o.fleet != fleet_name)
         {
             hp.refuse(addr, format!("a domain named {n:?} already exists on host {h} and is not managed by fleet {fleet_name:?}; virtfleet will not touch it (rename the machine or remove that domain)"));
             continue;
         }
-        let running = observed.is_some_and(|d| matches!(d.state, PowerState::Running | PowerState::Paused));
+        let running =
+            observed.is_some_and(|d| matches!(d.state, PowerState::Running | PowerState::Paused));
 
         // Disks.
         let mut disk_refused = false;
@@ -240,7 +338,13 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
             let daddr = format!("{addr}/{disk}");
             match state.disks.get(&vol) {
                 Some(od) if od.owner.machine != n || od.owner.disk != *disk => {
-                    hp.refuse(daddr, format!("volume {vol} belongs to machine {} disk {}", od.owner.machine, od.owner.disk));
+                    hp.refuse(
+                        daddr,
+                        format!(
+                            "volume {vol} belongs to machine {} disk {}",
+                            od.owner.machine, od.owner.disk
+                        ),
+                    );
                     disk_refused = true;
                 }
                 Some(od) => {
@@ -249,15 +353,38 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                         hp.refuse(daddr, format!("disk is {} GiB but the fleet asks {size_gib} GiB: disks only grow, a shrink would lose data (set the size back to at least {} GiB)", od.size_bytes.div_ceil(GIB), od.size_bytes.div_ceil(GIB)));
                         disk_refused = true;
                     } else if od.size_bytes < want_bytes {
-                        hp.push(P_DISK, change(h, daddr,
-                            Some(n),
-                            Action::GrowDisk { volume: vol, target: target_name(i), from_bytes: od.size_bytes, to_gib: *size_gib, running },
-                            if running { Disruption::Live } else { Disruption::None },
-                            format!("grow {} → {size_gib} GiB", human_gib(od.size_bytes))));
+                        hp.push(
+                            P_DISK,
+                            change(
+                                h,
+                                daddr,
+                                Some(n),
+                                Action::GrowDisk {
+                                    volume: vol,
+                                    target: target_name(i),
+                                    from_bytes: od.size_bytes,
+                                    to_gib: *size_gib,
+                                    running,
+                                },
+                                if running {
+                                    Disruption::Live
+                                } else {
+                                    Disruption::None
+                                },
+                                format!("grow {} → {size_gib} GiB", human_gib(od.size_bytes)),
+                            ),
+                        );
                     }
                 }
                 None => {
-                    if state.domains.values().any(|d| d.config.disks.iter().any(|r| r.path == disk_path(host, &vol))) && !state.disks.contains_key(&vol) && unmanaged_volume(state, &vol) {
+                    if state.domains.values().any(|d| {
+                        d.config
+                            .disks
+                            .iter()
+                            .any(|r| r.path == disk_path(host, &vol))
+                    }) && !state.disks.contains_key(&vol)
+                        && unmanaged_volume(state, &vol)
+                    {
                         hp.refuse(daddr, format!("disks/{vol} exists on host {h} and is not owned by fleet {fleet_name:?}"));
                         disk_refused = true;
                         continue;
@@ -267,14 +394,37 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                         disk_refused = true;
                         continue;
                     }
-                    let base = (i == 0).then(|| BaseRef { image: m.image.to_string(), sha256: pin.sha256.to_string(), format: pin.format });
+                    let base = (i == 0).then(|| BaseRef {
+                        image: m.image.to_string(),
+                        sha256: pin.sha256.to_string(),
+                        format: pin.format,
+                    });
                     let trashed = state.trash.values().any(|t| t.volume == vol);
-                    let what = if i == 0 { format!("overlay on {}", m.image) } else { "blank".into() };
+                    let what = if i == 0 {
+                        format!("overlay on {}", m.image)
+                    } else {
+                        "blank".into()
+                    };
                     let mut reason = format!("new {size_gib} GiB disk ({what})");
                     if trashed {
                         reason.push_str(&format!("; a trashed copy exists: `virtfleet restore {n}` brings it back instead"));
                     }
-                    hp.push(P_DISK, change(h, daddr, Some(n), Action::CreateDisk { volume: vol, disk: disk.clone(), size_gib: *size_gib, base }, Disruption::None, reason));
+                    hp.push(
+                        P_DISK,
+                        change(
+                            h,
+                            daddr,
+                            Some(n),
+                            Action::CreateDisk {
+                                volume: vol,
+                                disk: disk.clone(),
+                                size_gib: *size_gib,
+                                base,
+                            },
+                            Disruption::None,
+                            reason,
+                        ),
+                    );
                 }
             }
         }
@@ -285,28 +435,84 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
         // Domain.
         match observed {
             None => {
-                hp.push(P_DOMAIN, change(h, addr.clone(), Some(n), Action::DefineDomain { xml: want.to_xml() }, Disruption::None, "new machine".into()));
+                hp.push(
+                    P_DOMAIN,
+                    change(
+                        h,
+                        addr.clone(),
+                        Some(n),
+                        Action::DefineDomain { xml: want.to_xml() },
+                        Disruption::None,
+                        "new machine".into(),
+                    ),
+                );
                 if m.autostart {
-                    hp.push(P_DOMAIN, change(h, addr.clone(), Some(n), Action::SetAutostart { on: true }, Disruption::None, "autostart with the host".into()));
+                    hp.push(
+                        P_DOMAIN,
+                        change(
+                            h,
+                            addr.clone(),
+                            Some(n),
+                            Action::SetAutostart { on: true },
+                            Disruption::None,
+                            "autostart with the host".into(),
+                        ),
+                    );
                 }
                 if m.power == Power::Running {
-                    hp.push(P_POWER, change(h, addr.clone(), Some(n), Action::Start, Disruption::None, "power = Running".into()));
+                    hp.push(
+                        P_POWER,
+                        change(
+                            h,
+                            addr.clone(),
+                            Some(n),
+                            Action::Start,
+                            Disruption::None,
+                            "power = Running".into(),
+                        ),
+                    );
                 }
             }
             Some(d) => plan_update(hp, &addr, m, &want, d),
         }
 
         // Owned disks of this machine it no longer declares.
-        let wanted_vols: BTreeSet<String> = m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
+        let wanted_vols: BTreeSet<String> =
+            m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
         for (vol, od) in &state.disks {
             if od.owner.machine == n && !wanted_vols.contains(vol) {
                 let blocked = hp.update_pending(&addr);
                 let change_addr = format!("{addr}/{}", od.owner.disk);
                 if blocked {
-                    let change = Change { address: change_addr, host: h.into(), machine: Some(n.into()), action: Action::TrashDisk { volume: vol.clone() }, disruption: Disruption::Destructive, reason: "disk removed from the fleet".into(), diff: None };
-                    hp.pending.push(Pending { change, needs: "the domain update above (it still uses this disk)".into() });
+                    let change = Change {
+                        address: change_addr,
+                        host: h.into(),
+                        machine: Some(n.into()),
+                        action: Action::TrashDisk {
+                            volume: vol.clone(),
+                        },
+                        disruption: Disruption::Destructive,
+                        reason: "disk removed from the fleet".into(),
+                        diff: None,
+                    };
+                    hp.pending.push(Pending {
+                        change,
+                        needs: "the domain update above (it still uses this disk)".into(),
+                    });
                 } else {
-                    hp.push(P_DESTROY, change(h, change_addr, Some(n), Action::TrashDisk { volume: vol.clone() }, Disruption::Destructive, "disk removed from the fleet (moved to the trash, restorable)".into()));
+                    hp.push(
+                        P_DESTROY,
+                        change(
+                            h,
+                            change_addr,
+                            Some(n),
+                            Action::TrashDisk {
+                                volume: vol.clone(),
+                            },
+                            Disruption::Destructive,
+                            "disk removed from the fleet (moved to the trash, restorable)".into(),
+                        ),
+                    );
                 }
             }
         }
@@ -323,13 +529,34 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
             hp.refuse(addr, format!("machine {n} is protected (protect = True when last applied); it is kept. To remove it, set protect = False, apply, then remove it"));
             continue;
         }
-        let volumes: Vec<String> = state.disks.iter().filter(|(_, od)| od.owner.machine == *n).map(|(v, _)| v.clone()).collect();
-        let stopping = if matches!(d.state, PowerState::Running | PowerState::Paused) { "stop, " } else { "" };
-        hp.push(P_DESTROY, change(h, addr,
-            Some(n),
-            Action::Destroy { volumes: volumes.clone() },
-            Disruption::Destructive,
-            format!("removed from the fleet: {stopping}undefine, move {} disk{} to the trash", volumes.len(), if volumes.len() == 1 { "" } else { "s" })));
+        let volumes: Vec<String> = state
+            .disks
+            .iter()
+            .filter(|(_, od)| od.owner.machine == *n)
+            .map(|(v, _)| v.clone())
+            .collect();
+        let stopping = if matches!(d.state, PowerState::Running | PowerState::Paused) {
+            "stop, "
+        } else {
+            ""
+        };
+        hp.push(
+            P_DESTROY,
+            change(
+                h,
+                addr,
+                Some(n),
+                Action::Destroy {
+                    volumes: volumes.clone(),
+                },
+                Disruption::Destructive,
+                format!(
+                    "removed from the fleet: {stopping}undefine, move {} disk{} to the trash",
+                    volumes.len(),
+                    if volumes.len() == 1 { "" } else { "s" }
+                ),
+            ),
+        );
     }
     // Owned disks whose machine has neither a domain nor a place in the fleet.
     for (vol, od) in &state.disks {
@@ -342,22 +569,51 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
     // Trash expiry.
     let keep = fleet.settings.trash_retention_days * 86_400;
     for (entry, t) in &state.trash {
-        if t.trashed_at + keep <= hp.opts.now {
-            hp.push(P_PURGE, change(h, format!("{h}/trash/{entry}"), Some(&t.owner.machine), Action::PurgeTrash { entry: entry.clone() }, Disruption::Destructive, format!("trash retention of {} days expired", fleet.settings.trash_retention_days)));
+        // saturating: a far-future stamp must never wrap into "expired".
+        if t.trashed_at.saturating_add(keep) <= hp.opts.now {
+            hp.push(
+                P_PURGE,
+                change(
+                    h,
+                    format!("{h}/trash/{entry}"),
+                    Some(&t.owner.machine),
+                    Action::PurgeTrash {
+                        entry: entry.clone(),
+                    },
+                    Disruption::Destructive,
+                    format!(
+                        "trash retention of {} days expired",
+                        fleet.settings.trash_retention_days
+                    ),
+                ),
+            );
         }
     }
 }
 
 fn unmanaged_volume(state: &HostState, vol: &str) -> bool {
-    state.unmanaged_files.iter().any(|f| f == &format!("disks/{vol}"))
+    state
+        .unmanaged_files
+        .iter()
+        .any(|f| f == &format!("disks/{vol}"))
 }
 
 fn human_gib(bytes: u64) -> String {
-    if bytes.is_multiple_of(GIB) { format!("{} GiB", bytes / GIB) } else { format!("{:.2} GiB", bytes as f64 / GIB as f64) }
+    if bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else {
+        format!("{:.2} GiB", bytes as f64 / GIB as f64)
+    }
 }
 
 /// Plans changes to an existing managed domain.
-fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec, d: &ObservedDomain) {
+fn plan_update(
+    hp: &mut HostPlan<'_>,
+    addr: &str,
+    m: &Machine,
+    want: &DomainSpec,
+    d: &ObservedDomain,
+) {
     let n = m.name.as_str();
     let h = hp.host.name.to_string();
     let h = h.as_str();
@@ -369,7 +625,8 @@ fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec
     }
     let have = &have;
     let running = matches!(d.state, PowerState::Running | PowerState::Paused);
-    let hash_same = have.owner.as_ref().map(|o| &o.spec_hash) == want.owner.as_ref().map(|o| &o.spec_hash);
+    let hash_same =
+        have.owner.as_ref().map(|o| &o.spec_hash) == want.owner.as_ref().map(|o| &o.spec_hash);
     let mut what = Vec::new();
     let mut restart = false;
     let mut memory_live = None;
@@ -378,7 +635,10 @@ fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec
         restart |= running;
     }
     if have.memory_mib != want.memory_mib || have.current_memory_mib != want.current_memory_mib {
-        what.push(format!("memory {} → {} MiB", have.memory_mib, want.memory_mib));
+        what.push(format!(
+            "memory {} → {} MiB",
+            have.memory_mib, want.memory_mib
+        ));
         if running {
             // The balloon can go down to any size, and up to the running
             // guest's maximum; beyond that the maximum itself must grow.
@@ -414,28 +674,91 @@ fn plan_update(hp: &mut HostPlan<'_>, addr: &str, m: &Machine, want: &DomainSpec
         what.push(fields.join(", "));
         restart |= running;
     }
-    if what.is_empty() && !hash_same {
+    let metadata_only = what.is_empty();
+    if metadata_only && (!hash_same || have.owner != want.owner) {
         what.push("ownership metadata".into());
     }
+    if m.power == Power::Stopped {
+        // It is about to be stopped: the new definition applies at its next start.
+        restart = false;
+        memory_live = None;
+    }
     if !what.is_empty() {
-        let origin = if hash_same { "drift: changed outside virtfleet" } else { "fleet.dhall changed" };
-        let disruption = if restart { Disruption::Restart } else if running { Disruption::Live } else { Disruption::None };
-        let how = if restart { "; restart to take effect" } else { "" };
-        hp.push(P_DOMAIN, Change { diff: Some(domain_diff(have, want)), ..change(h, addr.into(),
-            Some(n),
-            Action::UpdateDomain { xml: want.to_xml(), memory_live_mib: memory_live, restart },
-            disruption,
-            format!("{origin}: {}{how}", what.join("; "))) });
+        let origin = if hash_same {
+            "drift: changed outside virtfleet"
+        } else {
+            "fleet.dhall changed"
+        };
+        let disruption = if restart {
+            Disruption::Restart
+        } else if running && !metadata_only && memory_live.is_some() {
+            Disruption::Live
+        } else {
+            Disruption::None
+        };
+        let how = if restart {
+            "; restart to take effect"
+        } else {
+            ""
+        };
+        hp.push(
+            P_DOMAIN,
+            Change {
+                diff: Some(domain_diff(have, want)),
+                ..change(
+                    h,
+                    addr.into(),
+                    Some(n),
+                    Action::UpdateDomain {
+                        xml: want.to_xml(),
+                        memory_live_mib: memory_live,
+                        restart,
+                    },
+                    disruption,
+                    format!("{origin}: {}{how}", what.join("; ")),
+                )
+            },
+        );
     }
     // The live balloon size is not compared: it is best effort (a guest
     // without a balloon driver never follows it), and planning it would
     // never converge for such guests. The persistent definition is managed.
     if d.autostart != m.autostart {
-        hp.push(P_DOMAIN, change(h, addr.into(), Some(n), Action::SetAutostart { on: m.autostart }, Disruption::None, format!("autostart {} → {}", d.autostart, m.autostart)));
+        hp.push(
+            P_DOMAIN,
+            change(
+                h,
+                addr.into(),
+                Some(n),
+                Action::SetAutostart { on: m.autostart },
+                Disruption::None,
+                format!("autostart {} → {}", d.autostart, m.autostart),
+            ),
+        );
     }
     match (m.power, running) {
-        (Power::Running, false) => hp.push(P_POWER, change(h, addr.into(), Some(n), Action::Start, Disruption::None, "power = Running".into())),
-        (Power::Stopped, true) => hp.push(P_POWER, change(h, addr.into(), Some(n), Action::Stop, Disruption::Restart, "power = Stopped".into())),
+        (Power::Running, false) => hp.push(
+            P_POWER,
+            change(
+                h,
+                addr.into(),
+                Some(n),
+                Action::Start,
+                Disruption::None,
+                "power = Running".into(),
+            ),
+        ),
+        (Power::Stopped, true) => hp.push(
+            P_POWER,
+            change(
+                h,
+                addr.into(),
+                Some(n),
+                Action::Stop,
+                Disruption::Restart,
+                "power = Stopped".into(),
+            ),
+        ),
         _ => {}
     }
 }

@@ -41,7 +41,10 @@ pub enum EvalError {
 
 /// Evaluates the fleet file at `path` into its raw form.
 pub fn evaluate(path: &Path) -> Result<raw::Fleet, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     install_quiet_panic_hook();
     let owned = path.to_owned();
     let handle = std::thread::Builder::new()
@@ -49,11 +52,22 @@ pub fn evaluate(path: &Path) -> Result<raw::Fleet, EvalError> {
         // serde_dhall recurses per nesting level and list element; 1000-machine
         // fleets overflow the default 2 MiB thread stack.
         .stack_size(256 << 20)
-        .spawn(move || serde_dhall::from_file(&owned).parse::<raw::Fleet>().map_err(|e| e.to_string()))
-        .map_err(|e| EvalError::Crashed { path: path.to_owned(), message: e.to_string() })?;
+        .spawn(move || {
+            serde_dhall::from_file(&owned)
+                .parse::<raw::Fleet>()
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| EvalError::Crashed {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     match handle.join() {
         Ok(Ok(fleet)) => Ok(fleet),
-        Ok(Err(message)) => Err(EvalError::Dhall { path: path.to_owned(), position: position(&message), message: tidy(&message) }),
+        Ok(Err(message)) => Err(EvalError::Dhall {
+            path: path.to_owned(),
+            position: position(&message),
+            message: tidy(&message),
+        }),
         Err(payload) => {
             let message = payload
                 .downcast_ref::<String>()
@@ -61,9 +75,15 @@ pub fn evaluate(path: &Path) -> Result<raw::Fleet, EvalError> {
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             if message.contains("Remote imports") || message.contains("remote import") {
-                Err(EvalError::RemoteImport { path: path.to_owned(), line: remote_import_line(&text) })
+                Err(EvalError::RemoteImport {
+                    path: path.to_owned(),
+                    line: remote_import_line(&text),
+                })
             } else {
-                Err(EvalError::Crashed { path: path.to_owned(), message })
+                Err(EvalError::Crashed {
+                    path: path.to_owned(),
+                    message,
+                })
             }
         }
     }
@@ -86,7 +106,9 @@ fn install_quiet_panic_hook() {
 fn position(message: &str) -> Option<(usize, usize)> {
     let rest = &message[message.find("--> ")? + 4..];
     let rest = rest.strip_prefix("<current file>:").unwrap_or(rest);
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == ':')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+        .unwrap_or(rest.len());
     let (l, c) = rest[..end].split_once(':')?;
     Some((l.parse().ok()?, c.parse().ok()?))
 }
@@ -97,7 +119,10 @@ fn tidy(message: &str) -> String {
     if let Some(summary) = summarize_mismatch(message) {
         return summary;
     }
-    message.replace("error: error", "error").trim_end().to_owned()
+    message
+        .replace("error: error", "error")
+        .trim_end()
+        .to_owned()
 }
 
 /// serde_dhall reports a schema mismatch as `annot mismatch: A != B` with
@@ -106,25 +131,34 @@ fn summarize_mismatch(message: &str) -> Option<String> {
     let start = message.find("annot mismatch: ")? + "annot mismatch: ".len();
     let line = message[start..].lines().next()?;
     let parts = split_top(line, " != ");
-    let [actual, wanted] = parts.as_slice() else { return None };
+    let [actual, wanted] = parts.as_slice() else {
+        return None;
+    };
     let (actual, wanted) = (record_fields(actual)?, record_fields(wanted)?);
     let mut diffs = Vec::new();
     for (field, want) in &wanted {
         match actual.iter().find(|(f, _)| f == field) {
             None => diffs.push(format!("field `{field}` is missing (it must be {want})")),
-            Some((_, got)) if got != want => diffs.push(format!("field `{field}` is {got}, but the schema wants {want}")),
+            Some((_, got)) if got != want => diffs.push(format!(
+                "field `{field}` is {got}, but the schema wants {want}"
+            )),
             Some(_) => {}
         }
     }
     for (field, _) in &actual {
         if !wanted.iter().any(|(f, _)| f == field) {
-            diffs.push(format!("field `{field}` is not part of the schema (misspelt?)"));
+            diffs.push(format!(
+                "field `{field}` is not part of the schema (misspelt?)"
+            ));
         }
     }
     if diffs.is_empty() {
         return None;
     }
-    Some(format!("type error: the value does not match the virtfleet schema: {}", diffs.join("; ")))
+    Some(format!(
+        "type error: the value does not match the virtfleet schema: {}",
+        diffs.join("; ")
+    ))
 }
 
 /// Splits `s` on `sep` where no bracket is open.
@@ -170,7 +204,8 @@ fn remote_import_line(text: &str) -> Option<usize> {
         .position(|l| {
             let code = l.split("--").next().unwrap_or("");
             ["http://", "https://"].iter().any(|p| {
-                code.match_indices(p).any(|(i, _)| code[..i].matches('"').count() % 2 == 0)
+                code.match_indices(p)
+                    .any(|(i, _)| code[..i].matches('"').count() % 2 == 0)
             })
         })
         .map(|i| i + 1)

@@ -36,7 +36,10 @@ struct Task {
 impl StderrProgress {
     /// Chooses the display from whether stderr is a terminal.
     pub fn new() -> Self {
-        StderrProgress { terminal: std::io::stderr().is_terminal(), state: Mutex::new(None) }
+        StderrProgress {
+            terminal: std::io::stderr().is_terminal(),
+            state: Mutex::new(None),
+        }
     }
 }
 
@@ -53,22 +56,36 @@ impl Progress for StderrProgress {
                 Some(t) => ProgressBar::new(t),
                 None => ProgressBar::new_spinner(),
             };
-            let style = ProgressStyle::with_template("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .map(|s| s.progress_chars("=> "))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_message(label.to_owned());
             bar
         });
         if bar.is_none() {
-            let size = total.map(|t| format!(" ({})", human_bytes(t))).unwrap_or_default();
+            let size = total
+                .map(|t| format!(" ({})", human_bytes(t)))
+                .unwrap_or_default();
             eprintln!("{label}{size}: started");
         }
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Task { label: label.to_owned(), bar, started: Instant::now(), done: 0 });
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(Task {
+            label: label.to_owned(),
+            bar,
+            started: Instant::now(),
+            done: 0,
+        });
     }
 
     fn advance(&self, bytes: u64) {
-        if let Some(task) = self.state.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(task) = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             task.done += bytes;
             if let Some(bar) = &task.bar {
                 bar.inc(bytes);
@@ -81,7 +98,12 @@ impl Progress for StderrProgress {
             if let Some(bar) = task.bar {
                 bar.finish_and_clear();
             }
-            eprintln!("{}: {outcome}, {} in {:.1}s", task.label, human_bytes(task.done), task.started.elapsed().as_secs_f64());
+            eprintln!(
+                "{}: {outcome}, {} in {:.1}s",
+                task.label,
+                human_bytes(task.done),
+                task.started.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -95,7 +117,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Renders rows as left-aligned columns separated by two spaces.
@@ -156,8 +182,13 @@ pub struct ApplyProgress {
 impl ApplyProgress {
     /// Chooses the display from whether stderr is a terminal.
     pub fn new() -> Self {
-        let multi = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
-        ApplyProgress { multi, bars: Mutex::new(Default::default()) }
+        let multi = std::io::stderr()
+            .is_terminal()
+            .then(indicatif::MultiProgress::new);
+        ApplyProgress {
+            multi,
+            bars: Mutex::new(Default::default()),
+        }
     }
 }
 
@@ -174,17 +205,36 @@ impl crate::apply::Events for ApplyProgress {
         match (&self.multi, e) {
             (Some(multi), Event::HostStarted { host, steps }) => {
                 let bar = multi.add(ProgressBar::new(steps as u64));
-                let style = ProgressStyle::with_template("{prefix:12} [{bar:20}] {pos}/{len} {msg}").map(|s| s.progress_chars("=> ")).unwrap_or_else(|_| ProgressStyle::default_bar());
+                let style =
+                    ProgressStyle::with_template("{prefix:12} [{bar:20}] {pos}/{len} {msg}")
+                        .map(|s| s.progress_chars("=> "))
+                        .unwrap_or_else(|_| ProgressStyle::default_bar());
                 bar.set_style(style);
                 bar.set_prefix(host.clone());
                 bars.insert(host, bar);
             }
-            (Some(_), Event::StepStarted { host, what, address }) => {
+            (
+                Some(_),
+                Event::StepStarted {
+                    host,
+                    what,
+                    address,
+                },
+            ) => {
                 if let Some(b) = bars.get(&host) {
                     b.set_message(format!("{address}: {what}"));
                 }
             }
-            (Some(multi), Event::StepFinished { host, address, what, error, seconds }) => {
+            (
+                Some(multi),
+                Event::StepFinished {
+                    host,
+                    address,
+                    what,
+                    error,
+                    seconds,
+                },
+            ) => {
                 if let Some(b) = bars.get(&host) {
                     b.inc(1);
                     let line = match error {
@@ -194,18 +244,47 @@ impl crate::apply::Events for ApplyProgress {
                     let _ = multi.println(line);
                 }
             }
-            (Some(_), Event::HostFinished { host, done, failed, skipped }) => {
+            (
+                Some(_),
+                Event::HostFinished {
+                    host,
+                    done,
+                    failed,
+                    skipped,
+                },
+            ) => {
                 if let Some(b) = bars.get(&host) {
-                    b.finish_with_message(format!("{done} done, {failed} failed, {skipped} skipped"));
+                    b.finish_with_message(format!(
+                        "{done} done, {failed} failed, {skipped} skipped"
+                    ));
                 }
             }
-            (None, Event::HostStarted { host, steps }) => eprintln!("[{host}] applying {steps} change(s)"),
+            (None, Event::HostStarted { host, steps }) => {
+                eprintln!("[{host}] applying {steps} change(s)")
+            }
             (None, Event::StepStarted { .. }) => {}
-            (None, Event::StepFinished { host, address, what, error, seconds }) => match error {
+            (
+                None,
+                Event::StepFinished {
+                    host,
+                    address,
+                    what,
+                    error,
+                    seconds,
+                },
+            ) => match error {
                 None => eprintln!("[{host}] {address}: {what} ... done ({seconds:.1}s)"),
                 Some(e) => eprintln!("[{host}] {address}: {what} ... FAILED: {e}"),
             },
-            (None, Event::HostFinished { host, done, failed, skipped }) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
+            (
+                None,
+                Event::HostFinished {
+                    host,
+                    done,
+                    failed,
+                    skipped,
+                },
+            ) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
         }
     }
 }

@@ -23,8 +23,14 @@ fn repo(p: &str) -> PathBuf {
 pub fn ensure_libvirtd() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        let out = Command::new(repo("scripts/libvirtd-start")).output().expect("run scripts/libvirtd-start");
-        assert!(out.status.success(), "libvirtd could not be started: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(repo("scripts/libvirtd-start"))
+            .output()
+            .expect("run scripts/libvirtd-start");
+        assert!(
+            out.status.success(),
+            "libvirtd could not be started: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -33,7 +39,10 @@ pub fn example_image() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(repo("scripts/example-image")).arg(dir.path()).output().unwrap();
+        let out = Command::new(repo("scripts/example-image"))
+            .arg(dir.path())
+            .output()
+            .unwrap();
         assert!(out.status.success());
         std::fs::read(dir.path().join("tiny.img")).unwrap()
     })
@@ -41,8 +50,20 @@ pub fn example_image() -> &'static [u8] {
 
 /// Runs virsh against `uri`; returns (success, stdout + stderr).
 pub fn virsh(uri: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("virsh").arg("-c").arg(uri).args(args).output().expect("run virsh");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// virsh that must succeed; returns stdout.
@@ -55,7 +76,12 @@ pub fn virsh_ok(uri: &str, args: &[&str]) -> String {
 /// Domains on `uri` whose name starts with `prefix`.
 pub fn domains(uri: &str, prefix: &str) -> Vec<String> {
     let (_, out) = virsh(uri, &["list", "--all", "--name"]);
-    let mut v: Vec<String> = out.lines().map(str::trim).filter(|n| n.starts_with(prefix)).map(str::to_owned).collect();
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect();
     v.sort();
     v
 }
@@ -87,11 +113,21 @@ impl Lab {
         ensure_libvirtd();
         let server = TestServer::with([("/tiny.img", Behaviour::Ok(example_image().to_vec()))]);
         let root = PathBuf::from("/var/lib/virtfleet-tests").join(name);
-        let lab = Lab { name: name.into(), root, server, scratch: tempfile::tempdir().unwrap(), uris: vec![SYSTEM.into()] };
+        std::fs::create_dir_all("/var/lib/virtfleet-tests").unwrap();
+        let lab = Lab {
+            name: name.into(),
+            root,
+            server,
+            scratch: tempfile::tempdir().unwrap(),
+            uris: vec![SYSTEM.into()],
+        };
         lab.clean();
         std::fs::create_dir_all(&lab.root).unwrap();
         // QEMU runs as libvirt-qemu and must traverse to the disks.
-        std::process::Command::new("chmod").args(["0755", "/var/lib/virtfleet-tests"]).status().unwrap();
+        std::process::Command::new("chmod")
+            .args(["0755", "/var/lib/virtfleet-tests"])
+            .status()
+            .unwrap();
         std::fs::create_dir_all(lab.scratch.path().join("cache")).unwrap();
         lab
     }
@@ -153,7 +189,10 @@ impl Lab {
     /// `V.Machine::{ name = "<lab>-<m>", image = "tiny", memoryMiB = 128, diskGiB = 1, <extra> }`.
     /// `extra` fields override the defaults (memoryMiB = 128, diskGiB = 1).
     pub fn machine(&self, m: &str, extra: &str) -> String {
-        let mut fields = vec![format!("name = \"{}\"", self.m(m)), "image = \"tiny\"".to_owned()];
+        let mut fields = vec![
+            format!("name = \"{}\"", self.m(m)),
+            "image = \"tiny\"".to_owned(),
+        ];
         for (k, v) in [("memoryMiB", "128"), ("diskGiB", "1")] {
             if !extra.contains(k) {
                 fields.push(format!("{k} = {v}"));
@@ -175,7 +214,12 @@ impl Lab {
     /// A command line for virtfleet (for tests that need the child process).
     pub fn vf_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("virtfleet"));
-        cmd.env("NO_COLOR", "1").arg("--cache-dir").arg(self.scratch.path().join("cache")).arg("-f").arg(self.fleet()).args(args);
+        cmd.env("NO_COLOR", "1")
+            .arg("--cache-dir")
+            .arg(self.scratch.path().join("cache"))
+            .arg("-f")
+            .arg(self.fleet())
+            .args(args);
         cmd
     }
 

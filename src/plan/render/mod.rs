@@ -39,9 +39,7 @@ pub fn kind(action: &Action) -> Kind {
         | Action::Start
         | Action::SetAutostart { .. }
         | Action::RemoveIncomplete { .. } => Kind::Add,
-        Action::UpdateDomain { .. }
-        | Action::GrowDisk { .. }
-        | Action::Stop => Kind::Change,
+        Action::UpdateDomain { .. } | Action::GrowDisk { .. } | Action::Stop => Kind::Change,
         Action::Destroy { .. } | Action::TrashDisk { .. } | Action::PurgeTrash { .. } => {
             Kind::Destroy
         }

@@ -1,0 +1,101 @@
+//! Two hosts: the system libvirtd and a second, independent libvirtd
+//! (tests/libvirtd-instance). Stopping the second mid-test must make the
+//! plan incomplete for it while the first is still planned normally.
+
+mod common;
+
+use common::lab::{Lab, SYSTEM, domains, virsh_ok};
+use std::path::Path;
+use std::process::Command;
+
+struct Instance(String);
+
+impl Instance {
+    fn start(dir: &str) -> (Instance, String) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
+        let out = Command::new(&script).args(["start", dir]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "second libvirtd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            Instance(dir.into()),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    }
+    fn stop(&self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
+        assert!(
+            Command::new(script)
+                .args(["stop", &self.0])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn an_unreachable_host_makes_the_plan_incomplete_not_failed() {
+    // Declared before the lab, so the lab's cleanup runs while it is up.
+    let (second, uri2) = Instance::start("/var/lib/virtfleet-tests/t-two-libvirtd");
+    let mut lab = Lab::new("t-two");
+    lab.add_uri(&uri2);
+    let root2 = lab.root.join("h2");
+    let hosts = [
+        lab.host("h1", SYSTEM, &lab.root.join("h1")),
+        lab.host("h2", &uri2, &root2),
+    ];
+    let machines = |mem: u32| {
+        vec![
+            lab.machine("one", &format!("host = Some \"h1\", memoryMiB = {mem}")),
+            lab.machine("two", "host = Some \"h2\""),
+        ]
+    };
+    lab.write_hosts(&hosts, &machines(128), "");
+    lab.apply(&[]).expect_code(0);
+    assert_eq!(domains(SYSTEM, &lab.m("")), [lab.m("one")]);
+    assert_eq!(
+        domains(&uri2, &lab.m("")),
+        [lab.m("two")],
+        "each machine on its own daemon"
+    );
+    assert_eq!(
+        virsh_ok(&uri2, &["domstate", &lab.m("two")]).trim(),
+        "running"
+    );
+
+    // Stop the second daemon; change a machine on the first.
+    second.stop();
+    lab.write_hosts(&hosts, &machines(96), "");
+    let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(3);
+    assert!(out.stdout.contains("host h2: INCOMPLETE"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("~ h1/{}", lab.m("one"))),
+        "h1 still planned: {}",
+        out.stdout
+    );
+    // apply does what it can on h1 and says the run was incomplete.
+    let out = lab.apply(&[]).expect_code(3);
+    assert!(out.stdout.contains("host h1: 1 of 1"), "{}", out.all());
+    let status = lab.vf(&["status"]).expect_code(3);
+    assert!(
+        status.stdout.contains("host h2") && status.stdout.contains("UNREACHABLE"),
+        "{}",
+        status.stdout
+    );
+
+    // Back up: libvirtd reattaches to the still-running guest, and h2 plans clean.
+    let (_again, uri) = Instance::start("/var/lib/virtfleet-tests/t-two-libvirtd");
+    assert_eq!(uri, uri2);
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    // Clean up while the second daemon is still up to destroy its guest.
+    drop(lab);
+}
