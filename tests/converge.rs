@@ -331,15 +331,39 @@ fn ci_style_plans_from_a_saved_observation_and_destroy_by_name() {
 
     // The timer publishes an observation; CI plans against it without any host.
     let obs = lab.root.join("observed.json");
-    lab.vf(&["observe", "--out", obs.to_str().unwrap()]).expect_code(0);
+    lab.vf(&["observe", "--out", obs.to_str().unwrap()])
+        .expect_code(0);
     lab.write(&[lab.machine("k", "memoryMiB = 100"), lab.machine("l", "")]);
     virsh_ok(SYSTEM, &["setmaxmem", &l, "150M", "--config"]);
     // The saved observation predates that virsh change: the plan shows only k.
-    let md = lab.vf(&["plan", "--observed", obs.to_str().unwrap(), "--format", "markdown", "--detailed-exitcode"]).expect_code(2);
-    assert!(md.stdout.starts_with("### virtfleet plan for `t-ci`"), "{}", md.stdout);
-    assert!(md.stdout.contains("observation from a file, taken"), "{}", md.stdout);
-    assert!(md.stdout.contains(&format!("`local/{k}`")) && !md.stdout.contains(&format!("`local/{l}`")), "{}", md.stdout);
-    let json = lab.vf(&["plan", "--observed", obs.to_str().unwrap(), "--json"]).expect_code(0);
+    let md = lab
+        .vf(&[
+            "plan",
+            "--observed",
+            obs.to_str().unwrap(),
+            "--format",
+            "markdown",
+            "--detailed-exitcode",
+        ])
+        .expect_code(2);
+    assert!(
+        md.stdout.starts_with("### virtfleet plan for `t-ci`"),
+        "{}",
+        md.stdout
+    );
+    assert!(
+        md.stdout.contains("observation from a file, taken"),
+        "{}",
+        md.stdout
+    );
+    assert!(
+        md.stdout.contains(&format!("`local/{k}`")) && !md.stdout.contains(&format!("`local/{l}`")),
+        "{}",
+        md.stdout
+    );
+    let json = lab
+        .vf(&["plan", "--observed", obs.to_str().unwrap(), "--json"])
+        .expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["formatVersion"], 1);
     assert_eq!(v["inputs"]["fromFile"], true);
@@ -347,22 +371,51 @@ fn ci_style_plans_from_a_saved_observation_and_destroy_by_name() {
     assert_eq!(v["changes"][0]["disruption"], "live");
     // A plan made from a saved observation cannot be applied.
     let p = lab.root.join("from-file.plan");
-    lab.vf(&["plan", "--observed", obs.to_str().unwrap(), "--out", p.to_str().unwrap()]).expect_code(0);
-    let out = lab.vf(&["apply", p.to_str().unwrap(), "--auto-approve"]).expect_code(1);
+    lab.vf(&[
+        "plan",
+        "--observed",
+        obs.to_str().unwrap(),
+        "--out",
+        p.to_str().unwrap(),
+    ])
+    .expect_code(0);
+    let out = lab
+        .vf(&["apply", p.to_str().unwrap(), "--auto-approve"])
+        .expect_code(1);
     assert!(out.stderr.contains("saved observation"), "{}", out.stderr);
 
     // status --json shows drift (the live plan sees the virsh change on l).
     let st = lab.vf(&["status", "--json"]).expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
     let machines = v["hosts"]["local"]["machines"].as_array().unwrap();
-    let sync = |n: &str| machines.iter().find(|m| m["name"] == n).unwrap()["sync"].as_str().unwrap().to_owned();
+    let sync = |n: &str| {
+        machines.iter().find(|m| m["name"] == n).unwrap()["sync"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert!(sync(&l).contains("update domain"), "{machines:?}");
-    assert_eq!(machines.iter().find(|m| m["name"] == l.as_str()).unwrap()["state"], "running");
+    assert_eq!(
+        machines.iter().find(|m| m["name"] == l.as_str()).unwrap()["state"],
+        "running"
+    );
 
     // destroy NAME: refused while in the fleet, then --force trashes it.
     let out = lab.vf(&["destroy", &l, "--auto-approve"]).expect_code(1);
     assert!(out.stderr.contains("still in"), "{}", out.stderr);
-    lab.vf(&["destroy", &l, "--force", "--auto-approve", "--shutdown-timeout", "1s"]).expect_code(0);
+    lab.vf(&[
+        "destroy",
+        &l,
+        "--force",
+        "--auto-approve",
+        "--shutdown-timeout",
+        "1s",
+    ])
+    .expect_code(0);
     assert_eq!(domains(SYSTEM, &lab.m("")), [k.clone()]);
-    assert!(lab.entries("trash").iter().any(|e| e.starts_with(&format!("{l}-root@"))));
+    assert!(
+        lab.entries("trash")
+            .iter()
+            .any(|e| e.starts_with(&format!("{l}-root@")))
+    );
 }

@@ -15,6 +15,7 @@ use crate::lock::ImageLock;
 use crate::lock::cache::{Cache, Verdict};
 use crate::lock::fetch::{Expected, download};
 use crate::plan::planner::GIB;
+use crate::plan::render::describe;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::NoProgress;
 use crate::spec::{Fleet, Host, ImageName, Storage};
@@ -99,30 +100,6 @@ pub enum StepError {
     Other(String),
 }
 
-/// One line describing a change's action (used in events and renderings).
-pub fn describe(c: &Change) -> String {
-    match &c.action {
-        Action::EnsureImage { image, .. } => format!("copy base image {image} to the host"),
-        Action::RemoveIncomplete { path } => format!("remove incomplete {path}"),
-        Action::CreateDisk { size_gib, base, .. } => match base {
-            Some(b) => format!("create {size_gib} GiB disk (overlay on {})", b.image),
-            None => format!("create {size_gib} GiB blank disk"),
-        },
-        Action::GrowDisk { to_gib, .. } => format!("grow disk to {to_gib} GiB"),
-        Action::DefineDomain { .. } => "define domain".into(),
-        Action::UpdateDomain { restart: true, .. } => "update domain and restart".into(),
-        Action::UpdateDomain { .. } => "update domain".into(),
-        Action::SetAutostart { on } => format!("set autostart {on}"),
-        Action::Start => "start".into(),
-        Action::Stop => "stop".into(),
-        Action::Destroy { volumes } => {
-            format!("destroy (undefine, {} disk(s) to trash)", volumes.len())
-        }
-        Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
-        Action::PurgeTrash { entry } => format!("delete trash entry {entry}"),
-    }
-}
-
 /// Applies `plan` to the hosts of `fleet`.
 pub fn apply(
     plan: &Plan,
@@ -190,7 +167,11 @@ fn run_host(
         Err(e) => {
             let msg = e.to_string();
             for c in changes {
-                results.push((c.address.clone(), describe(c), Outcome::Failed(msg.clone())));
+                results.push((
+                    c.address.clone(),
+                    describe(&c.action),
+                    Outcome::Failed(msg.clone()),
+                ));
             }
         }
         Ok((lv, t, host)) => {
@@ -200,7 +181,7 @@ fn run_host(
             };
             let storage = DirStorage::new(path, t.as_ref());
             for c in changes {
-                let what = describe(c);
+                let what = describe(&c.action);
                 if failed
                     || (settings.on_failure == OnFailure::Stop && abort.load(Ordering::SeqCst))
                 {

@@ -93,7 +93,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                         .filter(|c| {
                             c.address == prefix || c.address.starts_with(&format!("{prefix}/"))
                         })
-                        .map(crate::apply::describe)
+                        .map(|c| crate::plan::render::describe(&c.action))
                         .collect();
                     sync.extend(
                         plan.refused

@@ -237,11 +237,7 @@ impl crate::apply::Events for ApplyProgress {
             ) => {
                 if let Some(b) = bars.get(&host) {
                     b.inc(1);
-                    let line = match error {
-                        None => format!("{address}: {what} ... done ({seconds:.1}s)"),
-                        Some(e) => format!("{address}: {what} ... FAILED: {e}"),
-                    };
-                    let _ = multi.println(line);
+                    let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
                 }
             }
             (
@@ -272,10 +268,10 @@ impl crate::apply::Events for ApplyProgress {
                     error,
                     seconds,
                 },
-            ) => match error {
-                None => eprintln!("[{host}] {address}: {what} ... done ({seconds:.1}s)"),
-                Some(e) => eprintln!("[{host}] {address}: {what} ... FAILED: {e}"),
-            },
+            ) => eprintln!(
+                "[{host}] {}",
+                step_line(&address, &what, error.as_deref(), seconds)
+            ),
             (
                 None,
                 Event::HostFinished {
@@ -286,5 +282,13 @@ impl crate::apply::Events for ApplyProgress {
                 },
             ) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
         }
+    }
+}
+
+/// One finished step, as both displays print it.
+fn step_line(address: &str, what: &str, error: Option<&str>, seconds: f64) -> String {
+    match error {
+        None => format!("{address}: {what} ... done ({seconds:.1}s)"),
+        Some(e) => format!("{address}: {what} ... FAILED: {e}"),
     }
 }

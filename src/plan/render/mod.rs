@@ -24,7 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 pub enum Kind {
     /// Brings something new about (image, disk, domain, autostart, start).
     Add,
-    /// Alters something that exists (update, grow, live memory, stop).
+    /// Alters something that exists (update, grow, stop, crash cleanup).
     Change,
     /// Removes something (destroy, trash, purge).
     Destroy,
@@ -37,9 +37,13 @@ pub fn kind(action: &Action) -> Kind {
         | Action::CreateDisk { .. }
         | Action::DefineDomain { .. }
         | Action::Start
-        | Action::SetAutostart { .. }
-        | Action::RemoveIncomplete { .. } => Kind::Add,
-        Action::UpdateDomain { .. } | Action::GrowDisk { .. } | Action::Stop => Kind::Change,
+        | Action::SetAutostart { .. } => Kind::Add,
+        // Cleaning up an interrupted creation alters what is there; it loses
+        // nothing (the directory never became a disk), so it is no destroy.
+        Action::UpdateDomain { .. }
+        | Action::GrowDisk { .. }
+        | Action::Stop
+        | Action::RemoveIncomplete { .. } => Kind::Change,
         Action::Destroy { .. } | Action::TrashDisk { .. } | Action::PurgeTrash { .. } => {
             Kind::Destroy
         }
