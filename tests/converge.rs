@@ -412,7 +412,7 @@ fn ci_style_plans_from_a_saved_observation_and_destroy_by_name() {
         "1s",
     ])
     .expect_code(0);
-    assert_eq!(domains(SYSTEM, &lab.m("")), [k.clone()]);
+    assert_eq!(domains(SYSTEM, &lab.m("")), [k]);
     assert!(
         lab.entries("trash")
             .iter()
