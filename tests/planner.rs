@@ -80,7 +80,7 @@ fn converged(fleet: &Fleet, host: &str) -> HostState {
         .find(|h| h.name.as_str() == host)
         .expect("host in fleet");
     let mut s = HostState::default();
-    s.images.insert(format!("{SHA}.qcow2"));
+    s.images.insert(SHA.to_owned());
     for m in fleet.machines_on(&h.name) {
         let config = desired_domain(fleet, h, m, SHA);
         let mut disk_sizes = BTreeMap::new();
@@ -300,7 +300,7 @@ fn image_already_on_host_is_not_copied_and_stopped_machines_do_not_start() {
         &["name = \"web\", power = V.Power.Stopped, autostart = False"],
     );
     let mut s = HostState::default();
-    s.images.insert(format!("{SHA}.qcow2"));
+    s.images.insert(SHA.to_owned());
     let p = plan_hv1(&f, s, false, false);
     let want = [
         ("hv1/web/root".to_owned(), "createDisk"),
@@ -801,7 +801,7 @@ fn unmanaged_objects_are_listed_or_refused() {
     ));
 
     let mut s = HostState::default();
-    s.images.insert(format!("{SHA}.qcow2"));
+    s.images.insert(SHA.to_owned());
     s.unmanaged_files.push("disks/web-root".into());
     cases.push((
         "foreign disk directory in the way",

@@ -7,8 +7,9 @@
 //! step fails its host stops; other hosts finish or stop too, as the caller
 //! chooses. Progress is reported as [`Event`]s; this module never prints.
 
-use crate::host::dir::{DirStorage, DiskOwner, StorageError};
+use crate::host::dir::DiskOwner;
 use crate::host::libvirt::{Libvirt, LibvirtError};
+use crate::host::storage::{StorageBackend, StorageError, backend};
 use crate::host::transport::ExecError;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
@@ -18,7 +19,7 @@ use crate::plan::planner::GIB;
 use crate::plan::render::describe;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::NoProgress;
-use crate::spec::{Fleet, Host, ImageName, Storage};
+use crate::spec::{Fleet, Host, ImageName};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -176,10 +177,7 @@ fn run_host(
         }
         Ok((lv, t, host)) => {
             let mut failed = false;
-            let Storage::Dir { path } = &host.storage else {
-                unreachable!("observation refuses non-Dir hosts, so they never have changes")
-            };
-            let storage = DirStorage::new(path, t.as_ref());
+            let storage = backend(host, t.as_ref());
             for c in changes {
                 let what = describe(&c.action);
                 if failed
@@ -194,7 +192,7 @@ fn run_host(
                     what: what.clone(),
                 });
                 let started = Instant::now();
-                let r = step(c, fleet, lock, cache, &lv, &storage, settings);
+                let r = step(c, fleet, lock, cache, &lv, storage.as_ref(), settings);
                 let error = r.as_ref().err().map(|e| e.to_string());
                 events.event(Event::StepFinished {
                     host: name.into(),
@@ -230,7 +228,7 @@ fn step(
     lock: &ImageLock,
     cache: &Cache,
     lv: &Libvirt,
-    storage: &DirStorage<'_>,
+    storage: &dyn StorageBackend,
     settings: Settings,
 ) -> Result<(), StepError> {
     let machine = || {
@@ -277,12 +275,13 @@ fn step(
             }
             storage.ensure_image(
                 &cache.path(&entry.sha256),
+                image,
                 sha256,
                 format.as_str(),
                 &NoProgress,
             )?;
         }
-        Action::RemoveIncomplete { path } => storage.remove_dir(path)?,
+        Action::RemoveIncomplete { path } => storage.remove_incomplete(path)?,
         Action::CreateDisk {
             volume,
             disk,
@@ -294,18 +293,10 @@ fn step(
                 machine: machine()?,
                 disk: disk.clone(),
             };
-            let base_path = base.as_ref().map(|b| {
-                (
-                    storage.image_path(&b.sha256, b.format.as_str()),
-                    b.format.as_str(),
-                )
-            });
-            storage.create_disk(
-                volume,
-                &owner,
-                *size_gib,
-                base_path.as_ref().map(|(p, f)| (p.as_str(), *f)),
-            )?;
+            let base = base
+                .as_ref()
+                .map(|b| (b.sha256.as_str(), b.format.as_str()));
+            storage.create_disk(volume, &owner, *size_gib, base)?;
         }
         Action::GrowDisk {
             volume,
@@ -314,10 +305,11 @@ fn step(
             ..
         } => {
             let m = machine()?;
-            if lv.is_running(&m)? {
+            let running = lv.is_running(&m)?;
+            storage.grow(volume, *to_gib, running)?;
+            if running {
+                // Tell QEMU (and through it the guest) about the new size.
                 lv.block_resize(&m, target, to_gib * GIB)?;
-            } else {
-                storage.grow_offline(volume, *to_gib)?;
             }
         }
         Action::DefineDomain { xml } => lv.define(xml)?,
@@ -352,7 +344,7 @@ fn step(
             }
         }
         Action::TrashDisk { volume } => storage.trash(volume, settings.now)?,
-        Action::PurgeTrash { entry } => storage.remove_dir(&format!("trash/{entry}"))?,
+        Action::PurgeTrash { entry } => storage.purge(entry)?,
     }
     Ok(())
 }

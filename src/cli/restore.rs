@@ -2,10 +2,9 @@
 //! the trash; the next `apply` defines the machine on them again.
 
 use super::{Context, EXIT_OK, now};
-use crate::host::dir::DirStorage;
+use crate::host::storage::backend;
 use crate::host::transport_for;
 use crate::observe::{HostObservation, observe};
-use crate::spec::Storage;
 use crate::ui::OK;
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -63,14 +62,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             host.name
         );
     }
-    let Storage::Dir { path } = &host.storage else {
-        bail!(
-            "host {}: only Dir storage is supported by this version",
-            host.name
-        )
-    };
     let t = transport_for(host).map_err(anyhow::Error::msg)?;
-    let storage = DirStorage::new(path, t.as_ref());
+    let storage = backend(host, t.as_ref());
     for (vol, (entry, _)) in &newest {
         storage
             .restore(entry, vol)

@@ -16,7 +16,9 @@
 //! owned `.new-*` directory that the next plan removes. Directories without
 //! an `owner.json` of this fleet are never touched.
 
+use super::storage::{StorageBackend, StorageError, StorageState};
 use super::transport::{ExecError, Transport};
+use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,8 +66,7 @@ impl<'a> DirStorage<'a> {
         self.path(&format!("images/{sha256}.{format}"))
     }
 
-    /// Path of a machine disk's image file.
-    pub fn disk_path(&self, volume: &str) -> String {
+    fn file_path(&self, volume: &str) -> String {
         self.path(&format!("disks/{volume}/disk.qcow2"))
     }
 
@@ -126,12 +127,114 @@ impl<'a> DirStorage<'a> {
         Ok(Listing { entries, owners })
     }
 
+    /// Virtual size in bytes of a disk, read with `qemu-img info`.
+    pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
+        let out = self.t.run_ok(&[
+            "qemu-img",
+            "info",
+            "-U",
+            "--output=json",
+            &self.file_path(volume),
+        ])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
+        v["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+    }
+
+    /// Deletes an owned directory under `disks/.new-*` or `trash/` for good.
+    fn remove_dir(&self, rel: &str) -> Result<(), StorageError> {
+        if !(rel.starts_with("trash/") || rel.starts_with("disks/.new-")) || rel.contains("..") {
+            return Err(StorageError::Parse(format!(
+                "refusing to remove {rel:?}: not a trash entry or an incomplete disk"
+            )));
+        }
+        self.t.run_ok(&["rm", "-rf", "--", &self.path(rel)])?;
+        Ok(())
+    }
+}
+
+impl StorageBackend for DirStorage<'_> {
+    fn disk_path(&self, volume: &str) -> String {
+        self.file_path(volume)
+    }
+
+    fn observe(
+        &self,
+        fleet: &str,
+        attached: &BTreeMap<String, u64>,
+    ) -> Result<StorageState, StorageError> {
+        let listing = self.list()?;
+        let mut state = StorageState::default();
+        for (rel, (is_dir, _)) in &listing.entries {
+            let mut parts = rel.splitn(3, '/');
+            let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+            let owner = name
+                .and_then(|n| listing.owners.get(&format!("{top}/{n}/owner.json")))
+                .filter(|o| o.fleet == fleet);
+            match (top, name, rest) {
+                ("images" | "disks" | "trash", None, None) if *is_dir => {}
+                ("images", Some(f), None) => {
+                    // `.tmp-*` files are transfers in progress: not images yet.
+                    if let Some((sha, _)) = f.split_once('.').filter(|_| !f.starts_with('.')) {
+                        state.images.insert(sha.to_owned());
+                    }
+                }
+                ("disks", Some(n), None) if *is_dir => match owner {
+                    Some(_) if n.starts_with(".new-") => {
+                        state.incomplete.push(format!("disks/{n}"))
+                    }
+                    Some(o) => {
+                        let path = self.file_path(n);
+                        let size_bytes = match attached.get(&path) {
+                            Some(s) if *s > 0 => *s,
+                            _ => self.virtual_size(n).unwrap_or(0),
+                        };
+                        state.disks.insert(
+                            n.to_owned(),
+                            OwnedDisk {
+                                owner: o.clone(),
+                                path,
+                                size_bytes,
+                            },
+                        );
+                    }
+                    None => state.unmanaged.push(rel.clone()),
+                },
+                ("trash", Some(n), None) if *is_dir => {
+                    let stamped = n
+                        .rsplit_once('@')
+                        .and_then(|(v, ts)| Some((v, ts.parse::<u64>().ok()?)));
+                    match (owner, stamped) {
+                        (Some(o), Some((vol, ts))) => {
+                            state.trash.insert(
+                                n.to_owned(),
+                                TrashEntry {
+                                    owner: o.clone(),
+                                    volume: vol.to_owned(),
+                                    trashed_at: ts,
+                                },
+                            );
+                        }
+                        _ => state.unmanaged.push(rel.clone()),
+                    }
+                }
+                // Files inside disk and trash directories belong to their directory.
+                ("disks" | "trash", Some(_), Some(_)) => {}
+                _ => state.unmanaged.push(rel.clone()),
+            }
+        }
+        Ok(state)
+    }
+
     /// Copies a verified image from the controller's cache to the host,
     /// re-hashes it there, and only then renames it into `images/`.
     /// Idempotent: an image already in place is left alone.
-    pub fn ensure_image(
+    fn ensure_image(
         &self,
         cached: &Path,
+        _image: &str,
         sha256: &str,
         format: &str,
         progress: &dyn Progress,
@@ -161,7 +264,7 @@ impl<'a> DirStorage<'a> {
 
     /// Creates disk `volume` (overlay on `base` when given, else blank) of
     /// `size_gib`, atomically. Idempotent: an existing disk is left alone.
-    pub fn create_disk(
+    fn create_disk(
         &self,
         volume: &str,
         owner: &DiskOwner,
@@ -183,8 +286,18 @@ impl<'a> DirStorage<'a> {
         let file = format!("{tmp_dir}/disk.qcow2");
         let size = format!("{size_gib}G");
         match base {
-            Some((path, fmt)) => self.t.run_ok(&[
-                "qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", path, &file, &size,
+            Some((sha, fmt)) => self.t.run_ok(&[
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                fmt,
+                "-b",
+                &self.image_path(sha, fmt),
+                &file,
+                &size,
             ])?,
             None => self
                 .t
@@ -194,38 +307,23 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
-    /// Grows an unattached or stopped machine's disk (a running guest is
-    /// resized through libvirt instead, so the guest sees it at once).
-    pub fn grow_offline(&self, volume: &str, size_gib: u64) -> Result<(), StorageError> {
-        self.t.run_ok(&[
-            "qemu-img",
-            "resize",
-            "-q",
-            &self.disk_path(volume),
-            &format!("{size_gib}G"),
-        ])?;
+    /// A running guest's qcow2 is grown by libvirt (QEMU owns the file), so
+    /// only a stopped machine's disk is resized here.
+    fn grow(&self, volume: &str, size_gib: u64, online: bool) -> Result<(), StorageError> {
+        if !online {
+            self.t.run_ok(&[
+                "qemu-img",
+                "resize",
+                "-q",
+                &self.file_path(volume),
+                &format!("{size_gib}G"),
+            ])?;
+        }
         Ok(())
     }
 
-    /// Virtual size in bytes of a disk, read with `qemu-img info`.
-    pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
-        let out = self.t.run_ok(&[
-            "qemu-img",
-            "info",
-            "-U",
-            "--output=json",
-            &self.disk_path(volume),
-        ])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
-        v["virtual-size"]
-            .as_u64()
-            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
-    }
-
-    /// Moves a disk into the trash, stamped with `now` (unix seconds).
     /// Idempotent: a disk no longer in place was already trashed.
-    pub fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
+    fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
         if !self
             .t
             .run(&["test", "-d", &self.path(&format!("disks/{volume}"))])?
@@ -243,8 +341,7 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
-    /// Moves a trash entry back into place; refuses if the disk exists.
-    pub fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
+    fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
         let dest = self.path(&format!("disks/{volume}"));
         if self.t.run(&["test", "-e", &dest])?.success {
             return Err(StorageError::Exists(dest));
@@ -254,33 +351,11 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
-    /// Deletes an owned directory under `disks/` or `trash/` for good.
-    pub fn remove_dir(&self, rel: &str) -> Result<(), StorageError> {
-        debug_assert!(rel.starts_with("trash/") || rel.starts_with("disks/.new-"));
-        self.t.run_ok(&["rm", "-rf", "--", &self.path(rel)])?;
-        Ok(())
+    fn purge(&self, entry: &str) -> Result<(), StorageError> {
+        self.remove_dir(&format!("trash/{entry}"))
     }
-}
 
-/// A failed storage operation.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// A command failed.
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    /// The image copied to the host does not hash to its pin.
-    #[error(
-        "{path}: the copy on the host hashes to {actual}, not the pinned {expected}; it was deleted and nothing was cloned from it"
-    )]
-    ImageHashMismatch {
-        path: String,
-        expected: String,
-        actual: String,
-    },
-    /// The target already exists.
-    #[error("{0} already exists; refusing to overwrite it")]
-    Exists(String),
-    /// A tool's output could not be read.
-    #[error("cannot parse tool output: {0}")]
-    Parse(String),
+    fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
+        self.remove_dir(path)
+    }
 }

@@ -160,9 +160,15 @@ impl DomainSpec {
         x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n");
         x.push_str("  <devices>\n");
         for d in &self.disks {
+            // zvols (and other devices) are block disks; images are files.
+            let (kind, attr) = if d.path.starts_with("/dev/") {
+                ("block", "dev")
+            } else {
+                ("file", "file")
+            };
             let _ = writeln!(
                 x,
-                "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}' discard='unmap'/>\n      <source file='{}'/>\n      <target dev='{}' bus='virtio'/>\n    </disk>",
+                "    <disk type='{kind}' device='disk'>\n      <driver name='qemu' type='{}' cache='none' discard='unmap'/>\n      <source {attr}='{}'/>\n      <target dev='{}' bus='virtio'/>\n    </disk>",
                 esc(&d.format),
                 esc(&d.path),
                 esc(&d.target)

@@ -5,19 +5,36 @@ pub mod dir;
 pub mod domain;
 pub mod identity;
 pub mod libvirt;
+pub mod ssh;
+pub mod storage;
 pub mod transport;
+pub mod zfs;
 
 use crate::spec::Host;
 use transport::{Local, Transport};
 
-/// The transport that reaches `host`'s storage: this machine for local
-/// libvirt URIs (`qemu:///system`, `qemu+unix:///...`, `test:///...`).
+/// The transport that reaches `host`'s storage: the fleet's `sshTarget`
+/// when given, else SSH to the host of a `qemu+ssh://` URI, else this
+/// machine for local libvirt URIs (`qemu:///system`, `qemu+unix:///...`).
 pub fn transport_for(host: &Host) -> Result<Box<dyn Transport>, String> {
-    if host.ssh_target.is_none() && is_local_uri(&host.uri) {
+    if let Some(t) = &host.ssh_target {
+        let mut target =
+            ssh::SshTarget::parse(t).map_err(|e| format!("host {}: sshTarget {e}", host.name))?;
+        // Key and known_hosts given in the URI apply to the override too.
+        if let Some(from_uri) = ssh::SshTarget::from_uri(&host.uri) {
+            target.keyfile = from_uri.keyfile;
+            target.known_hosts = from_uri.known_hosts;
+        }
+        return Ok(Box::new(ssh::Ssh::new(target)));
+    }
+    if let Some(target) = ssh::SshTarget::from_uri(&host.uri) {
+        return Ok(Box::new(ssh::Ssh::new(target)));
+    }
+    if is_local_uri(&host.uri) {
         return Ok(Box::new(Local));
     }
     Err(format!(
-        "host {}: storage on a remote host ({}) needs the SSH transport, which this version does not have yet",
+        "host {}: cannot reach the storage of {} (not local, not qemu+ssh); set sshTarget",
         host.name, host.uri
     ))
 }

@@ -7,10 +7,11 @@
 //! An [`Observation`] is plain data: it can be saved (`observe --out`) and
 //! planned against later without contacting any host.
 
-use crate::host::dir::{DirStorage, DiskOwner};
+use crate::host::dir::DiskOwner;
 use crate::host::libvirt::{Libvirt, ObservedDomain};
+use crate::host::storage::backend;
 use crate::host::transport_for;
-use crate::spec::{Fleet, Host, Storage};
+use crate::spec::{Fleet, Host};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,15 +46,16 @@ pub enum HostObservation {
 pub struct HostState {
     /// Every domain, by name (managed or not: see `owner` in its config).
     pub domains: BTreeMap<String, ObservedDomain>,
-    /// Base images present, as `<sha256>.<format>`.
+    /// sha256 of every verified base image present.
     pub images: BTreeSet<String>,
     /// This fleet's disks, by volume name (`web-root`).
     pub disks: BTreeMap<String, OwnedDisk>,
     /// This fleet's trash entries, by entry name (`web-root@1700000000`).
     pub trash: BTreeMap<String, TrashEntry>,
-    /// This fleet's half-created disks (`disks/.new-*`), left by a crash.
+    /// This fleet's half-made objects left by a crash (backend paths:
+    /// `disks/.new-*` directories, base-image zvols without their pin).
     pub incomplete: Vec<String>,
-    /// Paths under the storage root that are not this fleet's (never touched).
+    /// Objects under the storage root that are not this fleet's (never touched).
     pub unmanaged_files: Vec<String>,
 }
 
@@ -161,87 +163,28 @@ fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
         .into_iter()
         .map(|d| (d.config.name.clone(), d))
         .collect();
-    let mut state = HostState {
+    // Sizes of attached disks come from libvirt (no process per disk).
+    let attached: BTreeMap<String, u64> = domains
+        .values()
+        .flat_map(|d| {
+            d.config.disks.iter().map(move |r| {
+                (
+                    r.path.clone(),
+                    d.disk_sizes.get(&r.target).copied().unwrap_or(0),
+                )
+            })
+        })
+        .collect();
+    let t = transport_for(host)?;
+    let storage = backend(host, t.as_ref())
+        .observe(fleet, &attached)
+        .map_err(|e| format!("storage: {e}"))?;
+    Ok(HostState {
         domains,
-        ..HostState::default()
-    };
-    match &host.storage {
-        Storage::Dir { path } => {
-            let t = transport_for(host)?;
-            let storage = DirStorage::new(path, t.as_ref());
-            let listing = storage.list().map_err(|e| format!("{}: {e}", host.name))?;
-            // Sizes of attached disks come from libvirt (no process per disk).
-            let attached: BTreeMap<&str, u64> = state
-                .domains
-                .values()
-                .flat_map(|d| {
-                    d.config.disks.iter().map(move |r| {
-                        (
-                            r.path.as_str(),
-                            d.disk_sizes.get(&r.target).copied().unwrap_or(0),
-                        )
-                    })
-                })
-                .collect();
-            for (rel, (is_dir, _)) in &listing.entries {
-                let mut parts = rel.splitn(3, '/');
-                let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
-                let owner = name
-                    .and_then(|n| listing.owners.get(&format!("{top}/{n}/owner.json")))
-                    .filter(|o| o.fleet == fleet);
-                match (top, name, rest) {
-                    ("images", None, None) | ("disks", None, None) | ("trash", None, None)
-                        if *is_dir => {}
-                    ("images", Some(f), None) if !f.starts_with('.') => {
-                        state.images.insert(f.to_owned());
-                    }
-                    ("disks", Some(n), None) if *is_dir => match owner {
-                        Some(_) if n.starts_with(".new-") => {
-                            state.incomplete.push(format!("disks/{n}"))
-                        }
-                        Some(o) => {
-                            let path = storage.disk_path(n);
-                            let size_bytes = match attached.get(path.as_str()) {
-                                Some(s) if *s > 0 => *s,
-                                _ => storage.virtual_size(n).unwrap_or(0),
-                            };
-                            state.disks.insert(
-                                n.to_owned(),
-                                OwnedDisk {
-                                    owner: o.clone(),
-                                    path,
-                                    size_bytes,
-                                },
-                            );
-                        }
-                        None => state.unmanaged_files.push(rel.clone()),
-                    },
-                    ("trash", Some(n), None) if *is_dir => match (owner, n.rsplit_once('@')) {
-                        (Some(o), Some((vol, ts))) if ts.parse::<u64>().is_ok() => {
-                            state.trash.insert(
-                                n.to_owned(),
-                                TrashEntry {
-                                    owner: o.clone(),
-                                    volume: vol.to_owned(),
-                                    trashed_at: ts.parse().unwrap_or(0),
-                                },
-                            );
-                        }
-                        _ => state.unmanaged_files.push(rel.clone()),
-                    },
-                    // Files inside disk and trash directories belong to their directory.
-                    ("disks" | "trash", Some(_), Some(_)) => {}
-                    ("images", Some(_), None) => {}
-                    _ => state.unmanaged_files.push(rel.clone()),
-                }
-            }
-        }
-        Storage::Zfs { .. } => {
-            return Err(format!(
-                "host {}: ZFS storage is not supported by this version yet",
-                host.name
-            ));
-        }
-    }
-    Ok(state)
+        images: storage.images,
+        disks: storage.disks,
+        trash: storage.trash,
+        incomplete: storage.incomplete,
+        unmanaged_files: storage.unmanaged,
+    })
 }

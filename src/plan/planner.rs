@@ -8,11 +8,10 @@
 //! finally destroys and trash expiry.
 
 use super::model::*;
-use crate::host::dir::DirStorage;
 use crate::host::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
 use crate::host::identity;
 use crate::host::libvirt::{ObservedDomain, PowerState};
-use crate::host::transport::Local;
+use crate::host::storage::disk_path;
 use crate::lock::ImageLock;
 use crate::observe::{HostObservation, HostState, Observation};
 use crate::spec::{CpuMode, Fleet, Host, Machine, Power, Storage};
@@ -56,14 +55,6 @@ pub fn spec_hash(definition: &DomainSpec, image_sha: &str) -> String {
     d.owner = None;
     let v = serde_json::json!({ "domain": d, "image": image_sha });
     hex::encode(&Sha256::digest(serde_json::to_vec(&v).expect("spec serialises"))[..8])
-}
-
-/// Disk image path of `volume` on `host`.
-fn disk_path(host: &Host, volume: &str) -> String {
-    match &host.storage {
-        Storage::Dir { path } => DirStorage::new(path, &Local).disk_path(volume),
-        Storage::Zfs { parent } => format!("/dev/zvol/{parent}/{volume}"),
-    }
 }
 
 /// The domain virtfleet wants for `m` on `host`.
@@ -276,8 +267,8 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
             );
             continue;
         };
-        let file = format!("{}.{}", pin.sha256, pin.format.as_str());
-        if !state.images.contains(&file) && images_done.insert(file) {
+        let sha = pin.sha256.to_string();
+        if !state.images.contains(&sha) && images_done.insert(sha) {
             hp.push(
                 P_IMAGE,
                 change(

@@ -1,0 +1,393 @@
+//! The SSH transport: runs argv on a remote host with the system `ssh`.
+//!
+//! The system client is used on purpose: it honours the user's
+//! `~/.ssh/config`, agent and known_hosts exactly like libvirt's own
+//! `qemu+ssh://` transport does. Host keys are checked (BatchMode: never a
+//! prompt, an unknown key is an error). One master connection per host is
+//! reused (ControlMaster), so an observation does not pay a handshake per
+//! command. `ssh` joins its arguments into one string for the remote shell,
+//! so every argv element is quoted here: no name can reach a shell unquoted.
+
+use super::transport::{ExecError, Output, Transport};
+use crate::progress::Progress;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where to reach a host: `[user@]host[:port]` plus optional key and known_hosts files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    /// `-i`: from the libvirt URI's `keyfile=` parameter.
+    pub keyfile: Option<String>,
+    /// `UserKnownHostsFile`: from the libvirt URI's `known_hosts=` parameter.
+    pub known_hosts: Option<String>,
+}
+
+impl SshTarget {
+    /// Parses `user@host:port` (as in the fleet's `sshTarget`).
+    pub fn parse(s: &str) -> Result<SshTarget, String> {
+        let (user, rest) = match s.split_once('@') {
+            Some((u, r)) => (Some(u.to_owned()), r),
+            None => (None, s),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(']') || h.ends_with(']') => (
+                h,
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| format!("{s:?}: port {p:?} is not a number"))?,
+                ),
+            ),
+            _ => (rest, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty()
+            || host.starts_with('-')
+            || s.chars().any(char::is_whitespace)
+            || user
+                .as_deref()
+                .is_some_and(|u| u.is_empty() || u.starts_with('-'))
+        {
+            return Err(format!(
+                "{s:?} is not a valid SSH target (user@host[:port])"
+            ));
+        }
+        Ok(SshTarget {
+            user,
+            host: host.to_owned(),
+            port,
+            keyfile: None,
+            known_hosts: None,
+        })
+    }
+
+    /// The SSH target of a `qemu+ssh://` or `qemu+libssh://` URI, with its
+    /// `keyfile` and `known_hosts` parameters; None for other URIs.
+    pub fn from_uri(uri: &str) -> Option<SshTarget> {
+        let (scheme, rest) = uri.split_once("://")?;
+        if !matches!(
+            scheme.split_once('+').map(|(_, t)| t),
+            Some("ssh" | "libssh" | "libssh2")
+        ) {
+            return None;
+        }
+        let (authority, query) = match rest.split_once('/') {
+            Some((a, path)) => (a, path.split_once('?').map(|(_, q)| q).unwrap_or("")),
+            None => (rest, ""),
+        };
+        let mut t = SshTarget::parse(authority).ok()?;
+        for kv in query.split('&') {
+            match kv.split_once('=') {
+                Some(("keyfile", v)) => t.keyfile = Some(v.to_owned()),
+                Some(("known_hosts", v)) => t.known_hosts = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        Some(t)
+    }
+}
+
+/// Quotes one argument for a POSIX shell: safe words stay as they are,
+/// anything else is single-quoted with embedded quotes escaped.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
+    if safe {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The remote command line for `argv`: each element quoted, joined by spaces.
+pub fn remote_command(argv: &[&str]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A host reached over SSH.
+pub struct Ssh {
+    target: SshTarget,
+    control_dir: PathBuf,
+}
+
+impl Ssh {
+    /// A transport to `target`; master connections live in a private
+    /// per-user directory.
+    pub fn new(target: SshTarget) -> Ssh {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        // The user id keeps users apart when the fallback is a shared /tmp.
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(0);
+        let control_dir = base.join(format!("virtfleet-ssh-{uid}"));
+        let _ = std::fs::create_dir_all(&control_dir);
+        let _ = std::fs::set_permissions(
+            &control_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        );
+        Ssh {
+            target,
+            control_dir,
+        }
+    }
+
+    /// The ssh arguments up to and including `--`.
+    pub fn ssh_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=15",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            "ControlPersist=60",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("-o".into());
+        a.push(format!("ControlPath={}/%C", self.control_dir.display()));
+        if let Some(k) = &self.target.keyfile {
+            a.extend([
+                "-i".into(),
+                k.clone(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        if let Some(k) = &self.target.known_hosts {
+            a.extend(["-o".into(), format!("UserKnownHostsFile={k}")]);
+        }
+        if let Some(p) = self.target.port {
+            a.extend(["-p".into(), p.to_string()]);
+        }
+        if let Some(u) = &self.target.user {
+            a.extend(["-l".into(), u.clone()]);
+        }
+        a.push(self.target.host.clone());
+        a.push("--".into());
+        a
+    }
+
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.ssh_args())
+            .arg(remote_command(argv))
+            .env("LC_ALL", "C");
+        c
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ssh {}{}",
+            self.target
+                .user
+                .as_deref()
+                .map(|u| format!("{u}@"))
+                .unwrap_or_default(),
+            self.target.host
+        )
+    }
+
+    /// Streams `input` into `argv`'s stdin on the host.
+    fn run_with_input(
+        &self,
+        argv: &[&str],
+        input: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        let shown = format!("{}: {}", self.describe(), argv.join(" "));
+        let mut child = self
+            .command(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                argv: shown.clone(),
+                source,
+            })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut buf = vec![0u8; crate::lock::cache::CHUNK];
+        let copy = (|| -> std::io::Result<()> {
+            loop {
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stdin.write_all(&buf[..n])?;
+                progress.advance(n as u64);
+            }
+        })();
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|source| ExecError::Spawn {
+                argv: shown.clone(),
+                source,
+            })?;
+        if !out.status.success() || copy.is_err() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            let why = copy.err().map(|e| format!("{e}; ")).unwrap_or_default();
+            return Err(ExecError::Failed {
+                argv: shown,
+                status: out.status.to_string(),
+                stderr: format!("{why}{stderr}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Transport for Ssh {
+    fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
+        let out = self
+            .command(argv)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ExecError::Spawn {
+                argv: format!("{}: {}", self.describe(), argv.join(" ")),
+                source,
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // 255 is ssh's own failure (connection, authentication, host key).
+        if out.status.code() == Some(255) {
+            return Err(ExecError::Failed {
+                argv: format!("{}: {}", self.describe(), argv.join(" ")),
+                status: "ssh could not run the command".into(),
+                stderr: stderr.trim().to_owned(),
+            });
+        }
+        Ok(Output {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        })
+    }
+
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
+        let tmp = format!("{path}.virtfleet-tmp");
+        self.run_with_input(
+            &[
+                "sh",
+                "-c",
+                "cat > \"$1\" && mv -f \"$1\" \"$2\"",
+                "sh",
+                &tmp,
+                path,
+            ],
+            &mut &bytes[..],
+            &crate::progress::NoProgress,
+        )
+    }
+
+    fn put_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        let mut f = std::fs::File::open(local).map_err(|source| ExecError::Io {
+            path: local.display().to_string(),
+            source,
+        })?;
+        self.run_with_input(
+            &["sh", "-c", "cat > \"$1\"", "sh", remote],
+            &mut f,
+            progress,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_every_argument_one_word() {
+        assert_eq!(shell_quote("tank/vms"), "tank/vms");
+        assert_eq!(shell_quote("volsize=20G"), "volsize=20G");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("x; rm -rf /"), "'x; rm -rf /'");
+        assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("`id`\n"), "'`id`\n'");
+        assert_eq!(
+            remote_command(&["zfs", "list", "-o", "name,virtfleet:fleet", "a;b"]),
+            "zfs list -o name,virtfleet:fleet 'a;b'"
+        );
+    }
+
+    #[test]
+    fn quoted_arguments_survive_a_real_shell_unchanged() {
+        // What the remote shell does with the command line, done by a local sh.
+        let nasty = [
+            "plain",
+            "a b",
+            "x; touch /tmp/virtfleet-pwned",
+            "$(id)",
+            "`id`",
+            "it's",
+            "\"q\"",
+            "back\\slash",
+            "*",
+            "-n",
+            "new\nline",
+            "",
+        ];
+        let line = format!("printf '%s\\0' {}", remote_command(&nasty));
+        let out = Command::new("sh").arg("-c").arg(&line).output().unwrap();
+        let got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .split('\0')
+            .filter(|_| true)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(&got[..nasty.len()], nasty.map(str::to_owned));
+        assert!(!Path::new("/tmp/virtfleet-pwned").exists());
+    }
+
+    #[test]
+    fn targets_from_uris_and_settings() {
+        let t = SshTarget::from_uri(
+            "qemu+ssh://root@hv1.lan:2222/system?keyfile=/k/id&known_hosts=/k/kh&no_tty=1",
+        )
+        .unwrap();
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), t.port),
+            (Some("root"), "hv1.lan", Some(2222))
+        );
+        assert_eq!(
+            (t.keyfile.as_deref(), t.known_hosts.as_deref()),
+            (Some("/k/id"), Some("/k/kh"))
+        );
+        assert_eq!(
+            SshTarget::from_uri("qemu+libssh://hv2/system")
+                .unwrap()
+                .host,
+            "hv2"
+        );
+        assert!(SshTarget::from_uri("qemu:///system").is_none());
+        assert_eq!(
+            SshTarget::parse("admin@10.0.0.5:22").unwrap().port,
+            Some(22)
+        );
+        assert!(SshTarget::parse("-oProxyCommand=x").is_err());
+        assert!(SshTarget::parse("a b").is_err());
+    }
+}

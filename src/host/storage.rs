@@ -1,0 +1,114 @@
+//! The storage seam: what every backend (Dir files, ZFS zvols) offers.
+//!
+//! The planner never sees a backend; it sees [`StorageState`] in the
+//! observation and emits backend-neutral actions. The executor and
+//! `restore` call these operations, each idempotent and each leaving either
+//! the old or the new state on a crash.
+
+use super::dir::{DirStorage, DiskOwner};
+use super::transport::{ExecError, Transport};
+use super::zfs::ZfsStorage;
+use crate::observe::{OwnedDisk, TrashEntry};
+use crate::progress::Progress;
+use crate::spec::{Host, Storage};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// What a backend found on a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageState {
+    /// sha256 of every verified base image present.
+    pub images: BTreeSet<String>,
+    /// This fleet's disks, by volume name (`web-root`).
+    pub disks: BTreeMap<String, OwnedDisk>,
+    /// This fleet's trash entries, by entry name.
+    pub trash: BTreeMap<String, TrashEntry>,
+    /// This fleet's half-made objects left by a crash (backend paths).
+    pub incomplete: Vec<String>,
+    /// Objects under the storage root that are not this fleet's (never touched).
+    pub unmanaged: Vec<String>,
+}
+
+/// Operations on one host's storage.
+pub trait StorageBackend {
+    /// Lists everything under the storage root. `attached` maps disk paths
+    /// of defined domains to the virtual size libvirt reports for them.
+    fn observe(
+        &self,
+        fleet: &str,
+        attached: &BTreeMap<String, u64>,
+    ) -> Result<StorageState, StorageError>;
+    /// Path a domain uses for `volume`.
+    fn disk_path(&self, volume: &str) -> String;
+    /// Puts a verified base image on the host (hash checked on the host).
+    fn ensure_image(
+        &self,
+        cached: &Path,
+        image: &str,
+        sha256: &str,
+        format: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), StorageError>;
+    /// Creates a disk: a copy-on-write clone of base `(sha256, format)`, or blank.
+    fn create_disk(
+        &self,
+        volume: &str,
+        owner: &DiskOwner,
+        size_gib: u64,
+        base: Option<(&str, &str)>,
+    ) -> Result<(), StorageError>;
+    /// Grows a disk. `online`: a running guest uses it (the caller then
+    /// tells libvirt); backends that cannot grow under a guest do nothing.
+    fn grow(&self, volume: &str, size_gib: u64, online: bool) -> Result<(), StorageError>;
+    /// Moves a disk to the trash, stamped `now`. Gone already is fine.
+    fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError>;
+    /// Moves trash entry `entry` back as `volume`; never overwrites.
+    fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError>;
+    /// Deletes an owned trash entry for good.
+    fn purge(&self, entry: &str) -> Result<(), StorageError>;
+    /// Removes an owned half-made object.
+    fn remove_incomplete(&self, path: &str) -> Result<(), StorageError>;
+}
+
+/// The backend for `host`, over `t`.
+pub fn backend<'a>(host: &Host, t: &'a dyn Transport) -> Box<dyn StorageBackend + 'a> {
+    match &host.storage {
+        Storage::Dir { path } => Box::new(DirStorage::new(path, t)),
+        Storage::Zfs { parent } => Box::new(ZfsStorage::new(parent, t)),
+    }
+}
+
+/// The disk path `volume` has on `host` (pure: the planner uses it).
+pub fn disk_path(host: &Host, volume: &str) -> String {
+    match &host.storage {
+        Storage::Dir { path } => {
+            format!("{}/disks/{volume}/disk.qcow2", path.trim_end_matches('/'))
+        }
+        Storage::Zfs { parent } => format!("/dev/zvol/{parent}/disks/{volume}"),
+    }
+}
+
+/// A failed storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A command failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The image copied to the host does not hash to its pin.
+    #[error(
+        "{path}: the copy on the host hashes to {actual}, not the pinned {expected}; it was deleted and nothing was created from it"
+    )]
+    ImageHashMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    /// The target already exists.
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(String),
+    /// A tool's output could not be read.
+    #[error("cannot parse tool output: {0}")]
+    Parse(String),
+}

@@ -1,0 +1,448 @@
+//! The `Zfs` storage backend: zvols under the host's parent dataset.
+//!
+//! ```text
+//! <parent>/images/<sha256[..16]>       base image zvol, snapshot @base,
+//!                                      virtfleet:sha256 set last (= complete)
+//! <parent>/disks/<machine>-<disk>      machine disk: `zfs clone` of a base @base
+//!                                      (copy-on-write), or a sparse zvol
+//! <parent>/trash/<machine>-<disk>-<t>  a destroyed disk, virtfleet:trashed-at=<t>
+//! ```
+//!
+//! Ownership is ZFS user properties (`virtfleet:managed`, `virtfleet:fleet`,
+//! `virtfleet:machine`, `virtfleet:disk`), set in the same command that
+//! creates the dataset, so nothing exists half-owned. One `zfs list -Hp`
+//! observes everything; its parser is a pure function tested on real output.
+
+use super::dir::DiskOwner;
+use super::storage::{StorageBackend, StorageError, StorageState};
+use super::transport::Transport;
+use crate::observe::{OwnedDisk, TrashEntry};
+use crate::progress::Progress;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Properties read by one listing, after name, type, volsize and origin.
+pub const PROPS: [&str; 7] = [
+    "virtfleet:managed",
+    "virtfleet:fleet",
+    "virtfleet:machine",
+    "virtfleet:disk",
+    "virtfleet:sha256",
+    "virtfleet:image",
+    "virtfleet:trashed-at",
+];
+
+/// One row of `zfs list -Hp -o name,type,volsize,origin,<PROPS>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub name: String,
+    pub kind: String,
+    pub volsize: Option<u64>,
+    pub origin: Option<String>,
+    /// Set user properties (unset ones, shown as `-`, are absent).
+    pub props: BTreeMap<String, String>,
+}
+
+/// The `-o` argument of the listing.
+pub fn list_columns() -> String {
+    let mut cols = vec!["name", "type", "volsize", "origin"];
+    cols.extend(PROPS);
+    cols.join(",")
+}
+
+/// Parses `zfs list -Hp` output with [`list_columns`] (tab-separated, `-` for none).
+pub fn parse_list(out: &str) -> Result<Vec<Row>, StorageError> {
+    let mut rows = Vec::new();
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 4 + PROPS.len() {
+            return Err(StorageError::Parse(format!(
+                "zfs list: expected {} columns, got {}: {line:?}",
+                4 + PROPS.len(),
+                f.len()
+            )));
+        }
+        let opt = |s: &str| (s != "-").then(|| s.to_owned());
+        let volsize = match f[2] {
+            "-" => None,
+            v => Some(v.parse::<u64>().map_err(|_| {
+                StorageError::Parse(format!("zfs list: volsize {v:?} is not a number"))
+            })?),
+        };
+        let props = PROPS
+            .iter()
+            .zip(&f[4..])
+            .filter_map(|(k, v)| opt(v).map(|v| (k.to_string(), v)))
+            .collect();
+        rows.push(Row {
+            name: f[0].to_owned(),
+            kind: f[1].to_owned(),
+            volsize,
+            origin: opt(f[3]),
+            props,
+        });
+    }
+    Ok(rows)
+}
+
+/// Interprets a listing of `parent` for `fleet` (pure).
+pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
+    let mut state = StorageState::default();
+    let containers = [
+        parent.to_owned(),
+        format!("{parent}/images"),
+        format!("{parent}/disks"),
+        format!("{parent}/trash"),
+    ];
+    let snapshots: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.kind == "snapshot")
+        .map(|r| r.name.as_str())
+        .collect();
+    for r in rows {
+        if r.kind == "snapshot" || containers.contains(&r.name) {
+            continue;
+        }
+        let rel = r
+            .name
+            .strip_prefix(&format!("{parent}/"))
+            .unwrap_or(&r.name);
+        let managed = r
+            .props
+            .get("virtfleet:managed")
+            .is_some_and(|v| v == "true");
+        let ours = managed && r.props.get("virtfleet:fleet").is_some_and(|f| f == fleet);
+        let (top, leaf) = rel.split_once('/').unwrap_or(("", rel));
+        match (top, r.kind.as_str()) {
+            // Base images are shared by every fleet under this parent: they
+            // are only ever created and read, never changed or destroyed.
+            ("images", "volume") if managed => match r.props.get("virtfleet:sha256") {
+                Some(sha) if snapshots.contains(&format!("{}@base", r.name).as_str()) => {
+                    state.images.insert(sha.clone());
+                }
+                _ if ours => state.incomplete.push(rel.to_owned()),
+                _ => state.unmanaged.push(rel.to_owned()),
+            },
+            ("disks", "volume") if ours => {
+                let owner = owner_of(r, fleet);
+                state.disks.insert(
+                    leaf.to_owned(),
+                    OwnedDisk {
+                        owner,
+                        path: format!("/dev/zvol/{}", r.name),
+                        size_bytes: r.volsize.unwrap_or(0),
+                    },
+                );
+            }
+            ("trash", "volume") if ours => {
+                let stamped = r
+                    .props
+                    .get("virtfleet:trashed-at")
+                    .and_then(|t| t.parse().ok())
+                    .or_else(|| leaf.rsplit_once('-').and_then(|(_, t)| t.parse().ok()));
+                let volume = leaf.rsplit_once('-').map(|(v, _)| v).unwrap_or(leaf);
+                match stamped {
+                    Some(t) => {
+                        state.trash.insert(
+                            leaf.to_owned(),
+                            TrashEntry {
+                                owner: owner_of(r, fleet),
+                                volume: volume.to_owned(),
+                                trashed_at: t,
+                            },
+                        );
+                    }
+                    None => state.unmanaged.push(rel.to_owned()),
+                }
+            }
+            _ => state.unmanaged.push(rel.to_owned()),
+        }
+    }
+    state
+}
+
+fn owner_of(r: &Row, fleet: &str) -> DiskOwner {
+    let get = |k: &str| r.props.get(k).cloned().unwrap_or_default();
+    DiskOwner {
+        fleet: fleet.to_owned(),
+        machine: get("virtfleet:machine"),
+        disk: get("virtfleet:disk"),
+    }
+}
+
+/// Rounds `bytes` up to a whole MiB (zvol sizes must be block multiples).
+fn round_mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20) * (1 << 20)
+}
+
+/// A parent dataset on a host.
+pub struct ZfsStorage<'a> {
+    parent: String,
+    t: &'a dyn Transport,
+}
+
+impl<'a> ZfsStorage<'a> {
+    /// The storage under `parent` (validated by the spec).
+    pub fn new(parent: &str, t: &'a dyn Transport) -> Self {
+        ZfsStorage {
+            parent: parent.to_owned(),
+            t,
+        }
+    }
+
+    fn ds(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.parent)
+    }
+
+    fn exists(&self, ds: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .t
+            .run(&["zfs", "list", "-H", "-o", "name", ds])?
+            .success)
+    }
+
+    /// Creates the container datasets (not mounted: they only hold zvols).
+    fn containers(&self) -> Result<(), StorageError> {
+        for c in ["images", "disks", "trash"] {
+            let ds = self.ds(c);
+            if !self.exists(&ds)? {
+                self.t.run_ok(&[
+                    "zfs",
+                    "create",
+                    "-p",
+                    "-o",
+                    "canmount=off",
+                    "-o",
+                    "mountpoint=none",
+                    &ds,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until udev made `/dev/zvol/<ds>` (zvol devices appear asynchronously).
+    fn wait_device(&self, ds: &str) -> Result<(), StorageError> {
+        let dev = format!("/dev/zvol/{ds}");
+        for _ in 0..100 {
+            if self.t.run(&["test", "-e", &dev])?.success {
+                return Ok(());
+            }
+            let _ = self.t.run(&["udevadm", "settle", "--timeout=1"]);
+        }
+        Err(StorageError::Parse(format!("{dev} did not appear")))
+    }
+
+    fn owner_props(owner: &DiskOwner) -> Vec<String> {
+        vec![
+            "-o".into(),
+            "virtfleet:managed=true".into(),
+            "-o".into(),
+            format!("virtfleet:fleet={}", owner.fleet),
+            "-o".into(),
+            format!("virtfleet:machine={}", owner.machine),
+            "-o".into(),
+            format!("virtfleet:disk={}", owner.disk),
+        ]
+    }
+}
+
+impl StorageBackend for ZfsStorage<'_> {
+    fn disk_path(&self, volume: &str) -> String {
+        format!("/dev/zvol/{}", self.ds(&format!("disks/{volume}")))
+    }
+
+    fn observe(
+        &self,
+        fleet: &str,
+        _attached: &BTreeMap<String, u64>,
+    ) -> Result<StorageState, StorageError> {
+        let out = self.t.run(&[
+            "zfs",
+            "list",
+            "-Hp",
+            "-r",
+            "-t",
+            "filesystem,volume,snapshot",
+            "-o",
+            &list_columns(),
+            &self.parent,
+        ])?;
+        if !out.success {
+            if out.stderr.contains("does not exist") {
+                return Ok(StorageState::default());
+            }
+            return Err(StorageError::Parse(format!(
+                "zfs list {}: {}",
+                self.parent,
+                out.stderr.trim()
+            )));
+        }
+        Ok(interpret(&self.parent, fleet, &parse_list(&out.stdout)?))
+    }
+
+    /// Copies the image to the host, checks its sha256 there, and only then
+    /// writes it into a fresh zvol, snapshots it `@base` and marks it complete.
+    fn ensure_image(
+        &self,
+        cached: &Path,
+        image: &str,
+        sha256: &str,
+        format: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), StorageError> {
+        let ds = self.ds(&format!("images/{}", &sha256[..16]));
+        let done = self
+            .t
+            .run(&["zfs", "get", "-Hp", "-o", "value", "virtfleet:sha256", &ds])?;
+        if done.success && done.stdout.trim() == sha256 && self.exists(&format!("{ds}@base"))? {
+            return Ok(());
+        }
+        let tmp = format!("/var/tmp/virtfleet-{sha256}.{format}");
+        self.t.put_file(cached, &tmp, progress)?;
+        let out = self.t.run_ok(&["sha256sum", &tmp])?;
+        let got = out.split_whitespace().next().unwrap_or("").to_owned();
+        if got != sha256 {
+            let _ = self.t.run(&["rm", "-f", &tmp]);
+            return Err(StorageError::ImageHashMismatch {
+                path: format!("{}:{tmp}", ds),
+                expected: sha256.into(),
+                actual: got,
+            });
+        }
+        let info = self
+            .t
+            .run_ok(&["qemu-img", "info", "--output=json", "-f", format, &tmp])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&info).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let size = round_mib(
+            v["virtual-size"]
+                .as_u64()
+                .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))?,
+        );
+        self.containers()?;
+        if self.exists(&ds)? {
+            // A previous attempt died half way (no sha256 yet): it is ours, redo it.
+            self.t.run_ok(&["zfs", "destroy", "-r", &ds])?;
+        }
+        self.t.run_ok(&[
+            "zfs",
+            "create",
+            "-V",
+            &size.to_string(),
+            "-o",
+            "volmode=dev",
+            "-o",
+            "virtfleet:managed=true",
+            "-o",
+            &format!("virtfleet:image={image}"),
+            &ds,
+        ])?;
+        self.wait_device(&ds)?;
+        self.t.run_ok(&[
+            "qemu-img",
+            "convert",
+            "-n",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            &tmp,
+            &format!("/dev/zvol/{ds}"),
+        ])?;
+        self.t.run_ok(&["zfs", "snapshot", &format!("{ds}@base")])?;
+        self.t
+            .run_ok(&["zfs", "set", &format!("virtfleet:sha256={sha256}"), &ds])?;
+        let _ = self.t.run(&["rm", "-f", &tmp]);
+        Ok(())
+    }
+
+    fn create_disk(
+        &self,
+        volume: &str,
+        owner: &DiskOwner,
+        size_gib: u64,
+        base: Option<(&str, &str)>,
+    ) -> Result<(), StorageError> {
+        let ds = self.ds(&format!("disks/{volume}"));
+        if self.exists(&ds)? {
+            return Ok(());
+        }
+        self.containers()?;
+        let props = Self::owner_props(owner);
+        let mut argv: Vec<String> = match base {
+            // One command: the clone exists owned and sized, or not at all.
+            Some(_) => ["zfs", "clone", "-o", &format!("volsize={size_gib}G")]
+                .map(String::from)
+                .into(),
+            None => ["zfs", "create", "-s", "-V", &format!("{size_gib}G")]
+                .map(String::from)
+                .into(),
+        };
+        argv.extend(["-o".into(), "volmode=dev".into()]);
+        argv.extend(props);
+        if let Some((sha, _)) = base {
+            argv.push(format!(
+                "{}@base",
+                self.ds(&format!("images/{}", &sha[..16]))
+            ));
+        }
+        argv.push(ds.clone());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.t.run_ok(&argv)?;
+        self.wait_device(&ds)
+    }
+
+    /// `volsize` grows the zvol in place; for a running guest the caller
+    /// then tells libvirt so the guest sees it.
+    fn grow(&self, volume: &str, size_gib: u64, _online: bool) -> Result<(), StorageError> {
+        self.t.run_ok(&[
+            "zfs",
+            "set",
+            &format!("volsize={size_gib}G"),
+            &self.ds(&format!("disks/{volume}")),
+        ])?;
+        Ok(())
+    }
+
+    fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
+        let ds = self.ds(&format!("disks/{volume}"));
+        if !self.exists(&ds)? {
+            return Ok(());
+        }
+        self.containers()?;
+        let dest = self.ds(&format!("trash/{volume}-{now}"));
+        self.t.run_ok(&["zfs", "rename", &ds, &dest])?;
+        self.t
+            .run_ok(&["zfs", "set", &format!("virtfleet:trashed-at={now}"), &dest])?;
+        Ok(())
+    }
+
+    fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
+        let dest = self.ds(&format!("disks/{volume}"));
+        if self.exists(&dest)? {
+            return Err(StorageError::Exists(dest));
+        }
+        self.t
+            .run_ok(&["zfs", "rename", &self.ds(&format!("trash/{entry}")), &dest])?;
+        self.t
+            .run_ok(&["zfs", "inherit", "virtfleet:trashed-at", &dest])?;
+        Ok(())
+    }
+
+    fn purge(&self, entry: &str) -> Result<(), StorageError> {
+        self.t
+            .run_ok(&["zfs", "destroy", "-r", &self.ds(&format!("trash/{entry}"))])?;
+        Ok(())
+    }
+
+    fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
+        if !path.starts_with("images/") || path.contains('@') {
+            return Err(StorageError::Parse(format!(
+                "refusing to destroy {path:?}: not an incomplete base image"
+            )));
+        }
+        self.t.run_ok(&["zfs", "destroy", "-r", &self.ds(path)])?;
+        Ok(())
+    }
+}
