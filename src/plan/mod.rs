@@ -3,6 +3,7 @@
 pub mod model;
 pub mod planner;
 pub mod render;
+pub mod snapshots;
 
 pub use model::*;
 pub use planner::{Options, plan};
