@@ -95,6 +95,7 @@ fn converged(fleet: &Fleet, host: &str) -> HostState {
                 owner,
                 path: r.path.clone(),
                 size_bytes: gib * GIB,
+                snapshots: Vec::new(),
             };
             s.disks.insert(m.volume_name(&disk), od);
         }
@@ -163,6 +164,8 @@ fn set_power(d: &mut ObservedDomain, running: bool) {
 
 fn kind(a: &Action) -> &'static str {
     match a {
+        Action::Snapshot { .. } => "snapshot",
+        Action::PruneSnapshot { .. } => "pruneSnapshot",
         Action::EnsureImage { .. } => "ensureImage",
         Action::RemoveIncomplete { .. } => "removeIncomplete",
         Action::CreateDisk { .. } => "createDisk",

@@ -19,23 +19,51 @@ struct ZfsHost {
 impl ZfsHost {
     fn boot() -> ZfsHost {
         let run = PathBuf::from("/var/lib/virtfleet-tests/zfs-host-run");
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot")).arg("start").arg(&run).output().unwrap();
-        assert!(out.status.success(), "the ZFS host did not boot:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot"))
+            .arg("start")
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the ZFS host did not boot:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let uri = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let port = std::fs::read_to_string(run.join("port")).unwrap().trim().to_owned();
+        let port = std::fs::read_to_string(run.join("port"))
+            .unwrap()
+            .trim()
+            .to_owned();
         ZfsHost { run, uri, port }
     }
 
     /// Runs a shell command inside the guest; returns (success, stdout+stderr).
     fn sh(&self, cmd: &str) -> (bool, String) {
         let out = Command::new("ssh")
-            .args(["-i", self.run.join("id_ed25519").to_str().unwrap(), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args([
+                "-i",
+                self.run.join("id_ed25519").to_str().unwrap(),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.run.join("known_hosts").display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.run.join("known_hosts").display()
+            ))
             .args(["-p", &self.port, "root@127.0.0.1", cmd])
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     fn sh_ok(&self, cmd: &str) -> String {
@@ -46,13 +74,18 @@ impl ZfsHost {
 
     /// `zfs get -Hp -o value PROP DS`.
     fn prop(&self, ds: &str, prop: &str) -> String {
-        self.sh_ok(&format!("zfs get -Hp -o value {prop} {ds}")).trim().to_owned()
+        self.sh_ok(&format!("zfs get -Hp -o value {prop} {ds}"))
+            .trim()
+            .to_owned()
     }
 }
 
 impl Drop for ZfsHost {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot")).arg("stop").arg(&self.run).status();
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot"))
+            .arg("stop")
+            .arg(&self.run)
+            .status();
     }
 }
 
@@ -72,35 +105,65 @@ fn zfs_host_end_to_end() {
     let host = ZfsHost::boot();
     let lab = Lab::new("t-zfs");
     let (a, b) = (lab.m("a"), lab.m("b"));
-    let mut machines = vec![lab.machine("a", ""), lab.machine("b", "dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]")];
+    let mut machines = vec![
+        lab.machine("a", ""),
+        lab.machine(
+            "b",
+            "dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]",
+        ),
+    ];
     zfs_fleet(&lab, &host, &machines);
 
     // Two machines: clones of one base, owned, sized; domains on the zvols.
     let out = lab.apply(&[]).expect_code(0);
     assert!(out.stdout.contains("converged"), "{}", out.all());
     let images = host.sh_ok(&format!("zfs list -H -o name -t volume -r {P}/images"));
-    assert_eq!(images.lines().count(), 1, "one base for both machines: {images}");
+    assert_eq!(
+        images.lines().count(),
+        1,
+        "one base for both machines: {images}"
+    );
     let base = images.trim().to_owned();
-    assert_eq!(host.prop(&base, "virtfleet:sha256"), common::sha256_hex(common::lab::example_image()));
+    assert_eq!(
+        host.prop(&base, "virtfleet:sha256"),
+        common::sha256_hex(common::lab::example_image())
+    );
     for m in [&a, &b] {
         let ds = format!("{P}/disks/{m}-root");
-        assert_eq!(host.prop(&ds, "origin"), format!("{base}@base"), "{ds} is a copy-on-write clone");
+        assert_eq!(
+            host.prop(&ds, "origin"),
+            format!("{base}@base"),
+            "{ds} is a copy-on-write clone"
+        );
         assert_eq!(host.prop(&ds, "volsize"), GIB.to_string());
         assert_eq!(host.prop(&ds, "virtfleet:managed"), "true");
         assert_eq!(host.prop(&ds, "virtfleet:fleet"), "t-zfs");
         assert_eq!(host.prop(&ds, "virtfleet:machine"), *m);
-        assert!(host.sh_ok(&format!("virsh domblklist {m}")).contains(&format!("/dev/zvol/{ds}")));
+        assert!(
+            host.sh_ok(&format!("virsh domblklist {m}"))
+                .contains(&format!("/dev/zvol/{ds}"))
+        );
         assert_eq!(host.sh_ok(&format!("virsh domstate {m}")).trim(), "running");
     }
-    assert_eq!(host.prop(&format!("{P}/disks/{b}-data"), "origin"), "-", "data disks are plain zvols");
+    assert_eq!(
+        host.prop(&format!("{P}/disks/{b}-data"), "origin"),
+        "-",
+        "data disks are plain zvols"
+    );
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 
     // Grow a running guest's disk: volsize and the guest's view; shrink refused.
     machines[0] = lab.machine("a", "diskGiB = 2");
     zfs_fleet(&lab, &host, &machines);
     lab.apply(&[]).expect_code(0);
-    assert_eq!(host.prop(&format!("{P}/disks/{a}-root"), "volsize"), (2 * GIB).to_string());
-    assert!(host.sh_ok(&format!("virsh domblkinfo {a} vda")).contains(&format!("Capacity:       {}", 2 * GIB)));
+    assert_eq!(
+        host.prop(&format!("{P}/disks/{a}-root"), "volsize"),
+        (2 * GIB).to_string()
+    );
+    assert!(
+        host.sh_ok(&format!("virsh domblkinfo {a} vda"))
+            .contains(&format!("Capacity:       {}", 2 * GIB))
+    );
     machines[0] = lab.machine("a", "diskGiB = 1");
     zfs_fleet(&lab, &host, &machines);
     let out = lab.apply(&[]).expect_code(1);
@@ -108,43 +171,92 @@ fn zfs_host_end_to_end() {
     machines[0] = lab.machine("a", "diskGiB = 2");
 
     // A foreign zvol and dataset under the parent: listed, never touched.
-    host.sh_ok(&format!("zfs create -V 64M {P}/disks/foreign && zfs create {P}/other"));
+    host.sh_ok(&format!(
+        "zfs create -V 64M {P}/disks/foreign && zfs create {P}/other"
+    ));
     let out = lab.vf(&["plan", "--allow-destroy"]).expect_code(0);
-    assert!(out.stdout.contains("disks/foreign") && out.stdout.contains("other"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("disks/foreign") && out.stdout.contains("other"),
+        "{}",
+        out.stdout
+    );
 
     // Destroy to the trash (with --allow-destroy), restore, then expiry.
     zfs_fleet(&lab, &host, &machines[..1]);
     lab.apply(&["--allow-destroy"]).expect_code(0);
-    assert!(!host.sh(&format!("virsh dominfo {b}")).0, "domain undefined");
+    assert!(
+        !host.sh(&format!("virsh dominfo {b}")).0,
+        "domain undefined"
+    );
     let trash = host.sh_ok(&format!("zfs list -H -o name -r {P}/trash"));
-    let trashed: Vec<&str> = trash.lines().filter(|l| l.contains(&format!("{b}-"))).collect();
-    assert_eq!(trashed.len(), 2, "root and data disks in the trash: {trash}");
-    assert!(host.prop(trashed[0], "virtfleet:trashed-at").parse::<u64>().is_ok());
+    let trashed: Vec<&str> = trash
+        .lines()
+        .filter(|l| l.contains(&format!("{b}-")))
+        .collect();
+    assert_eq!(
+        trashed.len(),
+        2,
+        "root and data disks in the trash: {trash}"
+    );
+    assert!(
+        host.prop(trashed[0], "virtfleet:trashed-at")
+            .parse::<u64>()
+            .is_ok()
+    );
     zfs_fleet(&lab, &host, &machines);
     lab.vf(&["restore", &b]).expect_code(0);
-    assert_eq!(host.prop(&format!("{P}/disks/{b}-root"), "origin"), format!("{base}@base"), "the same clone came back");
+    assert_eq!(
+        host.prop(&format!("{P}/disks/{b}-root"), "origin"),
+        format!("{base}@base"),
+        "the same clone came back"
+    );
     lab.apply(&[]).expect_code(0);
     assert_eq!(host.sh_ok(&format!("virsh domstate {b}")).trim(), "running");
     zfs_fleet(&lab, &host, &machines[..1]);
     lab.apply(&["--allow-destroy"]).expect_code(0);
     // Time passes: age the trash beyond the retention (1 day in the lab fleet).
-    for ds in host.sh_ok(&format!("zfs list -H -o name -r {P}/trash")).lines().filter(|l| l.contains(&format!("{b}-"))) {
+    for ds in host
+        .sh_ok(&format!("zfs list -H -o name -r {P}/trash"))
+        .lines()
+        .filter(|l| l.contains(&format!("{b}-")))
+    {
         host.sh_ok(&format!("zfs set virtfleet:trashed-at=1000 {ds}"));
     }
     let out = lab.vf(&["plan"]).expect_code(0);
-    assert!(out.stdout.contains("--allow-destroy") && out.stdout.contains("trash retention"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("--allow-destroy") && out.stdout.contains("trash retention"),
+        "{}",
+        out.stdout
+    );
     lab.apply(&["--allow-destroy"]).expect_code(0);
-    assert!(!host.sh_ok(&format!("zfs list -H -o name -r {P}")).contains(&format!("{b}-")), "purged");
+    assert!(
+        !host
+            .sh_ok(&format!("zfs list -H -o name -r {P}"))
+            .contains(&format!("{b}-")),
+        "purged"
+    );
     // The base stays: a clone still depends on it.
     assert!(host.sh(&format!("zfs list {base}")).0);
-    assert!(host.sh(&format!("zfs list {P}/disks/foreign")).0 && host.sh(&format!("zfs list {P}/other")).0, "foreign objects untouched");
+    assert!(
+        host.sh(&format!("zfs list {P}/disks/foreign")).0
+            && host.sh(&format!("zfs list {P}/other")).0,
+        "foreign objects untouched"
+    );
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 
     // A corrupted transfer is caught on the host before anything is created.
     corrupted_image_is_refused_on_the_host(&host);
     // An unreachable host and a refused key: clear errors, incomplete plans.
     ssh_failures_make_the_plan_incomplete(&lab, &host);
-    lab.vf(&["destroy", &a, "--force", "--auto-approve", "--shutdown-timeout", "1s"]).expect_code(0);
+    lab.vf(&[
+        "destroy",
+        &a,
+        "--force",
+        "--auto-approve",
+        "--shutdown-timeout",
+        "1s",
+    ])
+    .expect_code(0);
 }
 
 fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
@@ -159,25 +271,63 @@ fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
     bytes[4096] ^= 0xff; // flipped in transit
     std::fs::write(&cached, &bytes).unwrap();
     // The pin is the true image's hash; the bytes that arrive are not it.
-    let err = zfs.ensure_image(&cached, "tiny", &sha, "raw", &virtfleet::progress::NoProgress).unwrap_err();
+    let err = zfs
+        .ensure_image(
+            &cached,
+            "tiny",
+            &sha,
+            "raw",
+            &virtfleet::progress::NoProgress,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("hashes to"), "{err}");
     let images = host.sh_ok(&format!("zfs list -H -o name -t volume -r {P}/images"));
-    assert_eq!(images.lines().count(), 1, "no zvol was created from the bad copy: {images}");
-    assert!(!host.sh_ok("ls /var/tmp").contains("virtfleet-"), "the bad copy was deleted");
+    assert_eq!(
+        images.lines().count(),
+        1,
+        "no zvol was created from the bad copy: {images}"
+    );
+    assert!(
+        !host.sh_ok("ls /var/tmp").contains("virtfleet-"),
+        "the bad copy was deleted"
+    );
 }
 
 fn ssh_failures_make_the_plan_incomplete(lab: &Lab, host: &ZfsHost) {
     let wrong_key = lab.root.join("wrong_key");
     let _ = std::fs::remove_file(&wrong_key);
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&wrong_key).status().unwrap().success());
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", ""])
+            .arg("-f")
+            .arg(&wrong_key)
+            .status()
+            .unwrap()
+            .success()
+    );
     for (uri, expect) in [
-        (host.uri.replace(&format!(":{}/", host.port), ":1/"), "Connection refused"),
-        (host.uri.replace(host.run.join("id_ed25519").to_str().unwrap(), wrong_key.to_str().unwrap()), "Permission denied"),
+        (
+            host.uri.replace(&format!(":{}/", host.port), ":1/"),
+            "Connection refused",
+        ),
+        (
+            host.uri.replace(
+                host.run.join("id_ed25519").to_str().unwrap(),
+                wrong_key.to_str().unwrap(),
+            ),
+            "failed to authenticate",
+        ),
     ] {
-        let h = format!("V.Host::{{ name = \"zfs1\", uri = \"{uri}\", storage = V.Storage.Zfs {{ parent = \"{P}\" }}, domainType = V.DomainType.Qemu }}");
+        let h = format!(
+            "V.Host::{{ name = \"zfs1\", uri = \"{uri}\", storage = V.Storage.Zfs {{ parent = \"{P}\" }}, domainType = V.DomainType.Qemu }}"
+        );
         lab.write_hosts(&[h], &[], "");
         let out = lab.vf(&["plan"]).expect_code(3);
-        assert!(out.stdout.contains("host zfs1: INCOMPLETE") && out.stdout.contains(expect), "{uri}: {}", out.stdout);
+        assert!(
+            out.stdout.contains("host zfs1: INCOMPLETE") && out.stdout.contains(expect),
+            "{uri}: {}",
+            out.stdout
+        );
     }
     zfs_fleet(lab, host, &[lab.machine("a", "diskGiB = 2")]);
 }

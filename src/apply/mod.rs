@@ -345,6 +345,30 @@ fn step(
         }
         Action::TrashDisk { volume } => storage.trash(volume, settings.now)?,
         Action::PurgeTrash { entry } => storage.purge(entry)?,
+        Action::Snapshot { volumes, name } => {
+            let m = machine()?;
+            if storage.snapshots_via_domain() && lv.exists(&m) {
+                lv.snapshot(&m, name)?;
+            } else {
+                for v in volumes {
+                    storage.snapshot(v, name)?;
+                }
+            }
+        }
+        Action::PruneSnapshot { volumes, name } => {
+            let m = machine()?;
+            let via_domain = storage.snapshots_via_domain() && lv.exists(&m);
+            if !(via_domain && lv.delete_snapshot(&m, name)?) {
+                if via_domain && lv.is_running(&m)? {
+                    return Err(StepError::Other(format!(
+                        "snapshot {name} of running {m} is not known to libvirt; stop the guest to prune it"
+                    )));
+                }
+                for v in volumes {
+                    storage.destroy_snapshot(v, name)?;
+                }
+            }
+        }
     }
     Ok(())
 }

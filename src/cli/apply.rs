@@ -193,7 +193,7 @@ fn load_saved(
     let obs = crate::observe::observe(&fleet, now());
     for (host, digest) in &plan.inputs.hosts {
         match obs.hosts.get(host) {
-            Some(o) if o.digest() == *digest => {}
+            Some(o) if crate::plan::planner::host_digest(&fleet, host, o) == *digest => {}
             _ => return Err(stale(format!("host {host}"))),
         }
     }

@@ -21,7 +21,7 @@ use super::transport::{ExecError, Transport};
 use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Ownership marker of a disk directory.
@@ -164,6 +164,7 @@ impl StorageBackend for DirStorage<'_> {
         &self,
         fleet: &str,
         attached: &BTreeMap<String, u64>,
+        with_snapshots: &BTreeSet<String>,
     ) -> Result<StorageState, StorageError> {
         let listing = self.list()?;
         let mut state = StorageState::default();
@@ -197,6 +198,11 @@ impl StorageBackend for DirStorage<'_> {
                                 owner: o.clone(),
                                 path,
                                 size_bytes,
+                                snapshots: if with_snapshots.contains(n) {
+                                    self.snapshot_names(n)?
+                                } else {
+                                    Vec::new()
+                                },
                             },
                         );
                     }
@@ -357,5 +363,58 @@ impl StorageBackend for DirStorage<'_> {
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
         self.remove_dir(path)
+    }
+
+    fn snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        let file = self.file_path(volume);
+        if self.snapshot_names(volume)?.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        self.t
+            .run_ok(&["qemu-img", "snapshot", "-c", name, &file])?;
+        Ok(())
+    }
+
+    fn destroy_snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        if self.snapshot_names(volume)?.iter().any(|n| n == name) {
+            self.t
+                .run_ok(&["qemu-img", "snapshot", "-d", name, &self.file_path(volume)])?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        self.t
+            .run_ok(&["qemu-img", "snapshot", "-a", name, &self.file_path(volume)])?;
+        Ok(())
+    }
+
+    fn snapshots_via_domain(&self) -> bool {
+        true
+    }
+}
+
+impl DirStorage<'_> {
+    /// Internal snapshot names of a disk (read with `-U`: safe while in use).
+    pub fn snapshot_names(&self, volume: &str) -> Result<Vec<String>, StorageError> {
+        let out = self.t.run_ok(&[
+            "qemu-img",
+            "info",
+            "-U",
+            "--output=json",
+            &self.file_path(volume),
+        ])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let mut names: Vec<String> = v["snapshots"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
     }
 }

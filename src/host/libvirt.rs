@@ -291,6 +291,40 @@ impl Libvirt {
             .map_err(self.err(format!("domain {name}: resize {target}")))
     }
 
+    /// Takes an internal snapshot `name` of every disk of a domain (with the
+    /// guest's memory when it runs: QEMU requires that for internal
+    /// checkpoints). Exists already is fine.
+    pub fn snapshot(&self, name: &str, snapshot: &str) -> Result<(), LibvirtError> {
+        let dom = self.lookup(name)?;
+        if Domain::lookup_snapshot_by_name(&dom, snapshot, 0).is_ok() {
+            return Ok(());
+        }
+        let xml = format!(
+            "<domainsnapshot><name>{snapshot}</name><description>virtfleet</description></domainsnapshot>"
+        );
+        dom.create_snapshot_xml(&xml, 0)
+            .map(|_| ())
+            .map_err(self.err(format!("domain {name}: snapshot {snapshot}")))
+    }
+
+    /// Deletes snapshot `snapshot` of a domain; returns false when libvirt
+    /// does not know it (taken outside libvirt, e.g. before the domain existed).
+    pub fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, LibvirtError> {
+        let dom = self.lookup(name)?;
+        match Domain::lookup_snapshot_by_name(&dom, snapshot, 0) {
+            Ok(s) => s
+                .delete(0)
+                .map(|()| true)
+                .map_err(self.err(format!("domain {name}: delete snapshot {snapshot}"))),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// True when a domain of that name is defined.
+    pub fn exists(&self, name: &str) -> bool {
+        self.conn.lookup_domain_by_name(name).is_ok()
+    }
+
     /// True when the domain is running.
     pub fn is_running(&self, name: &str) -> Result<bool, LibvirtError> {
         match self.conn.lookup_domain_by_name(name) {

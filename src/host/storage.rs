@@ -35,10 +35,13 @@ pub struct StorageState {
 pub trait StorageBackend {
     /// Lists everything under the storage root. `attached` maps disk paths
     /// of defined domains to the virtual size libvirt reports for them.
+    /// `with_snapshots`: volumes whose snapshot names are needed (backends
+    /// for which listing them costs a command per disk list only these).
     fn observe(
         &self,
         fleet: &str,
         attached: &BTreeMap<String, u64>,
+        with_snapshots: &BTreeSet<String>,
     ) -> Result<StorageState, StorageError>;
     /// Path a domain uses for `volume`.
     fn disk_path(&self, volume: &str) -> String;
@@ -70,6 +73,17 @@ pub trait StorageBackend {
     fn purge(&self, entry: &str) -> Result<(), StorageError>;
     /// Removes an owned half-made object.
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError>;
+    /// Takes snapshot `name` of a disk no running guest uses (ZFS: any
+    /// disk). Exists already is fine.
+    fn snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError>;
+    /// Deletes snapshot `name` of a disk. Gone already is fine.
+    fn destroy_snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError>;
+    /// Rolls a disk no guest uses back to snapshot `name`. ZFS destroys newer
+    /// snapshots on the way (the caller has checked that this is allowed).
+    fn rollback(&self, volume: &str, name: &str) -> Result<(), StorageError>;
+    /// True when a disk used by a defined domain must be snapshotted through
+    /// libvirt (qcow2: QEMU owns the file while the guest runs).
+    fn snapshots_via_domain(&self) -> bool;
 }
 
 /// The backend for `host`, over `t`.

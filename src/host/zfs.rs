@@ -18,7 +18,7 @@ use super::storage::{StorageBackend, StorageError, StorageState};
 use super::transport::Transport;
 use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Properties read by one listing, after name, type, volsize and origin.
@@ -125,12 +125,21 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
             },
             ("disks", "volume") if ours => {
                 let owner = owner_of(r, fleet);
+                let prefix = format!("{}@", r.name);
+                let mut snapshots: Vec<String> = snapshots
+                    .iter()
+                    .filter_map(|s| s.strip_prefix(&prefix))
+                    .map(str::to_owned)
+                    .collect();
+                snapshots.sort();
+                let path = format!("/dev/zvol/{}", r.name);
                 state.disks.insert(
                     leaf.to_owned(),
                     OwnedDisk {
                         owner,
-                        path: format!("/dev/zvol/{}", r.name),
+                        path,
                         size_bytes: r.volsize.unwrap_or(0),
+                        snapshots,
                     },
                 );
             }
@@ -256,6 +265,7 @@ impl StorageBackend for ZfsStorage<'_> {
         &self,
         fleet: &str,
         _attached: &BTreeMap<String, u64>,
+        _with_snapshots: &BTreeSet<String>,
     ) -> Result<StorageState, StorageError> {
         let out = self.t.run(&[
             "zfs",
@@ -434,6 +444,37 @@ impl StorageBackend for ZfsStorage<'_> {
         self.t
             .run_ok(&["zfs", "destroy", "-r", &self.ds(&format!("trash/{entry}"))])?;
         Ok(())
+    }
+
+    fn snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        let snap = format!("{}@{name}", self.ds(&format!("disks/{volume}")));
+        if !self.exists(&snap)? {
+            self.t
+                .run_ok(&["zfs", "snapshot", "-o", "virtfleet:managed=true", &snap])?;
+        }
+        Ok(())
+    }
+
+    fn destroy_snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        let snap = format!("{}@{name}", self.ds(&format!("disks/{volume}")));
+        if self.exists(&snap)? {
+            self.t.run_ok(&["zfs", "destroy", &snap])?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&self, volume: &str, name: &str) -> Result<(), StorageError> {
+        self.t.run_ok(&[
+            "zfs",
+            "rollback",
+            "-r",
+            &format!("{}@{name}", self.ds(&format!("disks/{volume}"))),
+        ])?;
+        Ok(())
+    }
+
+    fn snapshots_via_domain(&self) -> bool {
+        false
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {

@@ -67,6 +67,9 @@ pub struct OwnedDisk {
     pub path: String,
     /// Virtual size in bytes.
     pub size_bytes: u64,
+    /// Names of the disk's snapshots (virtfleet's and foreign), sorted.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
 }
 
 /// A destroyed disk kept for restore.
@@ -80,11 +83,17 @@ pub struct TrashEntry {
 }
 
 impl HostObservation {
-    /// Digest of what planning depends on (guest IP addresses excluded:
-    /// they change on their own and never change a plan).
-    pub fn digest(&self) -> String {
+    /// Digest of what a plan for `fleet` depends on: its own domains and
+    /// storage, and any other domain whose name one of `names` (its machines
+    /// on this host) would collide with. Other fleets' and unmanaged domains
+    /// coming and going must not make a saved plan stale; guest IP addresses
+    /// change on their own and never change a plan.
+    pub fn digest(&self, fleet: &str, names: &BTreeSet<String>) -> String {
         let mut copy = self.clone();
         if let HostObservation::Reachable(s) = &mut copy {
+            s.domains.retain(|n, d| {
+                names.contains(n) || d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet)
+            });
             for d in s.domains.values_mut() {
                 d.addresses.clear();
             }
@@ -120,12 +129,7 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
         let handles: Vec<_> = fleet
             .hosts
             .values()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    s.spawn(move || observe_host(fleet.name.as_str(), h)),
-                )
-            })
+            .map(|h| (h.name.to_string(), s.spawn(move || observe_host(fleet, h))))
             .collect();
         handles
             .into_iter()
@@ -148,14 +152,33 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
 }
 
 /// Observes one host.
-pub fn observe_host(fleet: &str, host: &Host) -> HostObservation {
-    match try_observe(fleet, host) {
+pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
+    // Disks whose policy schedules snapshots: their snapshot lists are needed.
+    let with_snapshots: BTreeSet<String> = fleet
+        .machines_on(&host.name)
+        .filter(|m| {
+            std::iter::once(&m.snapshots)
+                .chain(m.data_disks.iter().map(|d| &d.snapshots))
+                .any(|p| p.hourly + p.daily + p.weekly + p.monthly > 0)
+        })
+        .flat_map(|m| {
+            m.disks()
+                .into_iter()
+                .map(|(d, _)| m.volume_name(&d))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    match try_observe(fleet.name.as_str(), host, &with_snapshots) {
         Ok(state) => HostObservation::Reachable(state),
         Err(error) => HostObservation::Unreachable { error },
     }
 }
 
-fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
+fn try_observe(
+    fleet: &str,
+    host: &Host,
+    with_snapshots: &BTreeSet<String>,
+) -> Result<HostState, String> {
     let lv = Libvirt::open(&host.uri).map_err(|e| e.to_string())?;
     let domains: BTreeMap<String, ObservedDomain> = lv
         .domains()
@@ -177,7 +200,7 @@ fn try_observe(fleet: &str, host: &Host) -> Result<HostState, String> {
         .collect();
     let t = transport_for(host)?;
     let storage = backend(host, t.as_ref())
-        .observe(fleet, &attached)
+        .observe(fleet, &attached, with_snapshots)
         .map_err(|e| format!("storage: {e}"))?;
     Ok(HostState {
         domains,

@@ -99,6 +99,11 @@ pub enum Action {
     TrashDisk { volume: String },
     /// Delete a trash entry whose retention expired.
     PurgeTrash { entry: String },
+    /// Take snapshot `name` of `volumes` (one disk on ZFS; every disk of the
+    /// machine on Dir hosts, where a running guest's checkpoint covers all).
+    Snapshot { volumes: Vec<String>, name: String },
+    /// Delete snapshot `name` of `volumes`: the policy no longer keeps it.
+    PruneSnapshot { volumes: Vec<String>, name: String },
 }
 
 /// One change to one object.

@@ -8,6 +8,7 @@
 //! finally destroys and trash expiry.
 
 use super::model::*;
+use super::snapshots::{self, INIT};
 use crate::host::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
 use crate::host::identity;
 use crate::host::libvirt::{ObservedDomain, PowerState};
@@ -42,6 +43,17 @@ pub fn fleet_digest(fleet: &Fleet) -> String {
 /// sha256 of the lockfile's canonical text.
 pub fn lock_digest(lock: &ImageLock) -> String {
     hex::encode(Sha256::digest(lock.render().as_bytes()))
+}
+
+/// Digest of host `host`'s observation as far as a plan for `fleet` depends on it.
+pub fn host_digest(fleet: &Fleet, host: &str, obs: &HostObservation) -> String {
+    let names = fleet
+        .machines
+        .values()
+        .filter(|m| m.host.as_str() == host)
+        .map(|m| m.name.to_string())
+        .collect();
+    obs.digest(fleet.name.as_str(), &names)
 }
 
 /// Hash of everything that goes into a machine's domain and disks, stored
@@ -141,8 +153,9 @@ const P_CLEAN: u8 = 1;
 const P_DISK: u8 = 2;
 const P_DOMAIN: u8 = 3;
 const P_POWER: u8 = 4;
-const P_DESTROY: u8 = 5;
-const P_PURGE: u8 = 6;
+const P_SNAPSHOT: u8 = 5;
+const P_DESTROY: u8 = 6;
+const P_PURGE: u8 = 7;
 
 impl HostPlan<'_> {
     /// Adds `change` to run in `phase`, or to `pending` if its disruption
@@ -196,7 +209,7 @@ pub fn plan(
             hosts: obs
                 .hosts
                 .iter()
-                .map(|(h, o)| (h.clone(), o.digest()))
+                .map(|(h, o)| (h.clone(), host_digest(fleet, h, o)))
                 .collect(),
             observed_at: obs.taken_at,
             from_file,
@@ -324,6 +337,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
 
         // Disks.
         let mut disk_refused = false;
+        let mut created: BTreeSet<String> = BTreeSet::new();
         for (i, (disk, size_gib)) in m.disks().iter().enumerate() {
             let vol = m.volume_name(disk);
             let daddr = format!("{addr}/{disk}");
@@ -407,7 +421,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                             daddr,
                             Some(n),
                             Action::CreateDisk {
-                                volume: vol,
+                                volume: vol.clone(),
                                 disk: disk.clone(),
                                 size_gib: *size_gib,
                                 base,
@@ -416,6 +430,25 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                             reason,
                         ),
                     );
+                    // Before the first boot: "fresh out of the box" for reinit.
+                    if disk_policy(m, disk).init {
+                        let action = Action::Snapshot {
+                            volumes: vec![vol.clone()],
+                            name: INIT.into(),
+                        };
+                        hp.push(
+                            P_DISK,
+                            change(
+                                h,
+                                format!("{addr}/{disk}@{INIT}"),
+                                Some(n),
+                                action,
+                                Disruption::None,
+                                "init snapshot of the new disk".into(),
+                            ),
+                        );
+                    }
+                    created.insert(vol);
                 }
             }
         }
@@ -466,6 +499,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
             }
             Some(d) => plan_update(hp, &addr, m, &want, d),
         }
+        plan_snapshots(hp, state, m, &addr, &created);
 
         // Owned disks of this machine it no longer declares.
         let wanted_vols: BTreeSet<String> =
@@ -576,6 +610,99 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                         "trash retention of {} days expired",
                         fleet.settings.trash_retention_days
                     ),
+                ),
+            );
+        }
+    }
+}
+
+/// The snapshot policy of one of `m`'s disks (`root` or a data disk).
+fn disk_policy(m: &Machine, disk: &str) -> crate::spec::Snapshots {
+    m.data_disks
+        .iter()
+        .find(|d| d.name.as_str() == disk)
+        .map(|d| d.snapshots)
+        .unwrap_or(m.snapshots)
+}
+
+/// Scheduled snapshots due and prunes for `m`'s disks: per disk on ZFS,
+/// per machine (the root disk's list, all disks together) on Dir hosts,
+/// where a running guest's internal checkpoint always covers every disk.
+fn plan_snapshots(
+    hp: &mut HostPlan<'_>,
+    state: &HostState,
+    m: &Machine,
+    addr: &str,
+    created: &BTreeSet<String>,
+) {
+    let h = hp.host.name.to_string();
+    let n = m.name.as_str();
+    let existing = |vol: &str, disk: &str| -> Vec<String> {
+        match state.disks.get(vol) {
+            Some(od) => od.snapshots.clone(),
+            None if created.contains(vol) && disk_policy(m, disk).init => vec![INIT.to_owned()],
+            None => Vec::new(),
+        }
+    };
+    // (address, volumes, policy, existing snapshot names)
+    let units: Vec<(String, Vec<String>, crate::spec::Snapshots, Vec<String>)> =
+        match hp.host.storage {
+            crate::spec::Storage::Zfs { .. } => m
+                .disks()
+                .iter()
+                .map(|(disk, _)| {
+                    let vol = m.volume_name(disk);
+                    (
+                        format!("{addr}/{disk}"),
+                        vec![vol.clone()],
+                        disk_policy(m, disk),
+                        existing(&vol, disk),
+                    )
+                })
+                .collect(),
+            crate::spec::Storage::Dir { .. } => {
+                let vols = m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
+                vec![(
+                    addr.to_owned(),
+                    vols,
+                    m.snapshots,
+                    existing(&m.volume_name("root"), "root"),
+                )]
+            }
+        };
+    for (uaddr, volumes, policy, names) in units {
+        let decision = snapshots::decide(&policy, &names, hp.opts.now);
+        for name in decision.create {
+            let action = Action::Snapshot {
+                volumes: volumes.clone(),
+                name: name.clone(),
+            };
+            hp.push(
+                P_SNAPSHOT,
+                change(
+                    &h,
+                    format!("{uaddr}@{name}"),
+                    Some(n),
+                    action,
+                    Disruption::None,
+                    "scheduled snapshot due".into(),
+                ),
+            );
+        }
+        for name in decision.prune {
+            let action = Action::PruneSnapshot {
+                volumes: volumes.clone(),
+                name: name.clone(),
+            };
+            hp.push(
+                P_SNAPSHOT,
+                change(
+                    &h,
+                    format!("{uaddr}@{name}"),
+                    Some(n),
+                    action,
+                    Disruption::Destructive,
+                    "no longer kept by the snapshot policy".into(),
                 ),
             );
         }

@@ -37,16 +37,18 @@ pub fn kind(action: &Action) -> Kind {
         | Action::CreateDisk { .. }
         | Action::DefineDomain { .. }
         | Action::Start
-        | Action::SetAutostart { .. } => Kind::Add,
+        | Action::SetAutostart { .. }
+        | Action::Snapshot { .. } => Kind::Add,
         // Cleaning up an interrupted creation alters what is there; it loses
         // nothing (the directory never became a disk), so it is no destroy.
         Action::UpdateDomain { .. }
         | Action::GrowDisk { .. }
         | Action::Stop
         | Action::RemoveIncomplete { .. } => Kind::Change,
-        Action::Destroy { .. } | Action::TrashDisk { .. } | Action::PurgeTrash { .. } => {
-            Kind::Destroy
-        }
+        Action::Destroy { .. }
+        | Action::TrashDisk { .. }
+        | Action::PurgeTrash { .. }
+        | Action::PruneSnapshot { .. } => Kind::Destroy,
     }
 }
 
@@ -105,6 +107,10 @@ pub fn describe(action: &Action) -> String {
         }
         Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
         Action::PurgeTrash { entry } => format!("purge trash entry {entry}"),
+        Action::Snapshot { name, volumes } => format!("snapshot {name} of {}", volumes.join(", ")),
+        Action::PruneSnapshot { name, volumes } => {
+            format!("prune snapshot {name} of {}", volumes.join(", "))
+        }
     }
 }
 
