@@ -13,6 +13,7 @@ mod observe;
 mod plan;
 mod restore;
 mod show;
+mod snapshot;
 mod status;
 
 use crate::lock::cache::Cache;
@@ -88,6 +89,10 @@ enum Command {
     Observe(observe::Args),
     Destroy(destroy::Args),
     Restore(restore::Args),
+    Snapshot(snapshot::SnapshotArgs),
+    Snapshots(snapshot::ListArgs),
+    Rollback(snapshot::RollbackArgs),
+    Reinit(snapshot::ReinitArgs),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -145,6 +150,10 @@ pub fn main() -> ExitCode {
         Command::Observe(a) => observe::run(&ctx, a),
         Command::Destroy(a) => destroy::run(&ctx, a),
         Command::Restore(a) => restore::run(&ctx, a),
+        Command::Snapshot(a) => snapshot::snapshot(&ctx, a),
+        Command::Snapshots(a) => snapshot::list(&ctx, a),
+        Command::Rollback(a) => snapshot::rollback(&ctx, a),
+        Command::Reinit(a) => snapshot::reinit(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -392,6 +392,14 @@ impl StorageBackend for DirStorage<'_> {
     fn snapshots_via_domain(&self) -> bool {
         true
     }
+
+    fn snapshots_after(&self, _volume: &str, _name: &str) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    fn snapshot_list(&self, volume: &str) -> Result<Vec<String>, StorageError> {
+        self.snapshot_names(volume)
+    }
 }
 
 impl DirStorage<'_> {

@@ -256,6 +256,30 @@ impl Libvirt {
         }
     }
 
+    /// Asks the guest to shut down and waits up to `grace`; never forces.
+    /// Returns whether it is stopped.
+    pub fn shutdown_wait(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {
+        let dom = self.lookup(name)?;
+        if !dom
+            .is_active()
+            .map_err(self.err(format!("domain {name}: state")))?
+        {
+            return Ok(true);
+        }
+        let _ = dom.shutdown();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !dom
+                .is_active()
+                .map_err(self.err(format!("domain {name}: state")))?
+            {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(false)
+    }
+
     /// Removes a stopped domain's definition (its disks are not touched).
     pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
         let dom = match self.conn.lookup_domain_by_name(name) {

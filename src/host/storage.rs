@@ -81,6 +81,11 @@ pub trait StorageBackend {
     /// Rolls a disk no guest uses back to snapshot `name`. ZFS destroys newer
     /// snapshots on the way (the caller has checked that this is allowed).
     fn rollback(&self, volume: &str, name: &str) -> Result<(), StorageError>;
+    /// Snapshots of a disk that a rollback to `name` would destroy (ZFS:
+    /// those taken after it; qcow2 internal snapshots are independent).
+    fn snapshots_after(&self, volume: &str, name: &str) -> Result<Vec<String>, StorageError>;
+    /// Every snapshot name of a disk.
+    fn snapshot_list(&self, volume: &str) -> Result<Vec<String>, StorageError>;
     /// True when a disk used by a defined domain must be snapshotted through
     /// libvirt (qcow2: QEMU owns the file while the guest runs).
     fn snapshots_via_domain(&self) -> bool;

@@ -477,6 +477,40 @@ impl StorageBackend for ZfsStorage<'_> {
         false
     }
 
+    fn snapshots_after(&self, volume: &str, name: &str) -> Result<Vec<String>, StorageError> {
+        let all = self.snapshot_list(volume)?;
+        Ok(all
+            .iter()
+            .skip_while(|n| *n != name)
+            .skip(1)
+            .cloned()
+            .collect())
+    }
+
+    /// In creation order (`createtxg`), which is what `zfs rollback -r` follows.
+    fn snapshot_list(&self, volume: &str) -> Result<Vec<String>, StorageError> {
+        let ds = self.ds(&format!("disks/{volume}"));
+        let out = self.t.run_ok(&[
+            "zfs",
+            "list",
+            "-H",
+            "-t",
+            "snapshot",
+            "-o",
+            "name",
+            "-s",
+            "createtxg",
+            "-d",
+            "1",
+            &ds,
+        ])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('@'))
+            .map(|(_, s)| s.to_owned())
+            .collect())
+    }
+
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
         if !path.starts_with("images/") || path.contains('@') {
             return Err(StorageError::Parse(format!(
