@@ -218,32 +218,6 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
         Ok(())
     })?;
     let obs = obs.expect("observed at least once");
-    for (label, mode) in [
-        ("floor+state+autostart", 1u8),
-        ("floor+block_info", 2),
-        ("floor+all", 3),
-    ] {
-        let d = best_of(RUNS, || {
-            let conn = virt::connect::Connect::open(Some(URI)).map_err(|e| anyhow!("{e}"))?;
-            let doms = conn.list_all_domains(0).map_err(|e| anyhow!("{e}"))?;
-            for d in &doms {
-                black_box(d.name().map_err(|e| anyhow!("{e}"))?);
-                black_box(
-                    d.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
-                        .map_err(|e| anyhow!("{e}"))?,
-                );
-                if mode & 1 != 0 {
-                    black_box(d.state().ok());
-                    black_box(d.autostart().ok());
-                }
-                if mode & 2 != 0 {
-                    black_box(d.block_info("vda", 0).ok());
-                }
-            }
-            Ok(())
-        })?;
-        eprintln!("  EXPERIMENT {label}: {}", ms(d));
-    }
     let libvirt = best_of(RUNS, || {
         let lv = Libvirt::open(URI).map_err(|e| anyhow!("{e}"))?;
         black_box(lv.domains().map_err(|e| anyhow!("{e}"))?);

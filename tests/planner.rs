@@ -26,10 +26,15 @@ const DAY: u64 = 86_400;
 /// Dir storage at /srv/vf, domainType Qemu. Each machine is the body of a
 /// `V.Machine::{ .. }` completion; `image = "base"` is filled in.
 fn fleet(two_hosts: bool, machines: &[&str]) -> Fleet {
+    fleet_with("V.Storage.Dir { path = \"/srv/vf\" }", two_hosts, machines)
+}
+
+/// Like [`fleet`], with hosts on `storage` (a Dhall `V.Storage` value).
+fn fleet_with(storage: &str, two_hosts: bool, machines: &[&str]) -> Fleet {
     let host = |n: &str| {
         format!(
             "V.Host::{{ name = \"{n}\", uri = \"qemu:///system\", \
-             storage = V.Storage.Dir {{ path = \"/srv/vf\" }}, domainType = V.DomainType.Qemu }}"
+             storage = {storage}, domainType = V.DomainType.Qemu }}"
         )
     };
     let hosts = if two_hosts {
@@ -227,9 +232,13 @@ fn empty_host_creates_everything_in_phase_order() {
     let image = format!("hv1/images/{}", &SHA[..12]);
     let want: Vec<(String, &str)> = [
         (image.as_str(), "ensureImage"),
+        // The init snapshot follows each new disk, before the first boot.
         ("hv1/db/root", "createDisk"),
+        ("hv1/db/root@vf-init", "snapshot"),
         ("hv1/web/root", "createDisk"),
+        ("hv1/web/root@vf-init", "snapshot"),
         ("hv1/web/data", "createDisk"),
+        ("hv1/web/data@vf-init", "snapshot"),
         ("hv1/db", "defineDomain"),
         ("hv1/db", "setAutostart"),
         ("hv1/web", "defineDomain"),
@@ -307,6 +316,7 @@ fn image_already_on_host_is_not_copied_and_stopped_machines_do_not_start() {
     let p = plan_hv1(&f, s, false, false);
     let want = [
         ("hv1/web/root".to_owned(), "createDisk"),
+        ("hv1/web/root@vf-init".to_owned(), "snapshot"),
         ("hv1/web".to_owned(), "defineDomain"),
     ];
     assert_eq!(summary(&p.changes), want);
@@ -1087,4 +1097,94 @@ fn regression_no_restart_right_before_a_stop() {
     );
     assert_eq!(update.disruption, Disruption::None);
     assert_eq!(p.changes.last().map(|c| &c.action), Some(&Action::Stop));
+}
+
+#[test]
+fn snapshots_are_planned_per_disk_on_zfs_and_per_machine_on_dir() {
+    let body = "name = \"web\", snapshots = V.Snapshots::{ daily = 1 }, dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]";
+    // New machine on Dir: init per disk right after each create, then one
+    // scheduled snapshot of the whole machine after it starts.
+    let f = fleet(false, &[body]);
+    let p = plan_hv1(&f, HostState::default(), false, false);
+    let s = summary(&p.changes);
+    let pos = |a: &str, k: &str| {
+        s.iter()
+            .position(|(x, y)| x == a && *y == k)
+            .unwrap_or_else(|| panic!("{a} {k}: {s:?}"))
+    };
+    assert_eq!(
+        pos("hv1/web/root@vf-init", "snapshot"),
+        pos("hv1/web/root", "createDisk") + 1
+    );
+    assert!(pos("hv1/web/data@vf-init", "snapshot") < pos("hv1/web", "defineDomain"));
+    let daily: Vec<&Change> = p
+        .changes
+        .iter()
+        .filter(|c| c.address.starts_with("hv1/web@vf-daily-"))
+        .collect();
+    assert_eq!(daily.len(), 1, "{s:?}");
+    assert!(
+        matches!(&daily[0].action, Action::Snapshot { volumes, .. } if volumes == &["web-root".to_owned(), "web-data".to_owned()])
+    );
+    assert!(
+        pos("hv1/web", "start")
+            < s.iter()
+                .position(|(a, _)| a.starts_with("hv1/web@vf-daily-"))
+                .unwrap()
+    );
+
+    // ZFS: per disk.
+    let z = fleet_with("V.Storage.Zfs { parent = \"tank/vf\" }", false, &[body]);
+    let p = plan_hv1(&z, HostState::default(), false, false);
+    let per_disk: Vec<&str> = p
+        .changes
+        .iter()
+        .filter(|c| c.address.contains("@vf-daily-"))
+        .map(|c| c.address.split('@').next().unwrap())
+        .collect();
+    assert_eq!(per_disk, ["hv1/web/root", "hv1/web/data"]);
+
+    // Existing disk: today's daily exists, an old one is pruned only with permission.
+    let mut st = converged(&z, "hv1");
+    for d in st.disks.values_mut() {
+        d.snapshots = vec![
+            "vf-init".into(),
+            format!("vf-daily-{}", virtfleet::plan::snapshots::stamp(NOW)),
+            "vf-daily-20200101T000000Z".into(),
+            "hand-made".into(),
+        ];
+    }
+    let p = plan_hv1(&z, st.clone(), false, false);
+    assert!(p.changes.is_empty(), "{:?}", summary(&p.changes));
+    let pruned: Vec<(&str, Disruption)> = p
+        .pending
+        .iter()
+        .map(|x| (x.change.address.as_str(), x.change.disruption))
+        .collect();
+    assert_eq!(
+        pruned,
+        [
+            (
+                "hv1/web/root@vf-daily-20200101T000000Z",
+                Disruption::Destructive
+            ),
+            (
+                "hv1/web/data@vf-daily-20200101T000000Z",
+                Disruption::Destructive
+            )
+        ]
+    );
+    assert!(
+        p.pending
+            .iter()
+            .all(|x| x.needs.contains("--allow-destroy"))
+    );
+    let p = plan_hv1(&z, st, true, false);
+    assert_eq!(
+        p.changes.len(),
+        2,
+        "prunes in changes with permission: {:?}",
+        summary(&p.changes)
+    );
+    assert!(p.changes.iter().all(|c| matches!(&c.action, Action::PruneSnapshot { name, .. } if name == "vf-daily-20200101T000000Z")));
 }

@@ -169,6 +169,7 @@ fn zfs_host_end_to_end() {
     let out = lab.apply(&[]).expect_code(1);
     assert!(out.all().contains("only grow"), "{}", out.all());
     machines[0] = lab.machine("a", "diskGiB = 2");
+    zfs_fleet(&lab, &host, &machines);
 
     // A foreign zvol and dataset under the parent: listed, never touched.
     host.sh_ok(&format!(
@@ -243,6 +244,8 @@ fn zfs_host_end_to_end() {
         "foreign objects untouched"
     );
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    snapshots_on_zfs(&lab, &host);
 
     // A corrupted transfer is caught on the host before anything is created.
     corrupted_image_is_refused_on_the_host(&host);
@@ -330,4 +333,94 @@ fn ssh_failures_make_the_plan_incomplete(lab: &Lab, host: &ZfsHost) {
         );
     }
     zfs_fleet(lab, host, &[lab.machine("a", "diskGiB = 2")]);
+}
+
+/// sha256 of one 4 KiB block of a zvol, read inside the ZFS host.
+fn block(host: &ZfsHost, ds: &str) -> String {
+    host.sh_ok(&format!(
+        "dd if=/dev/zvol/{ds} bs=4k count=1 skip=100 2>/dev/null | sha256sum"
+    ))
+    .trim()
+    .to_owned()
+}
+
+fn snapshots_on_zfs(lab: &Lab, host: &ZfsHost) {
+    let a = lab.m("a");
+    let ds = format!("{P}/disks/{a}-root");
+    let snaps = || {
+        host.sh_ok(&format!(
+            "zfs list -H -t snapshot -o name -s createtxg -d 1 {ds}"
+        ))
+    };
+    assert!(
+        snaps().contains(&format!("{ds}@vf-init")),
+        "init snapshot since creation: {}",
+        snaps()
+    );
+    assert_eq!(
+        host.prop(&format!("{ds}@vf-init"), "virtfleet:managed"),
+        "true"
+    );
+
+    // A daily policy: one taken now; an older one beyond the count is pruned.
+    let policy = "diskGiB = 2, snapshots = V.Snapshots::{ daily = 1 }";
+    zfs_fleet(lab, host, &[lab.machine("a", policy)]);
+    lab.apply(&[]).expect_code(0);
+    assert!(snaps().contains(&format!("{ds}@vf-daily-")), "{}", snaps());
+    host.sh_ok(&format!(
+        "zfs snapshot {ds}@vf-daily-20200101T000000Z && zfs snapshot {ds}@by-hand"
+    ));
+    let out = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        out.stdout
+            .contains("prune snapshot vf-daily-20200101T000000Z"),
+        "{}",
+        out.stdout
+    );
+    lab.apply(&["--allow-destroy"]).expect_code(0);
+    assert!(
+        !snaps().contains("vf-daily-20200101T000000Z") && snaps().contains("@by-hand"),
+        "{}",
+        snaps()
+    );
+
+    // Rollback: a marker written while the guest is stopped is gone after it.
+    let manual = lab.vf(&["snapshot", &a, "--label", "pre"]).expect_code(0);
+    let name = manual.stdout.split_whitespace().nth(1).unwrap().to_owned();
+    zfs_fleet(
+        lab,
+        host,
+        &[lab.machine("a", &format!("{policy}, power = V.Power.Stopped"))],
+    );
+    lab.apply(&["--allow-restart"]).expect_code(0);
+    let before = block(host, &ds);
+    host.sh_ok(&format!(
+        "dd if=/dev/urandom of=/dev/zvol/{ds} bs=4k count=1 seek=100 conv=fsync 2>/dev/null"
+    ));
+    assert_ne!(block(host, &ds), before, "marker written");
+    lab.vf(&["rollback", &a, "--to", &name, "--yes"])
+        .expect_code(0);
+    assert_eq!(block(host, &ds), before, "marker gone after rollback");
+
+    // Reinit goes back past newer snapshots: only with --destroy-newer.
+    host.sh_ok(&format!(
+        "dd if=/dev/urandom of=/dev/zvol/{ds} bs=4k count=1 seek=100 conv=fsync 2>/dev/null"
+    ));
+    let out = lab.vf(&["reinit", &a, "--yes"]).expect_code(1);
+    assert!(
+        out.stderr.contains("--destroy-newer") && out.stderr.contains(&name),
+        "{}",
+        out.stderr
+    );
+    lab.vf(&["reinit", &a, "--yes", "--destroy-newer"])
+        .expect_code(0);
+    assert_eq!(block(host, &ds), before, "marker gone after reinit");
+    assert!(
+        !snaps().contains(&name),
+        "newer snapshots destroyed as announced"
+    );
+    // Back to the fleet (running, grown again if the rollback shrank it).
+    zfs_fleet(lab, host, &[lab.machine("a", policy)]);
+    lab.apply(&[]).expect_code(0);
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 }

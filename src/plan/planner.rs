@@ -239,7 +239,11 @@ pub fn plan(
             .unmanaged(fleet.name.as_str())
             .map(|d| format!("domain {d}"))
             .collect();
-        unmanaged.extend(state.unmanaged_files.iter().map(|f| format!("file {f}")));
+        let kind = match host.storage {
+            Storage::Dir { .. } => "file",
+            Storage::Zfs { .. } => "dataset",
+        };
+        unmanaged.extend(state.unmanaged_files.iter().map(|f| format!("{kind} {f}")));
         if !unmanaged.is_empty() {
             plan.unmanaged.insert(name.clone(), unmanaged);
         }
