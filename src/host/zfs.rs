@@ -85,6 +85,14 @@ pub fn parse_list(out: &str) -> Result<Vec<Row>, StorageError> {
     Ok(rows)
 }
 
+/// Snapshot names from `zfs list -H -t snapshot -o name` (one `ds@snap` a line).
+pub fn parse_snapshot_names(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split_once('@'))
+        .map(|(_, s)| s.to_owned())
+        .collect()
+}
+
 /// Interprets a listing of `parent` for `fleet` (pure).
 pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
     let mut state = StorageState::default();
@@ -120,8 +128,9 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
                 Some(sha) if snapshots.contains(&format!("{}@base", r.name).as_str()) => {
                     state.images.insert(sha.clone());
                 }
-                _ if ours => state.incomplete.push(rel.to_owned()),
-                _ => state.unmanaged.push(rel.to_owned()),
+                // Managed but not pinned yet: a creation that died half way
+                // (it has no @base, so no clone can depend on it).
+                _ => state.incomplete.push(rel.to_owned()),
             },
             ("disks", "volume") if ours => {
                 let owner = owner_of(r, fleet);
@@ -504,11 +513,7 @@ impl StorageBackend for ZfsStorage<'_> {
             "1",
             &ds,
         ])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split_once('@'))
-            .map(|(_, s)| s.to_owned())
-            .collect())
+        Ok(parse_snapshot_names(&out))
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
@@ -519,5 +524,122 @@ impl StorageBackend for ZfsStorage<'_> {
         }
         self.t.run_ok(&["zfs", "destroy", "-r", &self.ds(path)])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from the test ZFS host (tests/zfs-host) during tests/zfs.rs.
+    const AFTER_APPLY: &str = include_str!("../../tests/fixtures/zfs-list-after-apply.txt");
+    const TRASH_FOREIGN: &str = include_str!("../../tests/fixtures/zfs-list-trash-foreign.txt");
+    const SNAPSHOTS: &str = include_str!("../../tests/fixtures/zfs-snapshots-createtxg.txt");
+    const SHA: &str = "a74e6253c6b93509f05f42a27d0051a84a72905e8430e54c92d701402927ad8a";
+
+    #[test]
+    fn parses_real_zfs_list_output() {
+        let rows = parse_list(AFTER_APPLY).unwrap();
+        assert_eq!(rows.len(), AFTER_APPLY.lines().count());
+        let clone = rows
+            .iter()
+            .find(|r| r.name == "tank/vf/disks/t-zfs-a-root")
+            .unwrap();
+        assert_eq!(
+            (clone.kind.as_str(), clone.volsize),
+            ("volume", Some(1 << 30))
+        );
+        assert_eq!(
+            clone.origin.as_deref(),
+            Some("tank/vf/images/a74e6253c6b93509@base")
+        );
+        assert_eq!(
+            clone.props.get("virtfleet:machine").map(String::as_str),
+            Some("t-zfs-a")
+        );
+        assert!(
+            !clone.props.contains_key("virtfleet:sha256"),
+            "`-` means unset"
+        );
+        let fs = rows.iter().find(|r| r.name == "tank/vf").unwrap();
+        assert_eq!(
+            (fs.volsize, fs.origin.as_deref(), fs.props.len()),
+            (None, None, 0)
+        );
+        assert!(
+            parse_list("tank/vf\tfilesystem\t-\n").is_err(),
+            "a short row is an error, not a guess"
+        );
+        assert!(parse_list(&AFTER_APPLY.replace("1073741824", "1G")).is_err());
+    }
+
+    #[test]
+    fn interprets_disks_images_and_snapshots() {
+        let state = interpret("tank/vf", "t-zfs", &parse_list(AFTER_APPLY).unwrap());
+        assert_eq!(state.images.iter().collect::<Vec<_>>(), [SHA]);
+        assert_eq!(
+            state.disks.keys().collect::<Vec<_>>(),
+            ["t-zfs-a-root", "t-zfs-b-data", "t-zfs-b-root"]
+        );
+        let a = &state.disks["t-zfs-a-root"];
+        assert_eq!(
+            (a.path.as_str(), a.size_bytes),
+            ("/dev/zvol/tank/vf/disks/t-zfs-a-root", 1 << 30)
+        );
+        assert_eq!(
+            (a.owner.machine.as_str(), a.owner.disk.as_str()),
+            ("t-zfs-a", "root")
+        );
+        assert_eq!(a.snapshots, ["vf-init"]);
+        assert!(
+            state.trash.is_empty() && state.incomplete.is_empty() && state.unmanaged.is_empty()
+        );
+        // Another fleet sees the same disks as not its own.
+        let other = interpret("tank/vf", "elsewhere", &parse_list(AFTER_APPLY).unwrap());
+        assert!(other.disks.is_empty());
+        assert_eq!(
+            other.unmanaged,
+            [
+                "disks/t-zfs-a-root",
+                "disks/t-zfs-b-data",
+                "disks/t-zfs-b-root"
+            ]
+        );
+        assert_eq!(other.images.len(), 1, "base images are shared");
+    }
+
+    #[test]
+    fn interprets_trash_and_foreign_datasets() {
+        let state = interpret("tank/vf", "t-zfs", &parse_list(TRASH_FOREIGN).unwrap());
+        assert_eq!(state.unmanaged, ["disks/foreign", "other"]);
+        let t = &state.trash["t-zfs-b-root-1795388565"];
+        assert_eq!(
+            (t.volume.as_str(), t.trashed_at, t.owner.machine.as_str()),
+            ("t-zfs-b-root", 1_795_388_565, "t-zfs-b")
+        );
+        assert_eq!(state.trash.len(), 2);
+        assert_eq!(state.disks["t-zfs-a-root"].size_bytes, 2 << 30, "grown");
+    }
+
+    #[test]
+    fn a_base_without_its_pin_is_incomplete() {
+        // What a crash between `zfs create` and the final `zfs set` leaves.
+        let half: String = AFTER_APPLY
+            .lines()
+            .filter(|l| !l.contains("@base"))
+            .map(|l| l.replace(SHA, "-") + "\n")
+            .collect();
+        let state = interpret("tank/vf", "t-zfs", &parse_list(&half).unwrap());
+        assert!(state.images.is_empty());
+        // Shared infrastructure: any fleet may redo it (nothing can depend on it).
+        assert_eq!(state.incomplete, ["images/a74e6253c6b93509"]);
+        assert!(state.unmanaged.is_empty());
+    }
+
+    #[test]
+    fn snapshot_names_in_creation_order() {
+        let names = parse_snapshot_names(SNAPSHOTS);
+        assert_eq!(names.first().map(String::as_str), Some("vf-init"));
+        assert!(names.iter().all(|n| !n.contains('@') && !n.is_empty()));
     }
 }
