@@ -8,7 +8,6 @@ use crate::apply::{OnFailure, Outcome, Settings};
 use crate::plan::Plan;
 use crate::ui::{ApplyProgress, ERROR, OK, WARN};
 use anyhow::{Context as _, bail};
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,7 +68,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     if plan.changes.is_empty() {
         return Ok(incomplete);
     }
-    confirm(&plan, args.auto_approve)?;
+    super::confirm(
+        &format!("Apply these {} change(s)?", plan.changes.len()),
+        args.auto_approve,
+        "apply",
+        "--auto-approve",
+    )?;
     let settings = Settings {
         now: now(),
         shutdown_grace: args.shutdown_timeout,
@@ -130,28 +134,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
     Ok(incomplete)
-}
-
-fn confirm(plan: &Plan, auto_approve: bool) -> anyhow::Result<()> {
-    if auto_approve {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!(
-            "refusing to apply without confirmation: no terminal to ask on. Review the plan above and re-run with --auto-approve. Nothing was changed."
-        );
-    }
-    print!(
-        "Apply these {} change(s)? Only 'yes' is accepted: ",
-        plan.changes.len()
-    );
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if answer.trim() != "yes" {
-        bail!("apply cancelled; nothing was changed");
-    }
-    Ok(())
 }
 
 /// Reads a saved plan and checks that everything it was computed from is unchanged.

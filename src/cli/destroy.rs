@@ -9,7 +9,6 @@ use crate::plan::{Action, Change, Disruption, Inputs, Plan};
 use crate::ui::{ApplyProgress, ERROR, OK};
 use anyhow::bail;
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 /// Destroy one managed machine now; its disks go to the trash (restorable).
@@ -117,20 +116,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         "- {host}/{name}  destroy: stop, undefine, move {} disk(s) to the trash [destructive]",
         volumes.len()
     );
-    if !args.auto_approve {
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "refusing to destroy without confirmation: no terminal to ask on; re-run with --auto-approve. Nothing was changed."
-            );
-        }
-        print!("Destroy {name}? Only 'yes' is accepted: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            bail!("cancelled; nothing was changed");
-        }
-    }
+    super::confirm(
+        &format!("Destroy {name}?"),
+        args.auto_approve,
+        "destroy",
+        "--auto-approve",
+    )?;
     let now = now();
     let plan = Plan {
         format_version: crate::plan::FORMAT_VERSION,

@@ -190,3 +190,25 @@ pub fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Asks `question` on the terminal unless `approved`; only `yes` proceeds.
+/// Without a terminal it refuses, naming `flag` (the way to approve in scripts).
+pub fn confirm(question: &str, approved: bool, action: &str, flag: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if approved {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to {action} without confirmation: no terminal to ask on. Review the above and re-run with {flag}. Nothing was changed."
+        );
+    }
+    print!("{question} Only 'yes' is accepted: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        anyhow::bail!("cancelled; nothing was changed");
+    }
+    Ok(())
+}

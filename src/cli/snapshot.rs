@@ -15,7 +15,6 @@ use crate::plan::snapshots::{INIT, Kind, classify, stamp};
 use crate::spec::{Fleet, Host, Machine, VmName};
 use crate::ui::{OK, WARN, table};
 use anyhow::{Context as _, anyhow, bail};
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 /// Take a manual snapshot of a machine's disks (never pruned by the policy).
@@ -278,20 +277,12 @@ fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::
             skipped.join(", ")
         );
     }
-    if !opts.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "refusing to roll back without confirmation: no terminal to ask on; re-run with --yes. Nothing was changed."
-            );
-        }
-        print!("Roll back {name}? Only 'yes' is accepted: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            bail!("cancelled; nothing was changed");
-        }
-    }
+    super::confirm(
+        &format!("Roll back {name}?"),
+        opts.yes,
+        "roll back",
+        "--yes",
+    )?;
     let lv = Libvirt::open(&t.host.uri)?;
     let m = t.machine.name.as_str();
     let was_running = lv.is_running(m)?;

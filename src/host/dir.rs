@@ -129,6 +129,13 @@ impl<'a> DirStorage<'a> {
 
     /// Virtual size in bytes of a disk, read with `qemu-img info`.
     pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
+        self.info(volume)?["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+    }
+
+    /// `qemu-img info` of a disk; `-U` makes it safe while a guest uses it.
+    fn info(&self, volume: &str) -> Result<serde_json::Value, StorageError> {
         let out = self.t.run_ok(&[
             "qemu-img",
             "info",
@@ -136,11 +143,7 @@ impl<'a> DirStorage<'a> {
             "--output=json",
             &self.file_path(volume),
         ])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
-        v["virtual-size"]
-            .as_u64()
-            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+        serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))
     }
 
     /// Deletes an owned directory under `disks/.new-*` or `trash/` for good.
@@ -405,15 +408,7 @@ impl StorageBackend for DirStorage<'_> {
 impl DirStorage<'_> {
     /// Internal snapshot names of a disk (read with `-U`: safe while in use).
     pub fn snapshot_names(&self, volume: &str) -> Result<Vec<String>, StorageError> {
-        let out = self.t.run_ok(&[
-            "qemu-img",
-            "info",
-            "-U",
-            "--output=json",
-            &self.file_path(volume),
-        ])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let v = self.info(volume)?;
         let mut names: Vec<String> = v["snapshots"]
             .as_array()
             .map(|a| {

@@ -231,24 +231,10 @@ impl Libvirt {
     /// Stops a domain: ACPI shutdown, then power off after `grace`.
     /// Returns true when the guest shut down by itself.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {
-        let dom = self.lookup(name)?;
-        if !dom
-            .is_active()
-            .map_err(self.err(format!("domain {name}: state")))?
-        {
+        if self.shutdown_wait(name, grace)? {
             return Ok(true);
         }
-        let _ = dom.shutdown();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !dom
-                .is_active()
-                .map_err(self.err(format!("domain {name}: state")))?
-            {
-                return Ok(true);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let dom = self.lookup(name)?;
         match dom.destroy() {
             Ok(()) => Ok(false),
             Err(_) if !dom.is_active().unwrap_or(true) => Ok(false),

@@ -90,7 +90,8 @@ pub fn domains(uri: &str, prefix: &str) -> Vec<String> {
 pub fn remove_domains(uri: &str, prefix: &str) {
     for d in domains(uri, prefix) {
         let _ = virsh(uri, &["destroy", &d]);
-        let _ = virsh(uri, &["undefine", "--nvram", &d]);
+        // Snapshot metadata makes a plain undefine fail.
+        let _ = virsh(uri, &["undefine", "--nvram", "--snapshots-metadata", &d]);
         let _ = virsh(uri, &["undefine", &d]);
     }
 }
