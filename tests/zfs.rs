@@ -266,7 +266,9 @@ fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
     use virtfleet::host::storage::StorageBackend;
     let target = virtfleet::host::ssh::SshTarget::from_uri(&host.uri).unwrap();
     let ssh = virtfleet::host::ssh::Ssh::new(target);
-    let zfs = virtfleet::host::zfs::ZfsStorage::new(P, &ssh);
+    // A parent without this image yet: with the base in place no copy is made at all.
+    let fresh = "tank/vf-fresh";
+    let zfs = virtfleet::host::zfs::ZfsStorage::new(fresh, &ssh);
     let dir = tempfile::tempdir().unwrap();
     let cached = dir.path().join("img");
     let mut bytes = common::lab::example_image().to_vec();
@@ -284,11 +286,10 @@ fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
         )
         .unwrap_err();
     assert!(err.to_string().contains("hashes to"), "{err}");
-    let images = host.sh_ok(&format!("zfs list -H -o name -t volume -r {P}/images"));
-    assert_eq!(
-        images.lines().count(),
-        1,
-        "no zvol was created from the bad copy: {images}"
+    let (_, listing) = host.sh(&format!("zfs list -H -o name -t volume -r {fresh}"));
+    assert!(
+        !listing.contains(&format!("{fresh}/images/")),
+        "no zvol was created from the bad copy: {listing}"
     );
     assert!(
         !host.sh_ok("ls /var/tmp").contains("virtfleet-"),
