@@ -112,7 +112,7 @@ fn main() {
         let ds = format!("{parent}/copies/vm-{i}");
         run(
             &ssh,
-            &["zfs", "create", "-V", "1G", "-o", "volmode=dev", &ds],
+            &["zfs", "create", "-s", "-V", "1G", "-o", "volmode=dev", &ds],
         );
         run(&ssh, &["udevadm", "settle"]);
         run(
