@@ -103,7 +103,9 @@ fn zfs_fleet(lab: &Lab, host: &ZfsHost, machines: &[String]) {
 #[test]
 fn zfs_host_end_to_end() {
     let host = ZfsHost::boot();
-    let lab = Lab::new("t-zfs");
+    let mut lab = Lab::new("t-zfs");
+    // The host is an emulated (TCG) guest: everything in it is slow.
+    lab.timeout = std::time::Duration::from_secs(900);
     let (a, b) = (lab.m("a"), lab.m("b"));
     let mut machines = vec![
         lab.machine("a", ""),

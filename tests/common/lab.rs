@@ -106,6 +106,8 @@ pub struct Lab {
     pub server: TestServer,
     scratch: TempDir,
     uris: Vec<String>,
+    /// Longest any one virtfleet command may take.
+    pub timeout: std::time::Duration,
 }
 
 impl Lab {
@@ -121,6 +123,7 @@ impl Lab {
             server,
             scratch: tempfile::tempdir().unwrap(),
             uris: vec![SYSTEM.into()],
+            timeout: std::time::Duration::from_secs(240),
         };
         lab.clean();
         std::fs::create_dir_all(&lab.root).unwrap();
@@ -208,8 +211,18 @@ impl Lab {
     /// Runs virtfleet with this lab's fleet and cache.
     pub fn vf(&self, args: &[&str]) -> Outcome {
         let mut cmd = virtfleet(&self.fleet(), &self.scratch.path().join("cache"));
-        cmd.args(args).timeout(std::time::Duration::from_secs(240));
-        Outcome::of(&mut cmd)
+        cmd.args(args).timeout(self.timeout);
+        let out = Outcome::of(&mut cmd);
+        // assert_cmd kills a command at the timeout and reports no exit code.
+        assert!(
+            out.code.is_some(),
+            "`virtfleet {}` was killed after {:?} (no exit code)\n--- stdout\n{}\n--- stderr\n{}",
+            args.join(" "),
+            self.timeout,
+            out.stdout,
+            out.stderr
+        );
+        out
     }
 
     /// A command line for virtfleet (for tests that need the child process).
