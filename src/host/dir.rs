@@ -16,7 +16,7 @@
 //! owned `.new-*` directory that the next plan removes. Directories without
 //! an `owner.json` of this fleet are never touched.
 
-use super::storage::{StorageBackend, StorageError, StorageState};
+use super::storage::{StorageBackend, StorageError, StorageState, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
@@ -254,17 +254,7 @@ impl StorageBackend for DirStorage<'_> {
         }
         self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
         let tmp = self.path(&format!("images/.tmp-{sha256}.{format}"));
-        self.t.put_file(cached, &tmp, progress)?;
-        let out = self.t.run_ok(&["sha256sum", &tmp])?;
-        let got = out.split_whitespace().next().unwrap_or("");
-        if got != sha256 {
-            let _ = self.t.run(&["rm", "-f", &tmp]);
-            return Err(StorageError::ImageHashMismatch {
-                path: dest,
-                expected: sha256.into(),
-                actual: got.into(),
-            });
-        }
+        copy_verified(self.t, cached, &tmp, sha256, progress)?;
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
         self.t.run_ok(&["mv", "-f", &tmp, &dest])?;

@@ -109,6 +109,30 @@ pub fn disk_path(host: &Host, volume: &str) -> String {
     }
 }
 
+/// Copies the controller's `cached` image to `dest` on the host and checks
+/// its sha256 there, so a transfer corrupted on the way is caught before
+/// anything is made from it; a copy that does not match is deleted.
+pub fn copy_verified(
+    t: &dyn Transport,
+    cached: &Path,
+    dest: &str,
+    sha256: &str,
+    progress: &dyn Progress,
+) -> Result<(), StorageError> {
+    t.put_file(cached, dest, progress)?;
+    let out = t.run_ok(&["sha256sum", dest])?;
+    let got = out.split_whitespace().next().unwrap_or("");
+    if got != sha256 {
+        let _ = t.run(&["rm", "-f", dest]);
+        return Err(StorageError::ImageHashMismatch {
+            path: dest.into(),
+            expected: sha256.into(),
+            actual: got.into(),
+        });
+    }
+    Ok(())
+}
+
 /// A failed storage operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

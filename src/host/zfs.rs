@@ -14,7 +14,7 @@
 //! observes everything; its parser is a pure function tested on real output.
 
 use super::dir::DiskOwner;
-use super::storage::{StorageBackend, StorageError, StorageState};
+use super::storage::{StorageBackend, StorageError, StorageState, copy_verified};
 use super::transport::Transport;
 use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
@@ -318,17 +318,7 @@ impl StorageBackend for ZfsStorage<'_> {
             return Ok(());
         }
         let tmp = format!("/var/tmp/virtfleet-{sha256}.{format}");
-        self.t.put_file(cached, &tmp, progress)?;
-        let out = self.t.run_ok(&["sha256sum", &tmp])?;
-        let got = out.split_whitespace().next().unwrap_or("").to_owned();
-        if got != sha256 {
-            let _ = self.t.run(&["rm", "-f", &tmp]);
-            return Err(StorageError::ImageHashMismatch {
-                path: format!("{}:{tmp}", ds),
-                expected: sha256.into(),
-                actual: got,
-            });
-        }
+        copy_verified(self.t, cached, &tmp, sha256, progress)?;
         let info = self
             .t
             .run_ok(&["qemu-img", "info", "--output=json", "-f", format, &tmp])?;
