@@ -113,14 +113,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_ERROR);
     }
-    // Convergence check: a fresh observation must plan nothing more.
-    let (_, _, after) = compute(
-        ctx,
-        &PlanArgs {
-            observed: None,
-            ..args.common.clone()
-        },
-    )?;
+    // Convergence check: a fresh observation must plan nothing more. It is
+    // planned for the applied plan's `now`: a period boundary passing during
+    // the apply must not make a new snapshot look like a failure.
+    let obs = crate::observe::observe(&fleet, now());
+    let opts = super::plan::options(&fleet, &args.common, plan.inputs.now);
+    let after = crate::plan::plan(&fleet, &lock, &obs, opts, false);
     if !after.changes.is_empty() || !after.refused.is_empty() {
         anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
         print!("{}", render_plan(&after, Format::Human));

@@ -108,13 +108,17 @@ pub fn compute(
         }
         None => (crate::observe::observe(&fleet, now), false),
     };
-    let opts = crate::plan::Options {
+    let plan = crate::plan::plan(&fleet, &lock, &obs, options(&fleet, args, now), from_file);
+    Ok((fleet, lock, plan))
+}
+
+/// Planner options: the flags, or the fleet's settings, grant permissions.
+pub fn options(fleet: &crate::spec::Fleet, args: &PlanArgs, now: u64) -> crate::plan::Options {
+    crate::plan::Options {
         now,
         allow_destroy: args.allow_destroy || fleet.settings.allow_destroy,
         allow_restart: args.allow_restart || fleet.settings.allow_restart,
-    };
-    let plan = crate::plan::plan(&fleet, &lock, &obs, opts, from_file);
-    Ok((fleet, lock, plan))
+    }
 }
 
 /// Renders `plan` in `format` for stdout.
