@@ -1,4 +1,4 @@
-//! Load-time benchmark for `virtfleet::spec::load` (Dhall evaluation plus
+//! Load-time benchmark for `virtfleet::fleet::load` (Dhall evaluation plus
 //! validation) on generated fleets, against a plain-JSON floor.
 //!
 //! Each fleet size is written three ways into a temp dir:
@@ -100,7 +100,7 @@ fn measure(runs: usize, budget: Duration, mut f: impl FnMut()) -> (Duration, usi
 }
 
 fn load_dhall(path: &Path, n: usize) {
-    let fleet = match virtfleet::spec::load(path) {
+    let fleet = match virtfleet::fleet::load(path) {
         Ok(fleet) => fleet,
         Err(e) => panic!("{}: load failed: {e}", path.display()),
     };

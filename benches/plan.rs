@@ -36,13 +36,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use virtfleet::fleet::{Fleet, Power};
 use virtfleet::host::dir::DiskOwner;
 use virtfleet::host::libvirt::{Libvirt, Live, ObservedDomain, PowerState};
 use virtfleet::lock::ImageLock;
 use virtfleet::observe::{HostObservation, HostState, Observation, OwnedDisk};
 use virtfleet::plan::planner::{GIB, desired_domain};
 use virtfleet::plan::{Options, Plan};
-use virtfleet::spec::{Fleet, Power};
 
 const URI: &str = "qemu:///system";
 /// Every domain this benchmark defines starts with this.
@@ -201,7 +201,7 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
     })?;
     let mut fleet = None;
     let load = best_of(RUNS, || {
-        fleet = Some(virtfleet::spec::load(&fleet_path).map_err(|e| anyhow!("{e}"))?);
+        fleet = Some(virtfleet::fleet::load(&fleet_path).map_err(|e| anyhow!("{e}"))?);
         Ok(())
     })?;
     let fleet = fleet.expect("loaded at least once");
@@ -273,7 +273,7 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
     );
     let in_floor = "floor, in process";
     for (what, d) in [
-        ("in process: spec::load", load),
+        ("in process: fleet::load", load),
         ("in process: ImageLock::read", lock_t),
         ("in process: observe::observe", observe),
         ("  of which Libvirt::open + domains", libvirt),
@@ -604,7 +604,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
     );
     write(&path, &text)?;
     let t = Instant::now();
-    let fleet = virtfleet::spec::load(&path).map_err(|e| anyhow!("{e}\n--- fleet ---\n{text}"))?;
+    let fleet = virtfleet::fleet::load(&path).map_err(|e| anyhow!("{e}\n--- fleet ---\n{text}"))?;
     eprintln!(
         "  setup: loaded {} machines in {} (not measured)",
         fleet.machines.len(),
@@ -744,7 +744,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
 }
 
 /// What observation reports for `host` right after `fleet` was applied.
-fn converged(fleet: &Fleet, host: &virtfleet::spec::Host) -> HostState {
+fn converged(fleet: &Fleet, host: &virtfleet::fleet::Host) -> HostState {
     let mut s = HostState::default();
     s.images.insert(SHA.to_owned());
     for m in fleet.machines_on(&host.name) {

@@ -4,8 +4,8 @@
 //! is reported in one run.
 
 use std::path::{Path, PathBuf};
+use virtfleet::fleet::{LoadError, load};
 use virtfleet::lock::ImageLock;
-use virtfleet::spec::{LoadError, load};
 
 const PKG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dhall/package.dhall");
 

@@ -2,8 +2,8 @@
 //! images.lock) and each file in examples/. What the README shows must run.
 
 use std::path::{Path, PathBuf};
+use virtfleet::fleet::{Power, Storage, load};
 use virtfleet::lock::ImageLock;
-use virtfleet::spec::{Power, Storage, load};
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
@@ -37,13 +37,13 @@ fn homelab_is_multi_host_zfs() {
             .values()
             .all(|h| matches!(h.storage, Storage::Zfs { .. }))
     );
-    let pg = &fleet.machines[&virtfleet::spec::VmName::new("postgres").unwrap()];
+    let pg = &fleet.machines[&virtfleet::fleet::VmName::new("postgres").unwrap()];
     assert!(pg.protect);
     assert_eq!(
         pg.data_disks[0].snapshots.hourly, 24,
         "a data disk keeps its own policy"
     );
-    let backup = &fleet.machines[&virtfleet::spec::VmName::new("backup").unwrap()];
+    let backup = &fleet.machines[&virtfleet::fleet::VmName::new("backup").unwrap()];
     assert_eq!(backup.power, Power::Stopped);
     assert_eq!(
         backup.data_disks[0].snapshots, backup.snapshots,
@@ -92,6 +92,6 @@ fn example_image_is_reproducible_and_matches_the_pin() {
     let (sha, size) =
         virtfleet::lock::cache::hash_reader(&bytes[..], &virtfleet::progress::NoProgress).unwrap();
     let lock = ImageLock::read(&repo("images.lock")).unwrap();
-    let pin = &lock.images[&virtfleet::spec::ImageName::new("tiny").unwrap()];
+    let pin = &lock.images[&virtfleet::fleet::ImageName::new("tiny").unwrap()];
     assert_eq!((&pin.sha256, pin.size), (&sha, size));
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use virtfleet::fleet::{Fleet, ImageFormat, Power};
 use virtfleet::host::dir::DiskOwner;
 use virtfleet::host::domain::{DomainSpec, Owner};
 use virtfleet::host::libvirt::{Live, ObservedDomain, PowerState};
@@ -15,7 +16,6 @@ use virtfleet::lock::ImageLock;
 use virtfleet::observe::{HostObservation, HostState, Observation, OwnedDisk, TrashEntry};
 use virtfleet::plan::planner::{GIB, desired_domain};
 use virtfleet::plan::{Action, BaseRef, Change, Disruption, Options, Plan, plan};
-use virtfleet::spec::{Fleet, ImageFormat, Power};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const IMAGE_SIZE: u64 = 4096;
@@ -65,7 +65,7 @@ fn fleet_with(storage: &str, two_hosts: bool, machines: &[&str]) -> Fleet {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fleet.dhall");
     std::fs::write(&path, &text).expect("write fleet.dhall");
-    virtfleet::spec::load(&path).unwrap_or_else(|e| panic!("{e}\n--- fleet.dhall ---\n{text}"))
+    virtfleet::fleet::load(&path).unwrap_or_else(|e| panic!("{e}\n--- fleet.dhall ---\n{text}"))
 }
 
 /// images.lock pinning "base" to [`SHA`].

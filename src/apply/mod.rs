@@ -7,6 +7,7 @@
 //! step fails its host stops; other hosts finish or stop too, as the caller
 //! chooses. Progress is reported as [`Event`]s; this module never prints.
 
+use crate::fleet::{Fleet, Host, ImageName};
 use crate::host::dir::DiskOwner;
 use crate::host::libvirt::{Libvirt, LibvirtError};
 use crate::host::storage::{StorageBackend, StorageError, backend};
@@ -19,7 +20,6 @@ use crate::plan::planner::GIB;
 use crate::plan::render::describe;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::NoProgress;
-use crate::spec::{Fleet, Host, ImageName};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -138,7 +138,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
 fn load_saved(
     ctx: &Context,
     path: &PathBuf,
-) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock, Plan)> {
+) -> anyhow::Result<(crate::fleet::Fleet, crate::lock::ImageLock, Plan)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let plan: Plan = serde_json::from_str(&text)

@@ -3,8 +3,8 @@
 
 use super::{Context, EXIT_ERROR, EXIT_OK};
 use crate::diag::Diagnostic;
+use crate::fleet::LoadError;
 use crate::lock::{ImageLock, LockError};
-use crate::spec::LoadError;
 use crate::ui::{ERROR, OK, WARN};
 
 /// Validate fleet.dhall and images.lock (no host is contacted).
@@ -23,7 +23,7 @@ pub struct Args {}
 
 pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
     let mut problems: Vec<Diagnostic> = Vec::new();
-    let fleet = match crate::spec::load(&ctx.fleet) {
+    let fleet = match crate::fleet::load(&ctx.fleet) {
         Ok(f) => Some(f),
         Err(LoadError::Invalid(d)) => {
             problems.extend(d.0);

@@ -39,7 +39,7 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
-    let name = crate::spec::VmName::new(&args.name)
+    let name = crate::fleet::VmName::new(&args.name)
         .map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
     if let Some(m) = fleet.machines.get(&name) {
         if m.protect {

@@ -6,10 +6,10 @@
 //! exactly as they were, and makes the command exit 1.
 
 use super::{Context, EXIT_ERROR, EXIT_OK, load_fleet};
+use crate::fleet::{Fleet, ImageName};
 use crate::lock::cache::Verdict;
 use crate::lock::fetch::{Expected, download};
 use crate::lock::{ImageLock, LockEntry};
-use crate::spec::{Fleet, ImageName};
 use crate::ui::{ERROR, HINT, OK, StderrProgress, WARN, human_bytes};
 use anyhow::bail;
 

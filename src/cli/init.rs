@@ -95,13 +95,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let dir = &args.dir;
     let name = match args.name {
         Some(n) => {
-            crate::spec::check_name(&n).with_context(|| format!("--name {n:?}"))?;
+            crate::fleet::check_name(&n).with_context(|| format!("--name {n:?}"))?;
             n
         }
         None => std::path::absolute(dir)
             .ok()
             .and_then(|p| p.file_name().map(|f| f.to_string_lossy().to_lowercase()))
-            .filter(|n| crate::spec::check_name(n).is_ok())
+            .filter(|n| crate::fleet::check_name(n).is_ok())
             .unwrap_or_else(|| "home".into()),
     };
     let mut files: Vec<(PathBuf, String)> = vec![

@@ -165,15 +165,15 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads and validates the fleet, with the file named in any error.
-pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::spec::Fleet> {
-    Ok(crate::spec::load(&ctx.fleet)?)
+pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::fleet::Fleet> {
+    Ok(crate::fleet::load(&ctx.fleet)?)
 }
 
 /// Loads the fleet and the lock, and checks that every image the fleet uses
 /// is pinned: planning needs both, consistent.
 pub fn load_fleet_and_lock(
     ctx: &Context,
-) -> anyhow::Result<(crate::spec::Fleet, crate::lock::ImageLock)> {
+) -> anyhow::Result<(crate::fleet::Fleet, crate::lock::ImageLock)> {
     let fleet = load_fleet(ctx)?;
     let lock = crate::lock::ImageLock::read(&ctx.lock)?;
     let problems = lock.check_against(&fleet, &ctx.lock);

@@ -76,7 +76,7 @@ pub fn compute(
     ctx: &Context,
     args: &PlanArgs,
 ) -> anyhow::Result<(
-    crate::spec::Fleet,
+    crate::fleet::Fleet,
     crate::lock::ImageLock,
     crate::plan::Plan,
 )> {
@@ -113,7 +113,7 @@ pub fn compute(
 }
 
 /// Planner options: the flags, or the fleet's settings, grant permissions.
-pub fn options(fleet: &crate::spec::Fleet, args: &PlanArgs, now: u64) -> crate::plan::Options {
+pub fn options(fleet: &crate::fleet::Fleet, args: &PlanArgs, now: u64) -> crate::plan::Options {
     crate::plan::Options {
         now,
         allow_destroy: args.allow_destroy || fleet.settings.allow_destroy,

@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let fleet = super::load_fleet(ctx)?;
-    let name = crate::spec::VmName::new(&args.name)
+    let name = crate::fleet::VmName::new(&args.name)
         .map_err(|e| anyhow::anyhow!("machine {:?}: {e}", args.name))?;
     let Some(m) = fleet.machines.get(&name) else {
         bail!(

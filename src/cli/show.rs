@@ -1,7 +1,7 @@
 //! `virtfleet show`: the evaluated, validated fleet as tables or JSON.
 
 use super::{Context, EXIT_OK, load_fleet};
-use crate::spec::{CpuMode, DomainType, Network, Power, Storage};
+use crate::fleet::{CpuMode, DomainType, Network, Power, Storage};
 use crate::ui::table;
 
 /// Print the evaluated fleet: hosts and machines as tables, or --json.

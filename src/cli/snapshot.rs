@@ -7,12 +7,12 @@
 //! has the snapshot back, and starts the guest again if it was running.
 
 use super::{Context, EXIT_OK, now};
+use crate::fleet::{Fleet, Host, Machine, VmName};
 use crate::host::libvirt::Libvirt;
 use crate::host::storage::{StorageBackend, backend};
 use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::plan::snapshots::{INIT, Kind, classify, stamp};
-use crate::spec::{Fleet, Host, Machine, VmName};
 use crate::ui::{OK, WARN, table};
 use anyhow::{Context as _, anyhow, bail};
 use std::time::Duration;
@@ -150,7 +150,7 @@ impl<'f> Target<'f> {
 }
 
 pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
-    crate::spec::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
+    crate::fleet::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
     let fleet = super::load_fleet(ctx)?;
     let t = Target::new(&fleet, &args.name)?;
     let name = format!("vf-manual-{}-{}", args.label, stamp(now()));

@@ -6,7 +6,7 @@
 //! a diff shows real differences, never libvirt's rewriting of units or
 //! element order. Unknown elements in observed XML are ignored.
 
-use crate::spec::{CpuMode, DomainType, Network};
+use crate::fleet::{CpuMode, DomainType, Network};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 

@@ -10,7 +10,7 @@ pub mod storage;
 pub mod transport;
 pub mod zfs;
 
-use crate::spec::Host;
+use crate::fleet::Host;
 use transport::{Local, Transport};
 
 /// The transport that reaches `host`'s storage: the fleet's `sshTarget`

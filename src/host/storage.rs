@@ -8,9 +8,9 @@
 use super::dir::{DirStorage, DiskOwner};
 use super::transport::{ExecError, Transport};
 use super::zfs::ZfsStorage;
+use crate::fleet::{Host, Storage};
 use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
-use crate::spec::{Host, Storage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -22,7 +22,7 @@ pub mod cache;
 pub mod fetch;
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::spec::{Fleet, ImageFormat, ImageName, check_url};
+use crate::fleet::{Fleet, ImageFormat, ImageName, check_url};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};

@@ -7,11 +7,11 @@
 //! An [`Observation`] is plain data: it can be saved (`observe --out`) and
 //! planned against later without contacting any host.
 
+use crate::fleet::{Fleet, Host};
 use crate::host::dir::DiskOwner;
 use crate::host::libvirt::{Libvirt, ObservedDomain};
 use crate::host::storage::backend;
 use crate::host::transport_for;
-use crate::spec::{Fleet, Host};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};

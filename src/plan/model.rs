@@ -5,7 +5,7 @@
 //! refuse a plan whose inputs have changed. The executor dispatches on
 //! [`Action`] only; `reason` is for people.
 
-use crate::spec::ImageFormat;
+use crate::fleet::ImageFormat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

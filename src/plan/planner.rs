@@ -9,13 +9,13 @@
 
 use super::model::*;
 use super::snapshots::{self, INIT};
+use crate::fleet::{CpuMode, Fleet, Host, Machine, Power, Storage};
 use crate::host::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
 use crate::host::identity;
 use crate::host::libvirt::{ObservedDomain, PowerState};
 use crate::host::storage::disk_path;
 use crate::lock::ImageLock;
 use crate::observe::{HostObservation, HostState, Observation};
-use crate::spec::{CpuMode, Fleet, Host, Machine, Power, Storage};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -621,7 +621,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
 }
 
 /// The snapshot policy of one of `m`'s disks (`root` or a data disk).
-fn disk_policy(m: &Machine, disk: &str) -> crate::spec::Snapshots {
+fn disk_policy(m: &Machine, disk: &str) -> crate::fleet::Snapshots {
     m.data_disks
         .iter()
         .find(|d| d.name.as_str() == disk)
@@ -649,9 +649,9 @@ fn plan_snapshots(
         }
     };
     // (address, volumes, policy, existing snapshot names)
-    let units: Vec<(String, Vec<String>, crate::spec::Snapshots, Vec<String>)> =
+    let units: Vec<(String, Vec<String>, crate::fleet::Snapshots, Vec<String>)> =
         match hp.host.storage {
-            crate::spec::Storage::Zfs { .. } => m
+            crate::fleet::Storage::Zfs { .. } => m
                 .disks()
                 .iter()
                 .map(|(disk, _)| {
@@ -664,7 +664,7 @@ fn plan_snapshots(
                     )
                 })
                 .collect(),
-            crate::spec::Storage::Dir { .. } => {
+            crate::fleet::Storage::Dir { .. } => {
                 let vols = m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
                 vec![(
                     addr.to_owned(),

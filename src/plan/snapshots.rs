@@ -9,7 +9,7 @@
 //! period are grouped by the period they were taken in; the newest of each
 //! group survives, and of those the newest `count` groups are kept.
 
-use crate::spec::Snapshots;
+use crate::fleet::Snapshots;
 
 /// Name of the snapshot taken right after creation.
 pub const INIT: &str = "vf-init";

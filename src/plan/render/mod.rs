@@ -263,8 +263,8 @@ fn plural(n: usize, noun: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::ImageFormat;
     use crate::plan::model::{BaseRef, FORMAT_VERSION, Inputs, Pending, Refusal};
-    use crate::spec::ImageFormat;
     use std::collections::BTreeMap;
 
     /// 2023-11-14T22:13:20Z.

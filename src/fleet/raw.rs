@@ -2,7 +2,7 @@
 //!
 //! These structs mirror `dhall/*.dhall` field for field (camelCase), so
 //! serde_dhall can deserialise the evaluated fleet into them. Nothing here is
-//! trusted: `validate` turns it into the typed [`crate::spec::Fleet`].
+//! trusted: `validate` turns it into the typed [`crate::fleet::Fleet`].
 //! The union types (storage, CPU mode, ...) are shared with the validated
 //! model because they carry no names that need checking beyond what
 //! validation does on their payloads.
