@@ -37,12 +37,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use virtfleet::fleet::{Fleet, Power};
-use virtfleet::host::dir::DiskOwner;
-use virtfleet::host::libvirt::{Libvirt, Live, ObservedDomain, PowerState};
+use virtfleet::host::libvirt::Libvirt;
 use virtfleet::lock::ImageLock;
-use virtfleet::observe::{HostObservation, HostState, Observation, OwnedDisk};
 use virtfleet::plan::planner::{GIB, desired_domain};
 use virtfleet::plan::{Options, Plan};
+use virtfleet::resources::observed::{
+    DiskOwner, HostObservation, HostState, Live, Observation, ObservedDomain, OwnedDisk, PowerState,
+};
 
 const URI: &str = "qemu:///system";
 /// Every domain this benchmark defines starts with this.
@@ -634,7 +635,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
         allow_restart: false,
     };
     let observation = |states: Vec<(String, HostState)>| Observation {
-        format_version: virtfleet::observe::FORMAT_VERSION,
+        format_version: virtfleet::resources::observed::FORMAT_VERSION,
         fleet: fleet.name.to_string(),
         taken_at: now - 60,
         hosts: states

@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use virtfleet::host::dir::DiskOwner;
 use virtfleet::host::ssh::{Ssh, SshTarget};
 use virtfleet::host::storage::StorageBackend;
 use virtfleet::host::transport::Transport;
 use virtfleet::host::zfs::ZfsStorage;
 use virtfleet::progress::NoProgress;
+use virtfleet::resources::observed::DiskOwner;
 
 const N: usize = 10;
 

@@ -14,4 +14,6 @@ pub mod lock;
 pub mod observe;
 pub mod plan;
 pub mod progress;
+pub mod resources;
+pub mod text;
 pub mod ui;

@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use virtfleet::fleet::{Fleet, ImageFormat, Power};
-use virtfleet::host::dir::DiskOwner;
-use virtfleet::host::domain::{DomainSpec, Owner};
-use virtfleet::host::libvirt::{Live, ObservedDomain, PowerState};
 use virtfleet::lock::ImageLock;
-use virtfleet::observe::{HostObservation, HostState, Observation, OwnedDisk, TrashEntry};
 use virtfleet::plan::planner::{GIB, desired_domain};
 use virtfleet::plan::{Action, BaseRef, Change, Disruption, Options, Plan, plan};
+use virtfleet::resources::domain::{DomainSpec, Owner};
+use virtfleet::resources::observed::{
+    DiskOwner, HostObservation, HostState, Live, Observation, ObservedDomain, OwnedDisk,
+    PowerState, TrashEntry,
+};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const IMAGE_SIZE: u64 = 4096;

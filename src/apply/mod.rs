@@ -8,18 +8,18 @@
 //! chooses. Progress is reported as [`Event`]s; this module never prints.
 
 use crate::fleet::{Fleet, Host, ImageName};
-use crate::host::dir::DiskOwner;
+use crate::host::backend;
 use crate::host::libvirt::{Libvirt, LibvirtError};
-use crate::host::storage::{StorageBackend, StorageError, backend};
+use crate::host::storage::{StorageBackend, StorageError};
 use crate::host::transport::ExecError;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
 use crate::lock::cache::{Cache, Verdict};
 use crate::lock::fetch::{Expected, download};
 use crate::plan::planner::GIB;
-use crate::plan::render::describe;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::NoProgress;
+use crate::resources::observed::DiskOwner;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -170,7 +170,7 @@ fn run_host(
             for c in changes {
                 results.push((
                     c.address.clone(),
-                    describe(&c.action),
+                    c.action.describe(),
                     Outcome::Failed(msg.clone()),
                 ));
             }
@@ -179,7 +179,7 @@ fn run_host(
             let mut failed = false;
             let storage = backend(host, t.as_ref());
             for c in changes {
-                let what = describe(&c.action);
+                let what = c.action.describe();
                 if failed
                     || (settings.on_failure == OnFailure::Stop && abort.load(Ordering::SeqCst))
                 {

@@ -4,8 +4,8 @@
 
 use super::{Context, EXIT_ERROR, EXIT_OK, now};
 use crate::apply::{OnFailure, Outcome, Settings};
-use crate::observe::HostObservation;
 use crate::plan::{Action, Change, Disruption, Inputs, Plan};
+use crate::resources::observed::HostObservation;
 use crate::ui::{ApplyProgress, ERROR, OK};
 use anyhow::bail;
 use std::collections::BTreeMap;

@@ -31,7 +31,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     let mut code = EXIT_OK;
     for (h, o) in &obs.hosts {
-        if let crate::observe::HostObservation::Unreachable { error } = o {
+        if let crate::resources::observed::HostObservation::Unreachable { error } = o {
             eprintln!("warning: host {h} not observed: {error}");
             code = EXIT_INCOMPLETE;
         }

@@ -2,8 +2,8 @@
 //! compute the plan, render it, optionally save it for `apply PLANFILE`.
 
 use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
-use crate::observe::Observation;
 use crate::plan::render;
+use crate::resources::observed::Observation;
 use anyhow::Context as _;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -88,12 +88,12 @@ pub fn compute(
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let obs: Observation = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a virtfleet observation", path.display()))?;
-            if obs.format_version != crate::observe::FORMAT_VERSION {
+            if obs.format_version != crate::resources::observed::FORMAT_VERSION {
                 anyhow::bail!(
                     "{}: observation format {} is not supported (expected {})",
                     path.display(),
                     obs.format_version,
-                    crate::observe::FORMAT_VERSION
+                    crate::resources::observed::FORMAT_VERSION
                 );
             }
             if obs.fleet != fleet.name.as_str() {

@@ -2,9 +2,10 @@
 //! the trash; the next `apply` defines the machine on them again.
 
 use super::{Context, EXIT_OK, now};
-use crate::host::storage::backend;
+use crate::host::backend;
 use crate::host::transport_for;
-use crate::observe::{HostObservation, observe};
+use crate::observe::observe;
+use crate::resources::observed::HostObservation;
 use crate::ui::OK;
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;

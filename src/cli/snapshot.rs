@@ -8,8 +8,9 @@
 
 use super::{Context, EXIT_OK, now};
 use crate::fleet::{Fleet, Host, Machine, VmName};
+use crate::host::backend;
 use crate::host::libvirt::Libvirt;
-use crate::host::storage::{StorageBackend, backend};
+use crate::host::storage::StorageBackend;
 use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::plan::snapshots::{INIT, Kind, classify, stamp};
@@ -185,9 +186,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<u8> {
                 let (owner, age) = match classify(&s) {
                     Kind::Init => ("init".to_owned(), "-".to_owned()),
                     Kind::Manual => ("manual".to_owned(), manual_age(&s, now)),
-                    Kind::Scheduled(p, at) => {
-                        (p.as_str().to_owned(), crate::plan::render::age(now, at))
-                    }
+                    Kind::Scheduled(p, at) => (p.as_str().to_owned(), crate::text::age(now, at)),
                     Kind::Foreign => ("foreign".to_owned(), "-".to_owned()),
                 };
                 rows.push(vec![n.clone(), disk.clone(), s, owner, age]);
@@ -204,7 +203,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<u8> {
 fn manual_age(name: &str, now: u64) -> String {
     let stamp = name.rsplit('-').next().unwrap_or("");
     match classify(&format!("vf-daily-{stamp}")) {
-        Kind::Scheduled(_, at) => crate::plan::render::age(now, at),
+        Kind::Scheduled(_, at) => crate::text::age(now, at),
         _ => "-".into(),
     }
 }

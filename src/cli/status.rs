@@ -2,8 +2,8 @@
 //! and the objects virtfleet does not own.
 
 use super::{Context, EXIT_INCOMPLETE, EXIT_OK};
-use crate::host::libvirt::PowerState;
-use crate::observe::HostObservation;
+use crate::resources::observed::HostObservation;
+use crate::resources::observed::PowerState;
 use crate::ui::table;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -93,7 +93,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                         .filter(|c| {
                             c.address == prefix || c.address.starts_with(&format!("{prefix}/"))
                         })
-                        .map(|c| crate::plan::render::describe(&c.action))
+                        .map(|c| c.action.describe())
                         .collect();
                     sync.extend(
                         plan.refused

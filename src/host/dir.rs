@@ -16,21 +16,12 @@
 //! owned `.new-*` directory that the next plan removes. Directories without
 //! an `owner.json` of this fleet are never touched.
 
-use super::storage::{StorageBackend, StorageError, StorageState, copy_verified};
+use super::storage::{StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
-use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
-use serde::{Deserialize, Serialize};
+use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-
-/// Ownership marker of a disk directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskOwner {
-    pub fleet: String,
-    pub machine: String,
-    pub disk: String,
-}
 
 /// One entry under the storage path, from a single listing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //! thread (observation and apply fan out one thread per host). libvirt's
 //! default error printer is silenced once; errors come back as values.
 
-use super::domain::DomainSpec;
-use serde::{Deserialize, Serialize};
+use crate::resources::domain::DomainSpec;
+use crate::resources::observed::{Live, ObservedDomain, PowerState};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
@@ -19,43 +19,6 @@ pub struct LibvirtError {
     pub uri: String,
     pub action: String,
     pub message: String,
-}
-
-/// A domain's run state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PowerState {
-    Running,
-    Paused,
-    Stopped,
-    Other,
-}
-
-/// What observation learns about one domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObservedDomain {
-    /// Managed fields of the persistent definition (inactive XML).
-    pub config: DomainSpec,
-    /// Run state.
-    pub state: PowerState,
-    /// Started with the host.
-    pub autostart: bool,
-    /// vCPUs and memory the running guest has now (None when stopped).
-    pub live: Option<Live>,
-    /// Virtual size in bytes of each disk, by guest target (vda, ...).
-    pub disk_sizes: std::collections::BTreeMap<String, u64>,
-    /// IP addresses libvirt knows (DHCP leases / ARP), when running.
-    #[serde(default)]
-    pub addresses: Vec<String>,
-}
-
-/// Live resources of a running guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Live {
-    pub vcpus: u32,
-    pub memory_mib: u64,
 }
 
 /// An open connection.

@@ -1,17 +1,29 @@
-//! One host: its libvirt connection, its command transport, its storage
-//! backend, and the domain XML virtfleet defines there.
+//! One host's effects: its libvirt connection, its command transport and
+//! its storage backend. The pure descriptions of what is defined there
+//! (domain XML, identities, disk layout) are in [`crate::resources`].
 
 pub mod dir;
-pub mod domain;
-pub mod identity;
 pub mod libvirt;
 pub mod ssh;
 pub mod storage;
 pub mod transport;
 pub mod zfs;
 
-use crate::fleet::Host;
+use crate::fleet::{Host, Storage};
+use dir::DirStorage;
+use storage::StorageBackend;
 use transport::{Local, Transport};
+use zfs::ZfsStorage;
+
+/// The storage backend for `host`, over `t`. It lives here, above the
+/// backends and the trait they implement, so that the trait's module does
+/// not depend on its implementations.
+pub fn backend<'a>(host: &Host, t: &'a dyn Transport) -> Box<dyn StorageBackend + 'a> {
+    match &host.storage {
+        Storage::Dir { path } => Box::new(DirStorage::new(path, t)),
+        Storage::Zfs { parent } => Box::new(ZfsStorage::new(parent, t)),
+    }
+}
 
 /// The transport that reaches `host`'s storage: the fleet's `sshTarget`
 /// when given, else SSH to the host of a `qemu+ssh://` URI, else this

@@ -1,35 +1,15 @@
 //! The storage seam: what every backend (Dir files, ZFS zvols) offers.
 //!
-//! The planner never sees a backend; it sees [`StorageState`] in the
+//! The planner never sees a backend; it sees `StorageState` in the
 //! observation and emits backend-neutral actions. The executor and
 //! `restore` call these operations, each idempotent and each leaving either
 //! the old or the new state on a crash.
 
-use super::dir::{DirStorage, DiskOwner};
 use super::transport::{ExecError, Transport};
-use super::zfs::ZfsStorage;
-use crate::fleet::{Host, Storage};
-use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
-use serde::{Deserialize, Serialize};
+use crate::resources::observed::{DiskOwner, StorageState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-
-/// What a backend found on a host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StorageState {
-    /// sha256 of every verified base image present.
-    pub images: BTreeSet<String>,
-    /// This fleet's disks, by volume name (`web-root`).
-    pub disks: BTreeMap<String, OwnedDisk>,
-    /// This fleet's trash entries, by entry name.
-    pub trash: BTreeMap<String, TrashEntry>,
-    /// This fleet's half-made objects left by a crash (backend paths).
-    pub incomplete: Vec<String>,
-    /// Objects under the storage root that are not this fleet's (never touched).
-    pub unmanaged: Vec<String>,
-}
 
 /// Operations on one host's storage.
 pub trait StorageBackend {
@@ -89,24 +69,6 @@ pub trait StorageBackend {
     /// True when a disk used by a defined domain must be snapshotted through
     /// libvirt (qcow2: QEMU owns the file while the guest runs).
     fn snapshots_via_domain(&self) -> bool;
-}
-
-/// The backend for `host`, over `t`.
-pub fn backend<'a>(host: &Host, t: &'a dyn Transport) -> Box<dyn StorageBackend + 'a> {
-    match &host.storage {
-        Storage::Dir { path } => Box::new(DirStorage::new(path, t)),
-        Storage::Zfs { parent } => Box::new(ZfsStorage::new(parent, t)),
-    }
-}
-
-/// The disk path `volume` has on `host` (pure: the planner uses it).
-pub fn disk_path(host: &Host, volume: &str) -> String {
-    match &host.storage {
-        Storage::Dir { path } => {
-            format!("{}/disks/{volume}/disk.qcow2", path.trim_end_matches('/'))
-        }
-        Storage::Zfs { parent } => format!("/dev/zvol/{parent}/disks/{volume}"),
-    }
 }
 
 /// Copies the controller's `cached` image to `dest` on the host and checks

@@ -13,11 +13,10 @@
 //! creates the dataset, so nothing exists half-owned. One `zfs list -Hp`
 //! observes everything; its parser is a pure function tested on real output.
 
-use super::dir::DiskOwner;
-use super::storage::{StorageBackend, StorageError, StorageState, copy_verified};
+use super::storage::{StorageBackend, StorageError, copy_verified};
 use super::transport::Transport;
-use crate::observe::{OwnedDisk, TrashEntry};
 use crate::progress::Progress;
+use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -6,6 +6,7 @@
 //! [`Action`] only; `reason` is for people.
 
 use crate::fleet::ImageFormat;
+use crate::text::{human_bytes, plural};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -104,6 +105,59 @@ pub enum Action {
     Snapshot { volumes: Vec<String>, name: String },
     /// Delete snapshot `name` of `volumes`: the policy no longer keeps it.
     PruneSnapshot { volumes: Vec<String>, name: String },
+}
+
+impl Action {
+    /// A short description of what an action does, e.g. `grow disk to 20 GiB`.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::EnsureImage { image, size, .. } => {
+                format!("ensure base image {image} ({})", human_bytes(*size))
+            }
+            Action::RemoveIncomplete { path } => format!("remove incomplete {path}"),
+            Action::CreateDisk {
+                size_gib,
+                base: Some(base),
+                ..
+            } => format!("create disk {size_gib} GiB (overlay on {})", base.image),
+            Action::CreateDisk {
+                size_gib,
+                base: None,
+                ..
+            } => format!("create disk {size_gib} GiB (blank)"),
+            Action::GrowDisk { to_gib, .. } => format!("grow disk to {to_gib} GiB"),
+            Action::DefineDomain { .. } => "define domain".into(),
+            Action::UpdateDomain {
+                memory_live_mib,
+                restart,
+                ..
+            } => {
+                let mut s = String::from("update domain");
+                if let Some(mib) = memory_live_mib {
+                    s.push_str(&format!(", memory live to {mib} MiB"));
+                }
+                if *restart {
+                    s.push_str(", restart");
+                }
+                s
+            }
+            Action::SetAutostart { on: true } => "enable autostart".into(),
+            Action::SetAutostart { on: false } => "disable autostart".into(),
+            Action::Start => "start".into(),
+            Action::Stop => "stop".into(),
+            Action::Destroy { volumes } => {
+                format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
+            }
+            Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
+            Action::PurgeTrash { entry } => format!("purge trash entry {entry}"),
+            Action::Snapshot { name, volumes } => {
+                format!("snapshot {name} of {}", volumes.join(", "))
+            }
+            Action::PruneSnapshot { name, volumes } => {
+                format!("prune snapshot {name} of {}", volumes.join(", "))
+            }
+        }
+    }
 }
 
 /// One change to one object.

@@ -10,12 +10,12 @@
 use super::model::*;
 use super::snapshots::{self, INIT};
 use crate::fleet::{CpuMode, Fleet, Host, Machine, Power, Storage};
-use crate::host::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
-use crate::host::identity;
-use crate::host::libvirt::{ObservedDomain, PowerState};
-use crate::host::storage::disk_path;
 use crate::lock::ImageLock;
-use crate::observe::{HostObservation, HostState, Observation};
+use crate::resources::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
+use crate::resources::identity;
+use crate::resources::layout;
+use crate::resources::observed::{HostObservation, HostState, Observation};
+use crate::resources::observed::{ObservedDomain, PowerState};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,7 +82,7 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
         .enumerate()
         .map(|(i, (disk, _))| DiskRef {
             target: target_name(i),
-            path: disk_path(host, &m.volume_name(disk)),
+            path: layout::disk_path(&host.storage, &m.volume_name(disk)),
             format: format.into(),
         })
         .collect();
@@ -390,7 +390,7 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
                         d.config
                             .disks
                             .iter()
-                            .any(|r| r.path == disk_path(host, &vol))
+                            .any(|r| r.path == layout::disk_path(&host.storage, &vol))
                     }) && !state.disks.contains_key(&vol)
                         && unmanaged_volume(state, &vol)
                     {

@@ -5,20 +5,11 @@
 //! NO_COLOR); CI logs get plain, greppable lines.
 
 use crate::progress::Progress;
-use anstyle::{AnsiColor, Style};
+pub use crate::text::{ERROR, HINT, OK, WARN, human_bytes};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// Style for error headings.
-pub const ERROR: Style = AnsiColor::Red.on_default().bold();
-/// Style for hints.
-pub const HINT: Style = AnsiColor::Cyan.on_default();
-/// Style for success lines.
-pub const OK: Style = AnsiColor::Green.on_default();
-/// Style for warnings.
-pub const WARN: Style = AnsiColor::Yellow.on_default();
 
 /// Shows progress on stderr: a bar on a terminal, plain lines otherwise.
 pub struct StderrProgress {
@@ -105,22 +96,6 @@ impl Progress for StderrProgress {
                 task.started.elapsed().as_secs_f64()
             );
         }
-    }
-}
-
-/// `1536` → `1.5 KiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

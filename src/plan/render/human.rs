@@ -5,9 +5,9 @@
 //! Colour is the caller's decision (`color`); the text is the same without
 //! it, so logs and snapshots stay greppable.
 
-use super::{counts, describe, host_counts, hosts, observation_note, symbol};
+use super::{counts, host_counts, hosts, observation_note, symbol};
 use crate::plan::model::{Action, Change, Plan};
-use crate::ui::{ERROR, WARN};
+use crate::text::{ERROR, WARN};
 use anstyle::{AnsiColor, Style};
 use std::fmt::Write;
 
@@ -92,7 +92,7 @@ impl Widths {
             },
             |w, c| Widths {
                 address: w.address.max(c.address.chars().count()),
-                description: w.description.max(describe(&c.action).chars().count()),
+                description: w.description.max(c.action.describe().chars().count()),
             },
         )
     }
@@ -155,7 +155,7 @@ impl Renderer {
             "  {} {:aw$}  {:dw$}  [{}]",
             self.paint(style, &sym.to_string()),
             change.address,
-            describe(&change.action),
+            change.action.describe(),
             change.disruption.as_str()
         );
         let _ = writeln!(out, "    # {}", change.reason);

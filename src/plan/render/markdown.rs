@@ -2,7 +2,7 @@
 //! bold summary, warnings, a table of changes, lists of what is pending,
 //! refused and unmanaged, and each domain XML diff folded away.
 
-use super::{counts, describe, hosts, observation_note, symbol};
+use super::{counts, hosts, observation_note, symbol};
 use crate::plan::model::{Action, Change, Plan};
 use std::fmt::Write;
 
@@ -45,7 +45,7 @@ pub fn markdown(plan: &Plan, now: u64) -> String {
                     "| `{}` | `{}` | {} | {} | {} |",
                     symbol(c),
                     cell(&c.address),
-                    cell(&describe(&c.action)),
+                    cell(&c.action.describe()),
                     c.disruption.as_str(),
                     cell(&c.reason)
                 );
@@ -63,7 +63,7 @@ pub fn markdown(plan: &Plan, now: u64) -> String {
                 "- `{}` `{}` {} [{}]: {}. Needs {}.",
                 symbol(c),
                 c.address,
-                describe(&c.action),
+                c.action.describe(),
                 c.disruption.as_str(),
                 c.reason,
                 p.needs

@@ -16,7 +16,8 @@ pub use json::json;
 pub use markdown::markdown;
 
 use super::model::{Action, Change, Disruption, Plan};
-use crate::ui::human_bytes;
+
+use crate::text::age;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// What a change does to the fleet, for counting.
@@ -62,55 +63,6 @@ pub fn symbol(change: &Change) -> char {
         Kind::Add => '+',
         Kind::Change => '~',
         Kind::Destroy => '-',
-    }
-}
-
-/// A short description of what an action does, e.g. `grow disk to 20 GiB`.
-pub fn describe(action: &Action) -> String {
-    match action {
-        Action::EnsureImage { image, size, .. } => {
-            format!("ensure base image {image} ({})", human_bytes(*size))
-        }
-        Action::RemoveIncomplete { path } => format!("remove incomplete {path}"),
-        Action::CreateDisk {
-            size_gib,
-            base: Some(base),
-            ..
-        } => format!("create disk {size_gib} GiB (overlay on {})", base.image),
-        Action::CreateDisk {
-            size_gib,
-            base: None,
-            ..
-        } => format!("create disk {size_gib} GiB (blank)"),
-        Action::GrowDisk { to_gib, .. } => format!("grow disk to {to_gib} GiB"),
-        Action::DefineDomain { .. } => "define domain".into(),
-        Action::UpdateDomain {
-            memory_live_mib,
-            restart,
-            ..
-        } => {
-            let mut s = String::from("update domain");
-            if let Some(mib) = memory_live_mib {
-                s.push_str(&format!(", memory live to {mib} MiB"));
-            }
-            if *restart {
-                s.push_str(", restart");
-            }
-            s
-        }
-        Action::SetAutostart { on: true } => "enable autostart".into(),
-        Action::SetAutostart { on: false } => "disable autostart".into(),
-        Action::Start => "start".into(),
-        Action::Stop => "stop".into(),
-        Action::Destroy { volumes } => {
-            format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
-        }
-        Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
-        Action::PurgeTrash { entry } => format!("purge trash entry {entry}"),
-        Action::Snapshot { name, volumes } => format!("snapshot {name} of {}", volumes.join(", ")),
-        Action::PruneSnapshot { name, volumes } => {
-            format!("prune snapshot {name} of {}", volumes.join(", "))
-        }
     }
 }
 
@@ -220,18 +172,6 @@ fn address_host(address: &str) -> &str {
     address.split_once('/').map_or(address, |(h, _)| h)
 }
 
-/// How long ago `then` was at `now` (unix seconds), coarsely: `12 s`,
-/// `5 min`, `3 h`, `2 d`. A `then` after `now` counts as no time at all.
-pub fn age(now: u64, then: u64) -> String {
-    let secs = now.saturating_sub(then);
-    match secs {
-        0..60 => format!("{secs} s"),
-        60..3_600 => format!("{} min", secs / 60),
-        3_600..86_400 => format!("{} h", secs / 3_600),
-        _ => format!("{} d", secs / 86_400),
-    }
-}
-
 /// Unix seconds as RFC 3339, e.g. `2023-11-14T22:13:20Z`.
 fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
@@ -249,15 +189,6 @@ fn observation_note(plan: &Plan, now: u64) -> Option<String> {
         };
         format!("observation from a file, taken {} ({when})", rfc3339(then))
     })
-}
-
-/// `1 disk`, `2 disks`.
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("{n} {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 #[cfg(test)]
@@ -544,14 +475,5 @@ mod tests {
             }
         );
         assert_eq!(hosts(&plan), ["alpha", "beta", "gamma"]);
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(age(100, 88), "12 s");
-        assert_eq!(age(400, 100), "5 min");
-        assert_eq!(age(3 * 3_600 + 59, 0), "3 h");
-        assert_eq!(age(2 * 86_400 + 5, 0), "2 d");
-        assert_eq!(age(0, 10), "0 s");
     }
 }

@@ -1,0 +1,180 @@
+//! What observation found on the hosts, as plain data.
+//!
+//! These types are produced by the effectful layers (`host::libvirt` lists
+//! domains, the storage backends list disks, `observe` fans out over hosts)
+//! and consumed by the pure planner and the renderers. They live here, below
+//! all of those, so that none of them has to import another to share them.
+//! An [`Observation`] can be saved to a file and planned against later.
+
+use super::domain::DomainSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version of the observation file format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything observed on every host of a fleet, at one time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation {
+    pub format_version: u32,
+    /// The fleet whose ownership markers were looked for.
+    pub fleet: String,
+    /// When the observation started (unix seconds).
+    pub taken_at: u64,
+    /// By host name.
+    pub hosts: BTreeMap<String, HostObservation>,
+}
+
+/// One host: its state, or why it could not be observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "camelCase")]
+pub enum HostObservation {
+    Reachable(HostState),
+    Unreachable { error: String },
+}
+
+/// What is on a reachable host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostState {
+    /// Every domain, by name (managed or not: see `owner` in its config).
+    pub domains: BTreeMap<String, ObservedDomain>,
+    /// sha256 of every verified base image present.
+    pub images: BTreeSet<String>,
+    /// This fleet's disks, by volume name (`web-root`).
+    pub disks: BTreeMap<String, OwnedDisk>,
+    /// This fleet's trash entries, by entry name (`web-root@1700000000`).
+    pub trash: BTreeMap<String, TrashEntry>,
+    /// This fleet's half-made objects left by a crash (backend paths:
+    /// `disks/.new-*` directories, base-image zvols without their pin).
+    pub incomplete: Vec<String>,
+    /// Objects under the storage root that are not this fleet's (never touched).
+    pub unmanaged_files: Vec<String>,
+}
+
+/// A disk of this fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedDisk {
+    pub owner: DiskOwner,
+    pub path: String,
+    /// Virtual size in bytes.
+    pub size_bytes: u64,
+    /// Names of the disk's snapshots (virtfleet's and foreign), sorted.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+}
+
+/// A destroyed disk kept for restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrashEntry {
+    pub owner: DiskOwner,
+    pub volume: String,
+    /// When it was trashed (unix seconds).
+    pub trashed_at: u64,
+}
+
+impl HostObservation {
+    /// Digest of what a plan for `fleet` depends on: its own domains and
+    /// storage, and any other domain whose name one of `names` (its machines
+    /// on this host) would collide with. Other fleets' and unmanaged domains
+    /// coming and going must not make a saved plan stale; guest IP addresses
+    /// change on their own and never change a plan.
+    pub fn digest(&self, fleet: &str, names: &BTreeSet<String>) -> String {
+        let mut copy = self.clone();
+        if let HostObservation::Reachable(s) = &mut copy {
+            s.domains.retain(|n, d| {
+                names.contains(n) || d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet)
+            });
+            for d in s.domains.values_mut() {
+                d.addresses.clear();
+            }
+        }
+        let json = serde_json::to_vec(&copy).expect("observation serialises");
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+impl HostState {
+    /// Domains that carry this fleet's marker.
+    pub fn managed<'a>(
+        &'a self,
+        fleet: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a ObservedDomain)> + 'a {
+        self.domains
+            .iter()
+            .filter(move |(_, d)| d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet))
+    }
+
+    /// Domains that do not carry this fleet's marker.
+    pub fn unmanaged<'a>(&'a self, fleet: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.domains
+            .iter()
+            .filter(move |(_, d)| d.config.owner.as_ref().is_none_or(|o| o.fleet != fleet))
+            .map(|(n, _)| n)
+    }
+}
+
+/// A domain's run state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PowerState {
+    Running,
+    Paused,
+    Stopped,
+    Other,
+}
+
+/// What observation learns about one domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedDomain {
+    /// Managed fields of the persistent definition (inactive XML).
+    pub config: DomainSpec,
+    /// Run state.
+    pub state: PowerState,
+    /// Started with the host.
+    pub autostart: bool,
+    /// vCPUs and memory the running guest has now (None when stopped).
+    pub live: Option<Live>,
+    /// Virtual size in bytes of each disk, by guest target (vda, ...).
+    pub disk_sizes: BTreeMap<String, u64>,
+    /// IP addresses libvirt knows (DHCP leases / ARP), when running.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// Live resources of a running guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Live {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// Ownership marker of a disk directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskOwner {
+    pub fleet: String,
+    pub machine: String,
+    pub disk: String,
+}
+
+/// What a backend found on a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageState {
+    /// sha256 of every verified base image present.
+    pub images: BTreeSet<String>,
+    /// This fleet's disks, by volume name (`web-root`).
+    pub disks: BTreeMap<String, OwnedDisk>,
+    /// This fleet's trash entries, by entry name.
+    pub trash: BTreeMap<String, TrashEntry>,
+    /// This fleet's half-made objects left by a crash (backend paths).
+    pub incomplete: Vec<String>,
+    /// Objects under the storage root that are not this fleet's (never touched).
+    pub unmanaged: Vec<String>,
+}
