@@ -25,7 +25,6 @@
 //! Section 2 needs about 14 GiB free there for a moment.
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
@@ -36,14 +35,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use virtfleet::fleet::{Fleet, Power};
 use virtfleet::host::libvirt::Libvirt;
 use virtfleet::lock::ImageLock;
-use virtfleet::plan::planner::{GIB, desired_domain};
+use virtfleet::plan::expected::converged_state;
+use virtfleet::plan::planner::GIB;
 use virtfleet::plan::{Options, Plan};
-use virtfleet::resources::observed::{
-    DiskOwner, HostObservation, HostState, Live, Observation, ObservedDomain, OwnedDisk, PowerState,
-};
+use virtfleet::resources::observed::{HostObservation, HostState, Observation};
 
 const URI: &str = "qemu:///system";
 /// Every domain this benchmark defines starts with this.
@@ -236,12 +233,11 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
     }
     let opts = Options {
         now: unix_now(),
-        allow_destroy: false,
-        allow_restart: false,
+        ..Options::default()
     };
     let mut planned = None;
     let pure = best_of(RUNS, || {
-        planned = Some(virtfleet::plan::plan(&fleet, &lock, &obs, opts, false));
+        planned = Some(virtfleet::plan::plan(&fleet, &lock, &obs, opts));
         Ok(())
     })?;
     let planned = planned.expect("planned at least once");
@@ -631,8 +627,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
     let now = 1_900_000_000;
     let opts = Options {
         now,
-        allow_destroy: false,
-        allow_restart: false,
+        ..Options::default()
     };
     let observation = |states: Vec<(String, HostState)>| Observation {
         format_version: virtfleet::resources::observed::FORMAT_VERSION,
@@ -647,7 +642,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
         fleet
             .hosts
             .values()
-            .map(|h| (h.name.to_string(), converged(&fleet, h)))
+            .map(|h| (h.name.to_string(), converged_state(&fleet, &lock, h)))
             .collect(),
     );
     let empty_obs = observation(
@@ -661,7 +656,7 @@ fn section_planner(table: &mut Table) -> Result<()> {
     let plan_of = |obs: &Observation| -> (Duration, Plan) {
         let mut last = None;
         let best = best_of(RUNS, || {
-            last = Some(virtfleet::plan::plan(&fleet, &lock, obs, opts, false));
+            last = Some(virtfleet::plan::plan(&fleet, &lock, obs, opts));
             Ok(())
         })
         .expect("the planner cannot fail");
@@ -742,52 +737,6 @@ fn section_planner(table: &mut Table) -> Result<()> {
         Some(ratio(create, json_plan)),
     );
     Ok(())
-}
-
-/// What observation reports for `host` right after `fleet` was applied.
-fn converged(fleet: &Fleet, host: &virtfleet::fleet::Host) -> HostState {
-    let mut s = HostState::default();
-    s.images.insert(SHA.to_owned());
-    for m in fleet.machines_on(&host.name) {
-        let config = desired_domain(fleet, host, m, SHA);
-        let mut disk_sizes = BTreeMap::new();
-        for ((disk, gib), r) in m.disks().into_iter().zip(&config.disks) {
-            disk_sizes.insert(r.target.clone(), gib * GIB);
-            s.disks.insert(
-                m.volume_name(&disk),
-                OwnedDisk {
-                    owner: DiskOwner {
-                        fleet: fleet.name.to_string(),
-                        machine: m.name.to_string(),
-                        disk: disk.clone(),
-                    },
-                    path: r.path.clone(),
-                    size_bytes: gib * GIB,
-                    snapshots: Vec::new(),
-                },
-            );
-        }
-        let running = m.power == Power::Running;
-        s.domains.insert(
-            m.name.to_string(),
-            ObservedDomain {
-                config,
-                state: if running {
-                    PowerState::Running
-                } else {
-                    PowerState::Stopped
-                },
-                autostart: m.autostart,
-                live: running.then_some(Live {
-                    vcpus: m.cpus,
-                    memory_mib: m.memory_mib,
-                }),
-                disk_sizes,
-                addresses: Vec::new(),
-            },
-        );
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------

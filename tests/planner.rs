@@ -8,14 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use virtfleet::fleet::{Fleet, ImageFormat, Power};
+use virtfleet::fleet::{Fleet, ImageFormat};
 use virtfleet::lock::ImageLock;
+use virtfleet::plan::expected::converged_state;
 use virtfleet::plan::planner::{GIB, desired_domain};
 use virtfleet::plan::{Action, BaseRef, Change, Disruption, Options, Plan, plan};
 use virtfleet::resources::domain::{DomainSpec, Owner};
 use virtfleet::resources::observed::{
-    DiskOwner, HostObservation, HostState, Live, Observation, ObservedDomain, OwnedDisk,
-    PowerState, TrashEntry,
+    DiskOwner, HostObservation, HostState, Live, Observation, ObservedDomain, PowerState,
+    TrashEntry,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -85,45 +86,7 @@ fn converged(fleet: &Fleet, host: &str) -> HostState {
         .values()
         .find(|h| h.name.as_str() == host)
         .expect("host in fleet");
-    let mut s = HostState::default();
-    s.images.insert(SHA.to_owned());
-    for m in fleet.machines_on(&h.name) {
-        let config = desired_domain(fleet, h, m, SHA);
-        let mut disk_sizes = BTreeMap::new();
-        for ((disk, gib), r) in m.disks().into_iter().zip(&config.disks) {
-            disk_sizes.insert(r.target.clone(), gib * GIB);
-            let owner = DiskOwner {
-                fleet: fleet.name.to_string(),
-                machine: m.name.to_string(),
-                disk: disk.clone(),
-            };
-            let od = OwnedDisk {
-                owner,
-                path: r.path.clone(),
-                size_bytes: gib * GIB,
-                snapshots: Vec::new(),
-            };
-            s.disks.insert(m.volume_name(&disk), od);
-        }
-        let running = m.power == Power::Running;
-        let d = ObservedDomain {
-            config,
-            state: if running {
-                PowerState::Running
-            } else {
-                PowerState::Stopped
-            },
-            autostart: m.autostart,
-            live: running.then_some(Live {
-                vcpus: m.cpus,
-                memory_mib: m.memory_mib,
-            }),
-            disk_sizes,
-            addresses: Vec::new(),
-        };
-        s.domains.insert(m.name.to_string(), d);
-    }
-    s
+    converged_state(fleet, &lock(), h)
 }
 
 fn observation(hosts: Vec<(&str, HostObservation)>) -> Observation {
@@ -144,8 +107,8 @@ fn plan_obs(fleet: &Fleet, obs: &Observation, allow_destroy: bool, allow_restart
             now: NOW,
             allow_destroy,
             allow_restart,
+            ..Options::default()
         },
-        false,
     )
 }
 

@@ -118,7 +118,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     // the apply must not make a new snapshot look like a failure.
     let obs = crate::observe::observe(&fleet, now());
     let opts = super::plan::options(&fleet, &args.common, plan.inputs.now);
-    let after = crate::plan::plan(&fleet, &lock, &obs, opts, false);
+    let after = crate::plan::plan(&fleet, &lock, &obs, opts);
     if !after.changes.is_empty() || !after.refused.is_empty() {
         anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
         print!("{}", render_plan(&after, Format::Human));

@@ -82,7 +82,7 @@ pub fn compute(
 )> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let now = now();
-    let (obs, from_file) = match &args.observed {
+    let (obs, source) = match &args.observed {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -104,11 +104,18 @@ pub fn compute(
                     fleet.name.as_str()
                 );
             }
-            (obs, true)
+            (obs, crate::plan::Source::File)
         }
-        None => (crate::observe::observe(&fleet, now), false),
+        None => (
+            crate::observe::observe(&fleet, now),
+            crate::plan::Source::Live,
+        ),
     };
-    let plan = crate::plan::plan(&fleet, &lock, &obs, options(&fleet, args, now), from_file);
+    let opts = crate::plan::Options {
+        source,
+        ..options(&fleet, args, now)
+    };
+    let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
     Ok((fleet, lock, plan))
 }
 
@@ -118,6 +125,7 @@ pub fn options(fleet: &crate::fleet::Fleet, args: &PlanArgs, now: u64) -> crate:
         now,
         allow_destroy: args.allow_destroy || fleet.settings.allow_destroy,
         allow_restart: args.allow_restart || fleet.settings.allow_restart,
+        source: crate::plan::Source::Live,
     }
 }
 

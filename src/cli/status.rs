@@ -58,8 +58,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         now: obs.taken_at,
         allow_destroy: true,
         allow_restart: true,
+        source: crate::plan::Source::Live,
     };
-    let plan = crate::plan::plan(&fleet, &lock, &obs, opts, false);
+    let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
     let mut status = Status {
         fleet: fleet.name.to_string(),
         hosts: BTreeMap::new(),

@@ -1,0 +1,193 @@
+//! Disks: each disk a machine declares exists, is owned by it, and is at
+//! least as large as declared. Disks only grow; a new disk gets its
+//! `vf-init` snapshot before the guest ever boots.
+
+use super::{GIB, HostPlan, Phase};
+use crate::fleet::Machine;
+use crate::lock::LockEntry;
+use crate::plan::model::{Action, BaseRef, Disruption};
+use crate::plan::snapshots::INIT;
+use crate::resources::domain::target_name;
+use crate::resources::layout;
+use crate::resources::observed::{HostState, OwnedDisk};
+use std::collections::BTreeSet;
+
+/// Plans `m`'s disks. Returns the volumes created by this plan, or `None`
+/// when a disk was refused (then nothing else of `m` may be planned: a
+/// domain must never be defined on a disk virtfleet does not own).
+pub(super) fn plan(
+    fleet: &str,
+    state: &HostState,
+    m: &Machine,
+    pin: &LockEntry,
+    running: bool,
+    addr: &str,
+    hp: &mut HostPlan<'_>,
+) -> Option<BTreeSet<String>> {
+    let mut refused = false;
+    let mut created = BTreeSet::new();
+    for (i, (disk, size_gib)) in m.disks().iter().enumerate() {
+        let vol = m.volume_name(disk);
+        let daddr = format!("{addr}/{disk}");
+        let ok = match state.disks.get(&vol) {
+            Some(od) => plan_existing(m, od, i, disk, *size_gib, running, daddr, hp),
+            None => match foreign(fleet, state, hp, &vol) {
+                Some(why) => {
+                    hp.refuse(daddr, why);
+                    false
+                }
+                None => {
+                    plan_new(m, pin, i, disk, *size_gib, state, addr, hp);
+                    created.insert(vol);
+                    true
+                }
+            },
+        };
+        refused |= !ok;
+    }
+    (!refused).then_some(created)
+}
+
+/// Why volume `vol`, not in this fleet's disks, must not be created: the
+/// path is taken by something this fleet does not own.
+fn foreign(fleet: &str, state: &HostState, hp: &HostPlan<'_>, vol: &str) -> Option<String> {
+    let h = hp.name();
+    let rel = layout::disk_rel(vol);
+    if !state.unmanaged_files.contains(&rel) {
+        return None;
+    }
+    let path = layout::disk_path(&hp.host.storage, vol);
+    let attached = state
+        .domains
+        .values()
+        .any(|d| d.config.disks.iter().any(|r| r.path == path));
+    Some(if attached {
+        format!("{rel} exists on host {h} and is not owned by fleet {fleet:?}")
+    } else {
+        format!(
+            "{rel} exists on host {h} and is not owned by fleet {fleet:?}; virtfleet will not touch it"
+        )
+    })
+}
+
+/// An existing owned disk: it must be this machine's, and it may only grow.
+/// Returns false when refused.
+#[allow(clippy::too_many_arguments)] // the disk's coordinates, each used once
+fn plan_existing(
+    m: &Machine,
+    od: &OwnedDisk,
+    index: usize,
+    disk: &str,
+    size_gib: u64,
+    running: bool,
+    daddr: String,
+    hp: &mut HostPlan<'_>,
+) -> bool {
+    let n = m.name.as_str();
+    if od.owner.machine != n || od.owner.disk != disk {
+        let why = format!(
+            "volume {} belongs to machine {} disk {}",
+            m.volume_name(disk),
+            od.owner.machine,
+            od.owner.disk
+        );
+        hp.refuse(daddr, why);
+        return false;
+    }
+    let want_bytes = size_gib * GIB;
+    if od.size_bytes > want_bytes {
+        let have = od.size_bytes.div_ceil(GIB);
+        hp.refuse(daddr, format!("disk is {have} GiB but the fleet asks {size_gib} GiB: disks only grow, a shrink would lose data (set the size back to at least {have} GiB)"));
+        return false;
+    }
+    if od.size_bytes < want_bytes {
+        hp.add(
+            Phase::Disk,
+            daddr,
+            Some(n),
+            Action::GrowDisk {
+                volume: m.volume_name(disk),
+                target: target_name(index),
+                from_bytes: od.size_bytes,
+                to_gib: size_gib,
+                running,
+            },
+            // A running guest sees the new size at once (block_resize).
+            if running {
+                Disruption::Live
+            } else {
+                Disruption::None
+            },
+            format!("grow {} → {size_gib} GiB", human_gib(od.size_bytes)),
+        );
+    }
+    true
+}
+
+/// A disk to create: the root disk as an overlay/clone of the machine's
+/// image, data disks blank; then its init snapshot if the policy wants one.
+#[allow(clippy::too_many_arguments)] // the disk's coordinates, each used once
+fn plan_new(
+    m: &Machine,
+    pin: &LockEntry,
+    index: usize,
+    disk: &str,
+    size_gib: u64,
+    state: &HostState,
+    addr: &str,
+    hp: &mut HostPlan<'_>,
+) {
+    let (n, vol) = (m.name.as_str(), m.volume_name(disk));
+    let base = (index == 0).then(|| BaseRef {
+        image: m.image.to_string(),
+        sha256: pin.sha256.to_string(),
+        format: pin.format,
+    });
+    let what = if index == 0 {
+        format!("overlay on {}", m.image)
+    } else {
+        "blank".into()
+    };
+    let mut reason = format!("new {size_gib} GiB disk ({what})");
+    if state.trash.values().any(|t| t.volume == vol) {
+        reason.push_str(&format!(
+            "; a trashed copy exists: `virtfleet restore {n}` brings it back instead"
+        ));
+    }
+    hp.add(
+        Phase::Disk,
+        format!("{addr}/{disk}"),
+        Some(n),
+        Action::CreateDisk {
+            volume: vol.clone(),
+            disk: disk.to_owned(),
+            size_gib,
+            base,
+        },
+        Disruption::None,
+        reason,
+    );
+    // Before the first boot: "fresh out of the box" for reinit.
+    if super::snapshots::disk_policy(m, disk).init {
+        hp.add(
+            Phase::Disk,
+            format!("{addr}/{disk}@{INIT}"),
+            Some(n),
+            Action::Snapshot {
+                volumes: vec![vol],
+                name: INIT.into(),
+            },
+            Disruption::None,
+            "init snapshot of the new disk".into(),
+        );
+    }
+}
+
+/// `21474836480` → `20 GiB`; `1.50 GiB` when not whole.
+fn human_gib(bytes: u64) -> String {
+    if bytes.is_multiple_of(GIB) {
+        format!("{} GiB", bytes / GIB)
+    } else {
+        format!("{:.2} GiB", bytes as f64 / GIB as f64)
+    }
+}

@@ -1,0 +1,254 @@
+//! The domain definition: what virtfleet wants libvirt to hold for each
+//! machine, and how an observed definition differs from it.
+
+use super::{HostPlan, Phase, is_up};
+use crate::fleet::{CpuMode, Fleet, Host, Machine, Power};
+use crate::plan::model::{Action, Change, Disruption};
+use crate::resources::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
+use crate::resources::observed::ObservedDomain;
+use crate::resources::{identity, layout};
+use sha2::{Digest, Sha256};
+
+/// Hash of everything that goes into a machine's domain and disks, stored
+/// in the domain's metadata: a mismatch means the fleet changed, a match
+/// with differing fields means someone changed the domain behind our back.
+///
+/// Only what goes into the definition counts: power, autostart and disk
+/// sizes have their own actions and must not trigger a redefinition.
+pub fn spec_hash(definition: &DomainSpec, image_sha: &str) -> String {
+    let mut d = definition.clone();
+    d.owner = None;
+    let v = serde_json::json!({ "domain": d, "image": image_sha });
+    hex::encode(&Sha256::digest(serde_json::to_vec(&v).expect("spec serialises"))[..8])
+}
+
+/// The domain virtfleet wants for `m` on `host`.
+pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) -> DomainSpec {
+    let (f, h, n) = (fleet.name.as_str(), host.name.as_str(), m.name.as_str());
+    let disks = m
+        .disks()
+        .iter()
+        .enumerate()
+        .map(|(i, (disk, _))| DiskRef {
+            target: target_name(i),
+            path: layout::disk_path(&host.storage, &m.volume_name(disk)),
+            format: layout::disk_format(&host.storage).into(),
+        })
+        .collect();
+    let mut spec = DomainSpec {
+        name: n.into(),
+        uuid: identity::uuid(f, h, n),
+        domain_type: host.domain_type,
+        cpu_mode: host.cpu_mode.clone(),
+        vcpus: m.cpus,
+        memory_mib: m.memory_mib,
+        current_memory_mib: m.memory_mib,
+        disks,
+        nic: Some(Nic::for_network(&host.network, identity::mac(f, h, n))),
+        owner: None,
+    };
+    let hash = spec_hash(&spec, image_sha);
+    spec.owner = Some(Owner {
+        fleet: f.into(),
+        host: h.into(),
+        machine: n.into(),
+        spec_hash: hash,
+        protect: m.protect,
+    });
+    spec
+}
+
+/// A unified diff of two domain specs, both rendered by the same code.
+pub fn domain_diff(actual: &DomainSpec, desired: &DomainSpec) -> String {
+    let (a, d) = (actual.to_xml(), desired.to_xml());
+    similar::TextDiff::from_lines(&a, &d)
+        .unified_diff()
+        .context_radius(2)
+        .header("actual", "desired")
+        .to_string()
+}
+
+/// A machine without a domain: define it, and set autostart if wanted.
+pub(super) fn plan_new(m: &Machine, want: &DomainSpec, addr: &str, hp: &mut HostPlan<'_>) {
+    let n = Some(m.name.as_str());
+    let define = Action::DefineDomain { xml: want.to_xml() };
+    hp.add(
+        Phase::Domain,
+        addr.into(),
+        n,
+        define,
+        Disruption::None,
+        "new machine".into(),
+    );
+    if m.autostart {
+        let action = Action::SetAutostart { on: true };
+        let reason = "autostart with the host".into();
+        hp.add(
+            Phase::Domain,
+            addr.into(),
+            n,
+            action,
+            Disruption::None,
+            reason,
+        );
+    }
+}
+
+/// How an observed definition differs from the wanted one.
+#[derive(Debug, Default)]
+struct Difference {
+    /// What differs, for people (`vcpus 1 → 2`, `disks, network`).
+    what: Vec<String>,
+    /// The running guest must restart for the change to take effect.
+    restart: bool,
+    /// Memory the running guest can be given live (balloon), in MiB.
+    memory_live: Option<u64>,
+    /// Only virtfleet's ownership metadata differs.
+    metadata_only: bool,
+}
+
+/// Compares `have` (as observed; `running` guest or not) with `want`.
+fn compare(have: &DomainSpec, want: &DomainSpec, running: bool) -> Difference {
+    let mut diff = Difference::default();
+    if have.vcpus != want.vcpus {
+        diff.what
+            .push(format!("vcpus {} → {}", have.vcpus, want.vcpus));
+        diff.restart |= running;
+    }
+    if have.memory_mib != want.memory_mib || have.current_memory_mib != want.current_memory_mib {
+        diff.what.push(format!(
+            "memory {} → {} MiB",
+            have.memory_mib, want.memory_mib
+        ));
+        if running {
+            // The balloon can go down to any size, and up to the running
+            // guest's maximum; beyond that the maximum itself must grow.
+            if want.memory_mib <= have.memory_mib {
+                diff.memory_live = Some(want.memory_mib);
+            } else {
+                diff.restart = true;
+            }
+        }
+    }
+    let fields = other_fields(have, want);
+    if !fields.is_empty() {
+        diff.what.push(fields.join(", "));
+        diff.restart |= running;
+    }
+    diff.metadata_only = diff.what.is_empty();
+    let hash_same = same_hash(have, want);
+    if diff.metadata_only && (!hash_same || have.owner != want.owner) {
+        diff.what.push("ownership metadata".into());
+    }
+    diff
+}
+
+/// Names of the fields other than vCPUs, memory and ownership that differ.
+fn other_fields(have: &DomainSpec, want: &DomainSpec) -> Vec<&'static str> {
+    let mut rest = have.clone();
+    rest.vcpus = want.vcpus;
+    rest.memory_mib = want.memory_mib;
+    rest.current_memory_mib = want.current_memory_mib;
+    rest.owner.clone_from(&want.owner);
+    if rest == *want {
+        return Vec::new();
+    }
+    [
+        (have.disks != want.disks, "disks"),
+        (have.nic != want.nic, "network"),
+        (have.domain_type != want.domain_type, "domain type"),
+        (have.cpu_mode != want.cpu_mode, "cpu mode"),
+        (have.uuid != want.uuid, "uuid"),
+    ]
+    .into_iter()
+    .filter_map(|(differs, name)| differs.then_some(name))
+    .collect()
+}
+
+/// The stored spec hash matches: the fleet did not change this machine.
+fn same_hash(have: &DomainSpec, want: &DomainSpec) -> bool {
+    have.owner.as_ref().map(|o| &o.spec_hash) == want.owner.as_ref().map(|o| &o.spec_hash)
+}
+
+/// Plans changes to an existing managed domain: its definition and autostart.
+pub(super) fn plan_update(
+    hp: &mut HostPlan<'_>,
+    addr: &str,
+    m: &Machine,
+    want: &DomainSpec,
+    d: &ObservedDomain,
+) {
+    let n = m.name.as_str();
+    let mut have = d.config.clone();
+    if want.cpu_mode == CpuMode::Default {
+        // "Default" leaves the model to the hypervisor, and libvirt writes the
+        // one it picked (e.g. qemu64) into the definition: any model matches.
+        have.cpu_mode = CpuMode::Default;
+    }
+    let running = is_up(d);
+    let mut diff = compare(&have, want, running);
+    if m.power == Power::Stopped {
+        // It is about to be stopped: the new definition applies at its next start.
+        diff.restart = false;
+        diff.memory_live = None;
+    }
+    if !diff.what.is_empty() {
+        let change = update_change(hp.name(), addr, n, &have, want, running, &diff);
+        hp.push(Phase::Domain, change);
+    }
+    // The live balloon size is not compared: it is best effort (a guest
+    // without a balloon driver never follows it), and planning it would
+    // never converge for such guests. The persistent definition is managed.
+    if d.autostart != m.autostart {
+        hp.add(
+            Phase::Domain,
+            addr.into(),
+            Some(n),
+            Action::SetAutostart { on: m.autostart },
+            Disruption::None,
+            format!("autostart {} → {}", d.autostart, m.autostart),
+        );
+    }
+}
+
+/// The `UpdateDomain` change for `diff`, with the XML diff attached.
+fn update_change(
+    host: &str,
+    addr: &str,
+    machine: &str,
+    have: &DomainSpec,
+    want: &DomainSpec,
+    running: bool,
+    diff: &Difference,
+) -> Change {
+    let origin = if same_hash(have, want) {
+        "drift: changed outside virtfleet"
+    } else {
+        "fleet.dhall changed"
+    };
+    let disruption = if diff.restart {
+        Disruption::Restart
+    } else if running && !diff.metadata_only && diff.memory_live.is_some() {
+        Disruption::Live
+    } else {
+        Disruption::None
+    };
+    let how = if diff.restart {
+        "; restart to take effect"
+    } else {
+        ""
+    };
+    Change {
+        address: addr.into(),
+        host: host.into(),
+        machine: Some(machine.into()),
+        action: Action::UpdateDomain {
+            xml: want.to_xml(),
+            memory_live_mib: diff.memory_live,
+            restart: diff.restart,
+        },
+        disruption,
+        reason: format!("{origin}: {}{how}", diff.what.join("; ")),
+        diff: Some(domain_diff(have, want)),
+    }
+}

@@ -1,0 +1,50 @@
+//! Base images: each image a machine on this host is cloned from must be on
+//! the host, verified, before any disk is made from it.
+
+use super::{HostPlan, Phase};
+use crate::fleet::Machine;
+use crate::lock::ImageLock;
+use crate::plan::model::{Action, Disruption};
+use crate::resources::observed::HostState;
+use std::collections::BTreeSet;
+
+/// Plans one `EnsureImage` per image the host lacks, and refuses machines
+/// whose image is not pinned (nothing can be built for them).
+pub(super) fn plan(
+    lock: &ImageLock,
+    state: &HostState,
+    desired: &[&Machine],
+    hp: &mut HostPlan<'_>,
+) {
+    let h = hp.name();
+    let mut planned = BTreeSet::new();
+    for m in desired {
+        let Some(pin) = lock.images.get(&m.image) else {
+            hp.refuse(
+                format!("{h}/{}", m.name),
+                format!(
+                    "image {:?} is not pinned in images.lock; run `virtfleet images lock`",
+                    m.image.as_str()
+                ),
+            );
+            continue;
+        };
+        let sha = pin.sha256.to_string();
+        if state.images.contains(&sha) || !planned.insert(sha) {
+            continue;
+        }
+        hp.add(
+            Phase::Image,
+            format!("{h}/images/{}", pin.sha256.short()),
+            None,
+            Action::EnsureImage {
+                image: m.image.to_string(),
+                sha256: pin.sha256.to_string(),
+                format: pin.format,
+                size: pin.size,
+            },
+            Disruption::None,
+            format!("base image {} is not on the host yet", m.image),
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! What goes away: half-made objects of an interrupted apply, disks a
+//! machine no longer declares, machines no longer in the fleet, orphan
+//! disks, and trash whose retention expired. Everything here except crash
+//! cleanup is destructive and needs permission; disks go to the trash
+//! (restorable), never straight to deletion.
+
+use super::{HostPlan, Phase, is_up};
+use crate::fleet::{Fleet, Machine};
+use crate::plan::model::{Action, Change, Disruption};
+use crate::resources::observed::HostState;
+use crate::text::plural;
+use std::collections::BTreeSet;
+
+/// Owned half-created objects left by a crash: removed before anything is
+/// created again under the same name.
+pub(super) fn plan_incomplete(state: &HostState, hp: &mut HostPlan<'_>) {
+    let h = hp.name();
+    for path in &state.incomplete {
+        hp.add(
+            Phase::Clean,
+            format!("{h}/{path}"),
+            None,
+            Action::RemoveIncomplete { path: path.clone() },
+            Disruption::None,
+            "left half-created by an interrupted apply".into(),
+        );
+    }
+}
+
+/// Owned disks of `m` that it no longer declares. While the domain update
+/// that detaches them is withheld, trashing them is withheld too: the
+/// guest still uses them.
+pub(super) fn plan_removed_disks(
+    state: &HostState,
+    m: &Machine,
+    addr: &str,
+    hp: &mut HostPlan<'_>,
+) {
+    let n = m.name.as_str();
+    let wanted: BTreeSet<String> = m.disks().iter().map(|(d, _)| m.volume_name(d)).collect();
+    for (vol, od) in &state.disks {
+        if od.owner.machine != n || wanted.contains(vol) {
+            continue;
+        }
+        let address = format!("{addr}/{}", od.owner.disk);
+        let action = Action::TrashDisk {
+            volume: vol.clone(),
+        };
+        if hp.update_pending(addr) {
+            let change = Change {
+                address,
+                host: hp.name().into(),
+                machine: Some(n.into()),
+                action,
+                disruption: Disruption::Destructive,
+                reason: "disk removed from the fleet".into(),
+                diff: None,
+            };
+            hp.hold(
+                change,
+                "the domain update above (it still uses this disk)".into(),
+            );
+        } else {
+            let reason = "disk removed from the fleet (moved to the trash, restorable)".into();
+            hp.add(
+                Phase::Destroy,
+                address,
+                Some(n),
+                action,
+                Disruption::Destructive,
+                reason,
+            );
+        }
+    }
+}
+
+/// Managed domains of this fleet no longer declared on this host:
+/// destroyed (stopped, undefined, disks to the trash) unless protected.
+pub(super) fn plan_removed_machines(
+    fleet: &Fleet,
+    state: &HostState,
+    desired: &BTreeSet<&str>,
+    hp: &mut HostPlan<'_>,
+) {
+    let h = hp.name();
+    for (n, d) in state.managed(fleet.name.as_str()) {
+        if desired.contains(n.as_str()) {
+            continue;
+        }
+        let addr = format!("{h}/{n}");
+        if d.config.owner.as_ref().is_some_and(|o| o.protect) {
+            hp.refuse(addr, format!("machine {n} is protected (protect = True when last applied); it is kept. To remove it, set protect = False, apply, then remove it"));
+            continue;
+        }
+        let volumes: Vec<String> = state
+            .disks
+            .iter()
+            .filter(|(_, od)| od.owner.machine == *n)
+            .map(|(v, _)| v.clone())
+            .collect();
+        let stopping = if is_up(d) { "stop, " } else { "" };
+        let reason = format!(
+            "removed from the fleet: {stopping}undefine, move {} to the trash",
+            plural(volumes.len(), "disk")
+        );
+        let action = Action::Destroy { volumes };
+        hp.add(
+            Phase::Destroy,
+            addr,
+            Some(n),
+            action,
+            Disruption::Destructive,
+            reason,
+        );
+    }
+}
+
+/// Owned disks whose machine has neither a domain nor a place in the fleet.
+pub(super) fn plan_orphan_disks(
+    state: &HostState,
+    desired: &BTreeSet<&str>,
+    hp: &mut HostPlan<'_>,
+) {
+    let h = hp.name();
+    for (vol, od) in &state.disks {
+        let m = od.owner.machine.as_str();
+        if desired.contains(m) || state.domains.contains_key(m) {
+            continue;
+        }
+        hp.add(
+            Phase::Destroy,
+            format!("{h}/{m}/{}", od.owner.disk),
+            Some(m),
+            Action::TrashDisk {
+                volume: vol.clone(),
+            },
+            Disruption::Destructive,
+            "orphan disk of a machine no longer in the fleet (moved to the trash, restorable)"
+                .into(),
+        );
+    }
+}
+
+/// Trash entries older than the fleet's retention: deleted for good.
+pub(super) fn plan_trash_expiry(fleet: &Fleet, state: &HostState, hp: &mut HostPlan<'_>) {
+    let h = hp.name();
+    let days = fleet.settings.trash_retention_days;
+    let keep = days * 86_400;
+    for (entry, t) in &state.trash {
+        // saturating: a far-future stamp must never wrap into "expired".
+        if t.trashed_at.saturating_add(keep) > hp.opts.now {
+            continue;
+        }
+        hp.add(
+            Phase::Purge,
+            format!("{h}/trash/{entry}"),
+            Some(&t.owner.machine),
+            Action::PurgeTrash {
+                entry: entry.clone(),
+            },
+            Disruption::Destructive,
+            format!("trash retention of {days} days expired"),
+        );
+    }
+}
