@@ -191,3 +191,88 @@ fn human_gib(bytes: u64) -> String {
         format!("{:.2} GiB", bytes as f64 / GIB as f64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::GIB;
+    use crate::plan::model::{Action, Disruption};
+
+    /// (observed GiB, declared GiB, guest running) → (action kind, disruption) or refusal.
+    #[test]
+    fn disks_grow_live_or_offline_and_never_shrink() {
+        let table = [
+            (10, 10, false, None),
+            (10, 20, false, Some(Ok(Disruption::None))),
+            (10, 20, true, Some(Ok(Disruption::Live))),
+            (20, 10, false, Some(Err("disks only grow"))),
+            (20, 10, true, Some(Err("disks only grow"))),
+        ];
+        for (have, want, running, expect) in table {
+            let f = fleet(&[&format!("name = \"a\", diskGiB = {want}")]);
+            let mut state = converged(&f);
+            state.disks.get_mut("a-root").unwrap().size_bytes = have * GIB;
+            let mut hp = host_plan(&f);
+            let pin = lock().images.values().next().unwrap().clone();
+            let created = super::plan(
+                "t",
+                &state,
+                machine(&f, "a"),
+                &pin,
+                running,
+                "hv1/a",
+                &mut hp,
+            );
+            let (changes, _, refused) = parts(hp);
+            let got = match (changes.first(), refused.first()) {
+                (_, Some(r)) => Some(Err(if r.contains("disks only grow") {
+                    "disks only grow"
+                } else {
+                    "other"
+                })),
+                (Some((_, c)), None) => {
+                    assert!(matches!(c.action, Action::GrowDisk { .. }), "{c:?}");
+                    Some(Ok(c.disruption))
+                }
+                (None, None) => None,
+            };
+            assert_eq!(got, expect, "{have} → {want} running={running}");
+            assert_eq!(created.is_none(), refused.len() == 1);
+        }
+    }
+
+    #[test]
+    fn new_disks_are_created_with_init_snapshots_and_foreign_ones_refused() {
+        let f = fleet(&["name = \"a\", dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 5 } ]"]);
+        let pin = lock().images.values().next().unwrap().clone();
+        // Nothing there: both disks created, each followed by its vf-init.
+        let mut hp = host_plan(&f);
+        let state = crate::resources::observed::HostState::default();
+        let created = super::plan("t", &state, machine(&f, "a"), &pin, false, "hv1/a", &mut hp);
+        let (changes, _, _) = parts(hp);
+        let addrs: Vec<&str> = changes.iter().map(|(_, c)| c.address.as_str()).collect();
+        assert_eq!(
+            addrs,
+            [
+                "hv1/a/root",
+                "hv1/a/root@vf-init",
+                "hv1/a/data",
+                "hv1/a/data@vf-init"
+            ]
+        );
+        assert_eq!(created.unwrap().len(), 2);
+        // A directory of that name not owned by this fleet: refused, not created.
+        let mut state = crate::resources::observed::HostState::default();
+        state.unmanaged_files.push("disks/a-data".into());
+        let mut hp = host_plan(&f);
+        let created = super::plan("t", &state, machine(&f, "a"), &pin, false, "hv1/a", &mut hp);
+        let (changes, _, refused) = parts(hp);
+        assert!(created.is_none());
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("not owned by fleet \"t\""),
+            "{refused:?}"
+        );
+        assert!(changes.iter().all(|(_, c)| !c.address.contains("/data")));
+    }
+}

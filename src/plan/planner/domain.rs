@@ -252,3 +252,71 @@ fn update_change(
         diff: Some(domain_diff(have, want)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::compare;
+    use crate::resources::domain::DomainSpec;
+
+    /// Each edit of the observed definition, with the guest running or not
+    /// → (what differs, restart needed, live memory).
+    #[test]
+    fn differences_are_classified() {
+        let f = fleet(&["name = \"a\", cpus = 2, memoryMiB = 1024"]);
+        let want = converged(&f).domains.remove("a").unwrap().config;
+        type Edit = fn(&mut DomainSpec);
+        /// (name, edit, running, what differs, restart, live memory)
+        type Row = (&'static str, Edit, bool, &'static str, bool, Option<u64>);
+        let table: [Row; 8] = [
+            ("same", |_| {}, true, "", false, None),
+            ("cpus", |d| d.vcpus = 1, true, "vcpus 1 → 2", true, None),
+            (
+                "cpus off",
+                |d| d.vcpus = 1,
+                false,
+                "vcpus 1 → 2",
+                false,
+                None,
+            ),
+            // Shrinking the guest's memory works through the balloon.
+            (
+                "mem down",
+                |d| d.memory_mib = 2048,
+                true,
+                "memory 2048 → 1024 MiB",
+                false,
+                Some(1024),
+            ),
+            // Growing beyond the running maximum needs a restart.
+            (
+                "mem up",
+                |d| d.memory_mib = 512,
+                true,
+                "memory 512 → 1024 MiB",
+                true,
+                None,
+            ),
+            ("uuid", |d| d.uuid = "x".into(), true, "uuid", true, None),
+            ("disks", |d| d.disks.clear(), false, "disks", false, None),
+            (
+                "hash",
+                |d| d.owner.as_mut().unwrap().spec_hash = "old".into(),
+                true,
+                "ownership metadata",
+                false,
+                None,
+            ),
+        ];
+        for (name, edit, running, what, restart, live) in table {
+            let mut have = want.clone();
+            edit(&mut have);
+            let d = compare(&have, &want, running);
+            assert_eq!(
+                (d.what.join("; ").as_str(), d.restart, d.memory_live),
+                (what, restart, live),
+                "{name}"
+            );
+        }
+    }
+}

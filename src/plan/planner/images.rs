@@ -48,3 +48,47 @@ pub(super) fn plan(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use crate::plan::model::Action;
+    use crate::resources::observed::HostState;
+
+    #[test]
+    fn one_copy_per_missing_image_and_refusal_without_a_pin() {
+        // (image already on the host, machines, lock has the pin) →
+        // (EnsureImage changes, refusals)
+        let table = [
+            (false, &["name = \"a\"", "name = \"b\""][..], true, 1, 0),
+            (true, &["name = \"a\""][..], true, 0, 0),
+            (false, &[][..], true, 0, 0),
+            (false, &["name = \"a\"", "name = \"b\""][..], false, 0, 2),
+        ];
+        for (present, machines, pinned, copies, refusals) in table {
+            let f = fleet(machines);
+            let mut state = HostState::default();
+            if present {
+                state.images.insert(SHA.into());
+            }
+            let lock = if pinned {
+                lock()
+            } else {
+                crate::lock::ImageLock::default()
+            };
+            let desired: Vec<_> = f.machines.values().collect();
+            let mut hp = host_plan(&f);
+            super::plan(&lock, &state, &desired, &mut hp);
+            let (changes, _, refused) = parts(hp);
+            let ensures = changes
+                .iter()
+                .filter(|(_, c)| matches!(c.action, Action::EnsureImage { .. }))
+                .count();
+            assert_eq!(
+                (ensures, refused.len()),
+                (copies, refusals),
+                "{present} {machines:?} {pinned}"
+            );
+        }
+    }
+}

@@ -18,6 +18,8 @@ mod images;
 mod power;
 mod removals;
 mod snapshots;
+#[cfg(test)]
+mod testkit;
 
 pub use domain::{desired_domain, domain_diff, spec_hash};
 

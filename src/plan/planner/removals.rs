@@ -163,3 +163,74 @@ pub(super) fn plan_trash_expiry(fleet: &Fleet, state: &HostState, hp: &mut HostP
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use crate::plan::model::Action;
+    use crate::resources::observed::{DiskOwner, TrashEntry};
+
+    /// Trashed this many seconds before the retention ends (negative:
+    /// after) → purged.
+    #[test]
+    fn trash_expires_exactly_at_the_retention_boundary() {
+        let f = fleet(&[]);
+        let keep = f.settings.trash_retention_days * 86_400;
+        let table = [
+            (1_i64, false),
+            (0, true),
+            (-1, true),
+            (-(NOW as i64), false),
+        ];
+        for (before_end, purged) in table {
+            let mut state = converged(&f);
+            // A far-future stamp (the last row) must neither wrap nor purge.
+            let at = if before_end == -(NOW as i64) {
+                u64::MAX - 5
+            } else {
+                (NOW as i64 - keep as i64 + before_end) as u64
+            };
+            state.trash.insert(
+                format!("a-root@{at}"),
+                TrashEntry {
+                    owner: DiskOwner {
+                        fleet: "t".into(),
+                        machine: "a".into(),
+                        disk: "root".into(),
+                    },
+                    volume: "a-root".into(),
+                    trashed_at: at,
+                },
+            );
+            let mut hp = host_plan(&f);
+            super::plan_trash_expiry(&f, &state, &mut hp);
+            let (changes, _, _) = parts(hp);
+            assert_eq!(!changes.is_empty(), purged, "{before_end}");
+        }
+    }
+
+    /// Machines removed from the fleet: destroyed, unless protected.
+    #[test]
+    fn removed_machines_are_destroyed_unless_protected() {
+        for (protect, destroyed, refused) in [(false, 1, 0), (true, 0, 1)] {
+            let before = fleet(&[&format!(
+                "name = \"a\", protect = {}",
+                if protect { "True" } else { "False" }
+            )]);
+            let state = converged(&before);
+            let after = fleet(&[]);
+            let mut hp = host_plan(&after);
+            super::plan_removed_machines(&after, &state, &Default::default(), &mut hp);
+            let (changes, _, refusals) = parts(hp);
+            let destroys = changes
+                .iter()
+                .filter(|(_, c)| matches!(&c.action, Action::Destroy { volumes } if volumes == &["a-root"]))
+                .count();
+            assert_eq!(
+                (destroys, refusals.len()),
+                (destroyed, refused),
+                "protect={protect}"
+            );
+        }
+    }
+}

@@ -114,3 +114,60 @@ pub(super) fn plan(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use std::collections::BTreeSet;
+
+    /// Storage → the snapshot units of a machine with a data disk.
+    #[test]
+    fn units_are_per_disk_on_zfs_and_per_machine_on_dir() {
+        let m = "name = \"a\", snapshots = V.Snapshots::{ daily = 2 }, \
+                 dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 5 } ]";
+        let table = [
+            (
+                "V.Storage.Dir { path = \"/srv/vf\" }",
+                vec![("hv1/a", vec!["a-root", "a-data"])],
+            ),
+            (
+                "V.Storage.Zfs { parent = \"tank/vf\" }",
+                vec![
+                    ("hv1/a/root", vec!["a-root"]),
+                    ("hv1/a/data", vec!["a-data"]),
+                ],
+            ),
+        ];
+        for (storage, want) in table {
+            let f = fleet_on(storage, &[m]);
+            let state = converged(&f);
+            let units = super::units(
+                &host(&f).storage,
+                &state,
+                machine(&f, "a"),
+                "hv1/a",
+                &BTreeSet::new(),
+            );
+            let got: Vec<(&str, Vec<&str>)> = units
+                .iter()
+                .map(|u| {
+                    (
+                        u.address.as_str(),
+                        u.volumes.iter().map(String::as_str).collect(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, want, "{storage}");
+            // Due now: one daily snapshot per unit, named by today's stamp.
+            let mut hp = host_plan(&f);
+            super::plan(&mut hp, &state, machine(&f, "a"), "hv1/a", &BTreeSet::new());
+            let (changes, _, _) = parts(hp);
+            assert_eq!(changes.len(), want.len(), "{storage}: {changes:?}");
+            assert!(
+                changes
+                    .iter()
+                    .all(|(_, c)| c.address.contains("@vf-daily-"))
+            );
+        }
+    }
+}
