@@ -161,7 +161,7 @@ fn run_host(
                 StepError::Other(format!("host {name} is not in the fleet any more"))
             })?;
             let lv = Libvirt::open(&host.uri)?;
-            let t = transport_for(host).map_err(StepError::Other)?;
+            let t = transport_for(host).map_err(|e| StepError::Other(e.to_string()))?;
             Ok((lv, t, host))
         };
     match setup() {

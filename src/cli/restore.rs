@@ -63,7 +63,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             host.name
         );
     }
-    let t = transport_for(host).map_err(anyhow::Error::msg)?;
+    let t = transport_for(host)?;
     let storage = backend(host, t.as_ref());
     for (vol, (entry, _)) in &newest {
         storage

@@ -123,7 +123,7 @@ impl<'f> Target<'f> {
             .get(&vm)
             .ok_or_else(|| anyhow!("machine {name} is not in {}", fleet.source.display()))?;
         let host = &fleet.hosts[&machine.host];
-        let transport = transport_for(host).map_err(anyhow::Error::msg)?;
+        let transport = transport_for(host)?;
         Ok(Target {
             machine,
             host,

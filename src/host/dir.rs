@@ -140,9 +140,10 @@ impl<'a> DirStorage<'a> {
     /// Deletes an owned directory under `disks/.new-*` or `trash/` for good.
     fn remove_dir(&self, rel: &str) -> Result<(), StorageError> {
         if !(rel.starts_with("trash/") || rel.starts_with("disks/.new-")) || rel.contains("..") {
-            return Err(StorageError::Parse(format!(
-                "refusing to remove {rel:?}: not a trash entry or an incomplete disk"
-            )));
+            return Err(StorageError::NotRemovable {
+                path: rel.into(),
+                why: "not a trash entry or an incomplete disk",
+            });
         }
         self.t.run_ok(&["rm", "-rf", "--", &self.path(rel)])?;
         Ok(())

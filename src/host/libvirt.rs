@@ -16,9 +16,23 @@ use virt::sys;
 #[derive(Debug, thiserror::Error)]
 #[error("{uri}: {action}: {message}")]
 pub struct LibvirtError {
+    /// The connection's URI.
     pub uri: String,
+    /// What was being done (`cannot connect`, `domain web: define`).
     pub action: String,
+    /// libvirt's message.
     pub message: String,
+    /// The connection itself failed (no call was made on the host).
+    pub connecting: bool,
+}
+
+impl LibvirtError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        self.connecting.then_some(
+            "is libvirtd running on the host, and is the URI right? Locally, `scripts/libvirtd-start` starts one; over SSH, check that `ssh user@host` works without a prompt (key, known_hosts)",
+        )
+    }
 }
 
 /// An open connection.
@@ -40,6 +54,7 @@ impl Libvirt {
             uri: uri.into(),
             action: "cannot connect".into(),
             message: e.message().to_owned(),
+            connecting: true,
         })?;
         Ok(Libvirt {
             uri: uri.into(),
@@ -56,6 +71,7 @@ impl Libvirt {
             uri: self.uri.clone(),
             action,
             message: e.message().to_owned(),
+            connecting: false,
         }
     }
 
@@ -100,6 +116,7 @@ impl Libvirt {
                 uri: self.uri.clone(),
                 action: what("parse XML"),
                 message: m,
+                connecting: false,
             })?;
             let state = match dom.state().map_err(self.err(what("state")))?.0 {
                 virt::enumutil::Enum::Known(DomainState::Running | DomainState::Blocked) => {

@@ -28,10 +28,12 @@ pub fn backend<'a>(host: &Host, t: &'a dyn Transport) -> Box<dyn StorageBackend 
 /// The transport that reaches `host`'s storage: the fleet's `sshTarget`
 /// when given, else SSH to the host of a `qemu+ssh://` URI, else this
 /// machine for local libvirt URIs (`qemu:///system`, `qemu+unix:///...`).
-pub fn transport_for(host: &Host) -> Result<Box<dyn Transport>, String> {
+pub fn transport_for(host: &Host) -> Result<Box<dyn Transport>, HostError> {
     if let Some(t) = &host.ssh_target {
-        let mut target =
-            ssh::SshTarget::parse(t).map_err(|e| format!("host {}: sshTarget {e}", host.name))?;
+        let mut target = ssh::SshTarget::parse(t).map_err(|message| HostError::SshTarget {
+            host: host.name.to_string(),
+            message,
+        })?;
         // Key and known_hosts given in the URI apply to the override too.
         if let Some(from_uri) = ssh::SshTarget::from_uri(&host.uri) {
             target.keyfile = from_uri.keyfile;
@@ -45,10 +47,34 @@ pub fn transport_for(host: &Host) -> Result<Box<dyn Transport>, String> {
     if is_local_uri(&host.uri) {
         return Ok(Box::new(Local));
     }
-    Err(format!(
-        "host {}: cannot reach the storage of {} (not local, not qemu+ssh); set sshTarget",
-        host.name, host.uri
-    ))
+    Err(HostError::NoStorageTransport {
+        host: host.name.to_string(),
+        uri: host.uri.clone(),
+    })
+}
+
+/// Why a host's storage cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The fleet's `sshTarget` for the host does not parse.
+    #[error("host {host}: sshTarget {message}")]
+    SshTarget { host: String, message: String },
+    /// The URI is neither local nor SSH and no `sshTarget` says where the
+    /// storage commands should run.
+    #[error("host {host}: cannot reach the storage of {uri} (not local, not qemu+ssh)")]
+    NoStorageTransport { host: String, uri: String },
+}
+
+impl HostError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            HostError::SshTarget { .. } => Some("write sshTarget as user@host or user@host:port"),
+            HostError::NoStorageTransport { .. } => Some(
+                "set the host's sshTarget (user@host[:port]) so virtfleet can run zfs/qemu-img there",
+            ),
+        }
+    }
 }
 
 /// True for libvirt URIs without a remote hostname.

@@ -116,4 +116,30 @@ pub enum StorageError {
     /// A tool's output could not be read.
     #[error("cannot parse tool output: {0}")]
     Parse(String),
+    /// A zvol's block device did not appear after it was created.
+    #[error("{path} did not appear")]
+    DeviceMissing { path: String },
+    /// A removal was asked for something that is not a trash entry or a
+    /// half-made object of this fleet: refused, nothing was removed.
+    #[error("refusing to remove {path:?}: {why}")]
+    NotRemovable { path: String, why: &'static str },
+}
+
+impl StorageError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StorageError::Exec(e) => e.hint(),
+            StorageError::ImageHashMismatch { .. } => Some(
+                "the transfer to the host was corrupted, or the host's disk is failing; run apply again to retry the copy",
+            ),
+            StorageError::Exists(_) => Some(
+                "move the existing object away yourself (virtfleet never overwrites), then run the command again",
+            ),
+            StorageError::DeviceMissing { .. } => {
+                Some("zvol devices are made by udev on the host: is systemd-udevd running there?")
+            }
+            StorageError::Parse(_) | StorageError::NotRemovable { .. } => None,
+        }
+    }
 }

@@ -36,6 +36,21 @@ pub enum ExecError {
     },
 }
 
+impl ExecError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ExecError::Spawn { .. } => Some(
+                "is the program installed on the host (zfsutils-linux, qemu-utils), and is ssh on this machine's PATH?",
+            ),
+            ExecError::Failed { stderr, .. } if stderr.contains("Permission denied") => Some(
+                "virtfleet runs storage commands as the SSH user (or the local user): it needs root or the rights of the storage path",
+            ),
+            ExecError::Failed { .. } | ExecError::Io { .. } => None,
+        }
+    }
+}
+
 /// What a finished command printed.
 #[derive(Debug, Clone)]
 pub struct Output {

@@ -14,7 +14,7 @@
 //! observes everything; its parser is a pure function tested on real output.
 
 use super::storage::{StorageBackend, StorageError, copy_verified};
-use super::transport::Transport;
+use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
@@ -247,7 +247,7 @@ impl<'a> ZfsStorage<'a> {
             }
             let _ = self.t.run(&["udevadm", "settle", "--timeout=1"]);
         }
-        Err(StorageError::Parse(format!("{dev} did not appear")))
+        Err(StorageError::DeviceMissing { path: dev })
     }
 
     fn owner_props(owner: &DiskOwner) -> Vec<String> {
@@ -290,11 +290,11 @@ impl StorageBackend for ZfsStorage<'_> {
             if out.stderr.contains("does not exist") {
                 return Ok(StorageState::default());
             }
-            return Err(StorageError::Parse(format!(
-                "zfs list {}: {}",
-                self.parent,
-                out.stderr.trim()
-            )));
+            return Err(StorageError::Exec(ExecError::Failed {
+                argv: format!("zfs list {}", self.parent),
+                status: "non-zero exit".into(),
+                stderr: out.stderr.trim().into(),
+            }));
         }
         Ok(interpret(&self.parent, fleet, &parse_list(&out.stdout)?))
     }
@@ -507,9 +507,10 @@ impl StorageBackend for ZfsStorage<'_> {
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
         if !path.starts_with("images/") || path.contains('@') {
-            return Err(StorageError::Parse(format!(
-                "refusing to destroy {path:?}: not an incomplete base image"
-            )));
+            return Err(StorageError::NotRemovable {
+                path: path.into(),
+                why: "not an incomplete base image",
+            });
         }
         self.t.run_ok(&["zfs", "destroy", "-r", &self.ds(path)])?;
         Ok(())

@@ -10,7 +10,9 @@
 use crate::fleet::{Fleet, Host};
 use crate::host::backend;
 use crate::host::libvirt::Libvirt;
-use crate::host::transport_for;
+use crate::host::libvirt::LibvirtError;
+use crate::host::storage::StorageError;
+use crate::host::{HostError, transport_for};
 use crate::resources::observed::{
     FORMAT_VERSION, HostObservation, HostState, Observation, ObservedDomain,
 };
@@ -63,19 +65,35 @@ pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
         .collect();
     match try_observe(fleet.name.as_str(), host, &with_snapshots) {
         Ok(state) => HostObservation::Reachable(state),
-        Err(error) => HostObservation::Unreachable { error },
+        Err(error) => HostObservation::Unreachable {
+            error: error.to_string(),
+        },
     }
+}
+
+/// Why a host could not be observed. Saved observations keep only the
+/// text: an unreachable host is data for the plan, not a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// libvirt could not be reached or answered with an error.
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    /// The host's storage cannot be reached (no transport).
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// Listing the storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
 }
 
 fn try_observe(
     fleet: &str,
     host: &Host,
     with_snapshots: &BTreeSet<String>,
-) -> Result<HostState, String> {
-    let lv = Libvirt::open(&host.uri).map_err(|e| e.to_string())?;
+) -> Result<HostState, ObserveError> {
+    let lv = Libvirt::open(&host.uri)?;
     let domains: BTreeMap<String, ObservedDomain> = lv
-        .domains()
-        .map_err(|e| e.to_string())?
+        .domains()?
         .into_iter()
         .map(|d| (d.config.name.clone(), d))
         .collect();
@@ -92,9 +110,7 @@ fn try_observe(
         })
         .collect();
     let t = transport_for(host)?;
-    let storage = backend(host, t.as_ref())
-        .observe(fleet, &attached, with_snapshots)
-        .map_err(|e| format!("storage: {e}"))?;
+    let storage = backend(host, t.as_ref()).observe(fleet, &attached, with_snapshots)?;
     Ok(HostState {
         domains,
         images: storage.images,

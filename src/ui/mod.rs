@@ -136,14 +136,55 @@ pub fn print_error(err: &anyhow::Error) {
     }
 }
 
-fn hints(err: &anyhow::Error) -> Vec<&'static str> {
-    let text = format!("{err:#}");
-    let mut out = Vec::new();
-    if text.contains("cannot read") && text.contains("No such file") && text.contains(".dhall") {
-        out.push("run `virtfleet init` to scaffold a fleet, or pass `-f PATH` to use another file");
+/// A download that could not reach its server changed nothing locally.
+fn fetch_hint(e: &crate::lock::fetch::FetchError) -> Option<&'static str> {
+    use crate::lock::fetch::FetchError;
+    matches!(e, FetchError::Connect { .. }).then_some(
+        "is the server up and reachable from this machine? The lockfile and cache were left as they were",
+    )
+}
+
+/// A fleet file that does not exist: probably no fleet was made yet.
+fn eval_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
+    match e {
+        crate::fleet::EvalError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Some("run `virtfleet init` to scaffold a fleet, or pass `-f PATH` to use another file")
+        }
+        _ => None,
     }
-    if text.contains("Connection refused") || text.contains("cannot connect") {
-        out.push("is the server up and reachable from this machine? The lockfile and cache were left as they were");
+}
+
+/// The hints of every typed error in the chain: each error type knows
+/// what can be done about it, where it is made; nothing here guesses from
+/// message text.
+fn hints(err: &anyhow::Error) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for cause in err.chain() {
+        let hint = if let Some(e) = cause.downcast_ref::<crate::host::storage::StorageError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<crate::host::transport::ExecError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<crate::host::libvirt::LibvirtError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<crate::host::HostError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<crate::lock::fetch::FetchError>() {
+            fetch_hint(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::fleet::EvalError>() {
+            eval_hint(e)
+        } else if let Some(crate::fleet::LoadError::Eval(e)) =
+            cause.downcast_ref::<crate::fleet::LoadError>()
+        {
+            // LoadError is transparent over EvalError: the chain shows only it.
+            eval_hint(e)
+        } else {
+            None
+        };
+        if let Some(h) = hint.filter(|h| !out.contains(h)) {
+            out.push(h);
+        }
     }
     out
 }
@@ -265,5 +306,41 @@ fn step_line(address: &str, what: &str, error: Option<&str>, seconds: f64) -> St
     match error {
         None => format!("{address}: {what} ... done ({seconds:.1}s)"),
         Some(e) => format!("{address}: {what} ... FAILED: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hints;
+    use crate::host::libvirt::LibvirtError;
+    use crate::host::transport::ExecError;
+
+    fn libvirt(connecting: bool) -> LibvirtError {
+        LibvirtError {
+            uri: "qemu+ssh://root@hv1/system".into(),
+            action: "cannot connect".into(),
+            message: "Connection refused".into(),
+            connecting,
+        }
+    }
+
+    #[test]
+    fn hints_come_from_the_error_types_not_their_text() {
+        // A failed libvirt connection: the libvirtd hint, never the
+        // download hint, although the text says "Connection refused".
+        let err = anyhow::Error::new(libvirt(true)).context("observing hv1");
+        let got = hints(&err);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("libvirtd"), "{got:?}");
+        // A failed call on a working connection has nothing to add.
+        assert!(hints(&anyhow::Error::new(libvirt(false))).is_empty());
+        // Plain text that merely mentions a refused connection: no hint.
+        assert!(hints(&anyhow::anyhow!("cannot connect: Connection refused")).is_empty());
+        let spawn = ExecError::Spawn {
+            argv: "zfs list".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let got = hints(&anyhow::Error::new(spawn));
+        assert!(got[0].contains("installed"), "{got:?}");
     }
 }
