@@ -133,13 +133,13 @@ pub fn options(fleet: &crate::fleet::Fleet, args: &PlanArgs, now: u64) -> crate:
 pub fn render_plan(plan: &crate::plan::Plan, format: Format) -> String {
     let now = now();
     match format {
-        Format::Human => render::human::human(
+        Format::Human => render::human(
             plan,
             now,
             std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         ),
-        Format::Json => render::json::json(plan),
-        Format::Markdown => render::markdown::markdown(plan, now),
+        Format::Json => render::json(plan),
+        Format::Markdown => render::markdown(plan, now),
     }
 }
 

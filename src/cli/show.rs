@@ -1,7 +1,7 @@
 //! `virtfleet show`: the evaluated, validated fleet as tables or JSON.
 
 use super::{Context, EXIT_OK, load_fleet};
-use crate::fleet::{CpuMode, DomainType, Network, Power, Storage};
+use crate::fleet::{CpuMode, DomainType, Fleet, Network, Power, Storage};
 use crate::ui::table;
 
 /// Print the evaluated fleet: hosts and machines as tables, or --json.
@@ -34,6 +34,14 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         fleet.settings.allow_restart,
         fleet.settings.trash_retention_days
     );
+    print!("{}", hosts_table(&fleet));
+    println!();
+    print!("{}", machines_table(&fleet));
+    Ok(EXIT_OK)
+}
+
+/// One row per host: where it is, its storage, and how guests run there.
+fn hosts_table(fleet: &Fleet) -> String {
     let hosts: Vec<Vec<String>> = fleet
         .hosts
         .values()
@@ -66,16 +74,16 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "HOST", "URI", "STORAGE", "TYPE", "CPU", "NETWORK", "CAPACITY"
-            ],
-            &hosts
-        )
-    );
-    println!();
+    table(
+        &[
+            "HOST", "URI", "STORAGE", "TYPE", "CPU", "NETWORK", "CAPACITY",
+        ],
+        &hosts,
+    )
+}
+
+/// One row per machine, every default filled in.
+fn machines_table(fleet: &Fleet) -> String {
     let machines: Vec<Vec<String>> = fleet
         .machines
         .values()
@@ -113,23 +121,19 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &[
-                "MACHINE",
-                "HOST",
-                "IMAGE",
-                "CPUS",
-                "MEMORY",
-                "DISK",
-                "DATA",
-                "POWER",
-                "SNAPSHOTS",
-                "PROTECT"
-            ],
-            &machines
-        )
-    );
-    Ok(EXIT_OK)
+    table(
+        &[
+            "MACHINE",
+            "HOST",
+            "IMAGE",
+            "CPUS",
+            "MEMORY",
+            "DISK",
+            "DATA",
+            "POWER",
+            "SNAPSHOTS",
+            "PROTECT",
+        ],
+        &machines,
+    )
 }

@@ -2,8 +2,9 @@
 //! and the objects virtfleet does not own.
 
 use super::{Context, EXIT_INCOMPLETE, EXIT_OK};
-use crate::resources::observed::HostObservation;
-use crate::resources::observed::PowerState;
+use crate::fleet::{Fleet, Host};
+use crate::plan::Plan;
+use crate::resources::observed::{HostObservation, HostState, Observation, PowerState};
 use crate::ui::table;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -25,25 +26,36 @@ pub struct Args {
     json: bool,
 }
 
+/// One host in `status --json`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct HostStatus {
+    /// The host's libvirt URI.
     uri: String,
+    /// It could be observed.
     reachable: bool,
+    /// Why it could not be observed.
     error: Option<String>,
+    /// This fleet's machines on the host (declared or found).
     machines: Vec<MachineStatus>,
+    /// Objects that are not this fleet's (never touched).
     unmanaged: Vec<String>,
 }
 
+/// One machine in `status --json`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct MachineStatus {
     name: String,
+    /// `running`, `paused`, `stopped`, `other`, or `absent` (not defined).
     state: String,
+    /// `in sync`, or what `apply` would do (`; `-separated).
     sync: String,
+    /// IP addresses libvirt knows for the guest.
     addresses: Vec<String>,
 }
 
+/// The whole of `status --json`.
 #[derive(Serialize)]
 struct Status {
     fleet: String,
@@ -61,109 +73,124 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         source: crate::plan::Source::Live,
     };
     let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
-    let mut status = Status {
+    let status = Status {
         fleet: fleet.name.to_string(),
-        hosts: BTreeMap::new(),
+        hosts: fleet
+            .hosts
+            .values()
+            .map(|host| {
+                (
+                    host.name.to_string(),
+                    host_status(&fleet, host, &obs, &plan),
+                )
+            })
+            .collect(),
     };
-    for host in fleet.hosts.values() {
-        let h = host.name.to_string();
-        let mut hs = HostStatus {
-            uri: host.uri.clone(),
-            reachable: false,
-            error: None,
-            machines: Vec::new(),
-            unmanaged: plan.unmanaged.get(&h).cloned().unwrap_or_default(),
-        };
-        match obs.hosts.get(&h) {
-            Some(HostObservation::Reachable(state)) => {
-                hs.reachable = true;
-                let mut names: Vec<String> = fleet
-                    .machines_on(&host.name)
-                    .map(|m| m.name.to_string())
-                    .collect();
-                names.extend(state.managed(fleet.name.as_str()).map(|(n, _)| n.clone()));
-                names.sort();
-                names.dedup();
-                for n in names {
-                    let d = state.domains.get(&n);
-                    let prefix = format!("{h}/{n}");
-                    let mut sync: Vec<String> = plan
-                        .changes
-                        .iter()
-                        .chain(plan.pending.iter().map(|p| &p.change))
-                        .filter(|c| {
-                            c.address == prefix || c.address.starts_with(&format!("{prefix}/"))
-                        })
-                        .map(|c| c.action.describe())
-                        .collect();
-                    sync.extend(
-                        plan.refused
-                            .iter()
-                            .filter(|r| {
-                                r.address == prefix || r.address.starts_with(&format!("{prefix}/"))
-                            })
-                            .map(|r| format!("refused: {}", r.message)),
-                    );
-                    let state_s = match d.map(|d| d.state) {
-                        None => "absent",
-                        Some(PowerState::Running) => "running",
-                        Some(PowerState::Paused) => "paused",
-                        Some(PowerState::Stopped) => "stopped",
-                        Some(PowerState::Other) => "other",
-                    };
-                    hs.machines.push(MachineStatus {
-                        name: n.clone(),
-                        state: state_s.into(),
-                        sync: if sync.is_empty() {
-                            "in sync".into()
-                        } else {
-                            sync.join("; ")
-                        },
-                        addresses: d.map(|d| d.addresses.clone()).unwrap_or_default(),
-                    });
-                }
-            }
-            Some(HostObservation::Unreachable { error }) => hs.error = Some(error.clone()),
-            None => hs.error = Some("not observed".into()),
-        }
-        status.hosts.insert(h, hs);
-    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        for (h, hs) in &status.hosts {
-            match &hs.error {
-                Some(e) => println!("host {h} ({}): UNREACHABLE: {e}\n", hs.uri),
-                None => {
-                    println!("host {h} ({})", hs.uri);
-                    let rows: Vec<Vec<String>> = hs
-                        .machines
-                        .iter()
-                        .map(|m| {
-                            vec![
-                                m.name.clone(),
-                                m.state.clone(),
-                                if m.addresses.is_empty() {
-                                    "-".into()
-                                } else {
-                                    m.addresses.join(",")
-                                },
-                                m.sync.clone(),
-                            ]
-                        })
-                        .collect();
-                    print!("{}", table(&["MACHINE", "STATE", "ADDRESS", "SYNC"], &rows));
-                    if !hs.unmanaged.is_empty() {
-                        println!("unmanaged (never touched): {}", hs.unmanaged.join(", "));
-                    }
-                    println!();
-                }
-            }
-        }
+        print_tables(&status);
     }
     Ok(if status.hosts.values().any(|h| !h.reachable) {
         EXIT_INCOMPLETE
     } else {
         EXIT_OK
     })
+}
+
+/// One host's status: its machines (declared here, or managed and found
+/// here), or why it could not be observed.
+fn host_status(fleet: &Fleet, host: &Host, obs: &Observation, plan: &Plan) -> HostStatus {
+    let h = host.name.to_string();
+    let mut hs = HostStatus {
+        uri: host.uri.clone(),
+        reachable: false,
+        error: None,
+        machines: Vec::new(),
+        unmanaged: plan.unmanaged.get(&h).cloned().unwrap_or_default(),
+    };
+    match obs.hosts.get(&h) {
+        Some(HostObservation::Reachable(state)) => {
+            hs.reachable = true;
+            let mut names: Vec<String> = fleet
+                .machines_on(&host.name)
+                .map(|m| m.name.to_string())
+                .collect();
+            names.extend(state.managed(fleet.name.as_str()).map(|(n, _)| n.clone()));
+            names.sort();
+            names.dedup();
+            hs.machines = names
+                .into_iter()
+                .map(|n| machine_status(&h, n, state, plan))
+                .collect();
+        }
+        Some(HostObservation::Unreachable { error }) => hs.error = Some(error.clone()),
+        None => hs.error = Some("not observed".into()),
+    }
+    hs
+}
+
+/// A machine's power state and what the plan would do to it.
+fn machine_status(h: &str, n: String, state: &HostState, plan: &Plan) -> MachineStatus {
+    let d = state.domains.get(&n);
+    let prefix = format!("{h}/{n}");
+    let mine = |address: &str| address == prefix || address.starts_with(&format!("{prefix}/"));
+    let mut sync: Vec<String> = plan
+        .changes
+        .iter()
+        .chain(plan.pending.iter().map(|p| &p.change))
+        .filter(|c| mine(&c.address))
+        .map(|c| c.action.describe())
+        .collect();
+    sync.extend(
+        plan.refused
+            .iter()
+            .filter(|r| mine(&r.address))
+            .map(|r| format!("refused: {}", r.message)),
+    );
+    let state_s = match d.map(|d| d.state) {
+        None => "absent",
+        Some(PowerState::Running) => "running",
+        Some(PowerState::Paused) => "paused",
+        Some(PowerState::Stopped) => "stopped",
+        Some(PowerState::Other) => "other",
+    };
+    MachineStatus {
+        state: state_s.into(),
+        sync: if sync.is_empty() {
+            "in sync".into()
+        } else {
+            sync.join("; ")
+        },
+        addresses: d.map(|d| d.addresses.clone()).unwrap_or_default(),
+        name: n,
+    }
+}
+
+/// The human form: a table per host.
+fn print_tables(status: &Status) {
+    for (h, hs) in &status.hosts {
+        if let Some(e) = &hs.error {
+            println!("host {h} ({}): UNREACHABLE: {e}\n", hs.uri);
+            continue;
+        }
+        println!("host {h} ({})", hs.uri);
+        let rows: Vec<Vec<String>> = hs
+            .machines
+            .iter()
+            .map(|m| {
+                let addresses = if m.addresses.is_empty() {
+                    "-".into()
+                } else {
+                    m.addresses.join(",")
+                };
+                vec![m.name.clone(), m.state.clone(), addresses, m.sync.clone()]
+            })
+            .collect();
+        print!("{}", table(&["MACHINE", "STATE", "ADDRESS", "SYNC"], &rows));
+        if !hs.unmanaged.is_empty() {
+            println!("unmanaged (never touched): {}", hs.unmanaged.join(", "));
+        }
+        println!();
+    }
 }

@@ -19,6 +19,7 @@
 use super::storage::{StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
+use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -54,11 +55,11 @@ impl<'a> DirStorage<'a> {
 
     /// Path of a base image.
     pub fn image_path(&self, sha256: &str, format: &str) -> String {
-        self.path(&format!("images/{sha256}.{format}"))
+        self.path(&layout::dir_image_rel(sha256, format))
     }
 
     fn file_path(&self, volume: &str) -> String {
-        self.path(&format!("disks/{volume}/disk.qcow2"))
+        self.path(&layout::dir_disk_file_rel(volume))
     }
 
     /// Lists everything under the root in one command, then reads every
@@ -151,10 +152,6 @@ impl<'a> DirStorage<'a> {
 }
 
 impl StorageBackend for DirStorage<'_> {
-    fn disk_path(&self, volume: &str) -> String {
-        self.file_path(volume)
-    }
-
     fn observe(
         &self,
         fleet: &str,
@@ -262,7 +259,7 @@ impl StorageBackend for DirStorage<'_> {
         size_gib: u64,
         base: Option<(&str, &str)>,
     ) -> Result<(), StorageError> {
-        let final_dir = self.path(&format!("disks/{volume}"));
+        let final_dir = self.path(&layout::disk_rel(volume));
         if self.t.run(&["test", "-d", &final_dir])?.success {
             return Ok(());
         }
@@ -317,7 +314,7 @@ impl StorageBackend for DirStorage<'_> {
     fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
         if !self
             .t
-            .run(&["test", "-d", &self.path(&format!("disks/{volume}"))])?
+            .run(&["test", "-d", &self.path(&layout::disk_rel(volume))])?
             .success
         {
             return Ok(());
@@ -326,24 +323,28 @@ impl StorageBackend for DirStorage<'_> {
         self.t.run_ok(&[
             "mv",
             "-T",
-            &self.path(&format!("disks/{volume}")),
-            &self.path(&format!("trash/{volume}@{now}")),
+            &self.path(&layout::disk_rel(volume)),
+            &self.path(&layout::dir_trash_rel(volume, now)),
         ])?;
         Ok(())
     }
 
     fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
-        let dest = self.path(&format!("disks/{volume}"));
+        let dest = self.path(&layout::disk_rel(volume));
         if self.t.run(&["test", "-e", &dest])?.success {
             return Err(StorageError::Exists(dest));
         }
-        self.t
-            .run_ok(&["mv", "-T", &self.path(&format!("trash/{entry}")), &dest])?;
+        self.t.run_ok(&[
+            "mv",
+            "-T",
+            &self.path(&layout::trash_entry_rel(entry)),
+            &dest,
+        ])?;
         Ok(())
     }
 
     fn purge(&self, entry: &str) -> Result<(), StorageError> {
-        self.remove_dir(&format!("trash/{entry}"))
+        self.remove_dir(&layout::trash_entry_rel(entry))
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {

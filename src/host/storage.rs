@@ -23,8 +23,6 @@ pub trait StorageBackend {
         attached: &BTreeMap<String, u64>,
         with_snapshots: &BTreeSet<String>,
     ) -> Result<StorageState, StorageError>;
-    /// Path a domain uses for `volume`.
-    fn disk_path(&self, volume: &str) -> String;
     /// Puts a verified base image on the host (hash checked on the host).
     fn ensure_image(
         &self,

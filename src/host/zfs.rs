@@ -16,6 +16,7 @@
 use super::storage::{StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
+use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -132,50 +133,54 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
                 _ => state.incomplete.push(rel.to_owned()),
             },
             ("disks", "volume") if ours => {
-                let owner = owner_of(r, fleet);
-                let prefix = format!("{}@", r.name);
-                let mut snapshots: Vec<String> = snapshots
-                    .iter()
-                    .filter_map(|s| s.strip_prefix(&prefix))
-                    .map(str::to_owned)
-                    .collect();
-                snapshots.sort();
-                let path = format!("/dev/zvol/{}", r.name);
-                state.disks.insert(
-                    leaf.to_owned(),
-                    OwnedDisk {
-                        owner,
-                        path,
-                        size_bytes: r.volsize.unwrap_or(0),
-                        snapshots,
-                    },
-                );
+                state
+                    .disks
+                    .insert(leaf.to_owned(), owned_disk(r, fleet, &snapshots));
             }
-            ("trash", "volume") if ours => {
-                let stamped = r
-                    .props
-                    .get("virtfleet:trashed-at")
-                    .and_then(|t| t.parse().ok())
-                    .or_else(|| leaf.rsplit_once('-').and_then(|(_, t)| t.parse().ok()));
-                let volume = leaf.rsplit_once('-').map(|(v, _)| v).unwrap_or(leaf);
-                match stamped {
-                    Some(t) => {
-                        state.trash.insert(
-                            leaf.to_owned(),
-                            TrashEntry {
-                                owner: owner_of(r, fleet),
-                                volume: volume.to_owned(),
-                                trashed_at: t,
-                            },
-                        );
-                    }
-                    None => state.unmanaged.push(rel.to_owned()),
+            ("trash", "volume") if ours => match trash_entry(r, fleet, leaf) {
+                Some(t) => {
+                    state.trash.insert(leaf.to_owned(), t);
                 }
-            }
+                None => state.unmanaged.push(rel.to_owned()),
+            },
             _ => state.unmanaged.push(rel.to_owned()),
         }
     }
     state
+}
+
+/// A disk zvol of this fleet, with the names of its snapshots.
+fn owned_disk(r: &Row, fleet: &str, all_snapshots: &[&str]) -> OwnedDisk {
+    let prefix = format!("{}@", r.name);
+    let mut snapshots: Vec<String> = all_snapshots
+        .iter()
+        .filter_map(|s| s.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect();
+    snapshots.sort();
+    OwnedDisk {
+        owner: owner_of(r, fleet),
+        path: format!("/dev/zvol/{}", r.name),
+        size_bytes: r.volsize.unwrap_or(0),
+        snapshots,
+    }
+}
+
+/// A trash zvol of this fleet, named `<volume>-<unix>`; stamped by its
+/// `virtfleet:trashed-at` property, else by its name. `None` when neither
+/// gives a time (then it is not treated as virtfleet's).
+fn trash_entry(r: &Row, fleet: &str, leaf: &str) -> Option<TrashEntry> {
+    let stamped = r
+        .props
+        .get("virtfleet:trashed-at")
+        .and_then(|t| t.parse().ok())
+        .or_else(|| leaf.rsplit_once('-').and_then(|(_, t)| t.parse().ok()))?;
+    let volume = leaf.rsplit_once('-').map(|(v, _)| v).unwrap_or(leaf);
+    Some(TrashEntry {
+        owner: owner_of(r, fleet),
+        volume: volume.to_owned(),
+        trashed_at: stamped,
+    })
 }
 
 fn owner_of(r: &Row, fleet: &str) -> DiskOwner {
@@ -265,10 +270,6 @@ impl<'a> ZfsStorage<'a> {
 }
 
 impl StorageBackend for ZfsStorage<'_> {
-    fn disk_path(&self, volume: &str) -> String {
-        format!("/dev/zvol/{}", self.ds(&format!("disks/{volume}")))
-    }
-
     fn observe(
         &self,
         fleet: &str,
@@ -309,7 +310,7 @@ impl StorageBackend for ZfsStorage<'_> {
         format: &str,
         progress: &dyn Progress,
     ) -> Result<(), StorageError> {
-        let ds = self.ds(&format!("images/{}", &sha256[..16]));
+        let ds = self.ds(&layout::zfs_image_rel(sha256));
         let done = self
             .t
             .run(&["zfs", "get", "-Hp", "-o", "value", "virtfleet:sha256", &ds])?;
@@ -372,7 +373,7 @@ impl StorageBackend for ZfsStorage<'_> {
         size_gib: u64,
         base: Option<(&str, &str)>,
     ) -> Result<(), StorageError> {
-        let ds = self.ds(&format!("disks/{volume}"));
+        let ds = self.ds(&layout::disk_rel(volume));
         if self.exists(&ds)? {
             return Ok(());
         }
@@ -390,10 +391,7 @@ impl StorageBackend for ZfsStorage<'_> {
         argv.extend(["-o".into(), "volmode=dev".into()]);
         argv.extend(props);
         if let Some((sha, _)) = base {
-            argv.push(format!(
-                "{}@base",
-                self.ds(&format!("images/{}", &sha[..16]))
-            ));
+            argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
         }
         argv.push(ds.clone());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -408,18 +406,18 @@ impl StorageBackend for ZfsStorage<'_> {
             "zfs",
             "set",
             &format!("volsize={size_gib}G"),
-            &self.ds(&format!("disks/{volume}")),
+            &self.ds(&layout::disk_rel(volume)),
         ])?;
         Ok(())
     }
 
     fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
-        let ds = self.ds(&format!("disks/{volume}"));
+        let ds = self.ds(&layout::disk_rel(volume));
         if !self.exists(&ds)? {
             return Ok(());
         }
         self.containers()?;
-        let dest = self.ds(&format!("trash/{volume}-{now}"));
+        let dest = self.ds(&layout::zfs_trash_rel(volume, now));
         self.t.run_ok(&["zfs", "rename", &ds, &dest])?;
         self.t
             .run_ok(&["zfs", "set", &format!("virtfleet:trashed-at={now}"), &dest])?;
@@ -427,25 +425,33 @@ impl StorageBackend for ZfsStorage<'_> {
     }
 
     fn restore(&self, entry: &str, volume: &str) -> Result<(), StorageError> {
-        let dest = self.ds(&format!("disks/{volume}"));
+        let dest = self.ds(&layout::disk_rel(volume));
         if self.exists(&dest)? {
             return Err(StorageError::Exists(dest));
         }
-        self.t
-            .run_ok(&["zfs", "rename", &self.ds(&format!("trash/{entry}")), &dest])?;
+        self.t.run_ok(&[
+            "zfs",
+            "rename",
+            &self.ds(&layout::trash_entry_rel(entry)),
+            &dest,
+        ])?;
         self.t
             .run_ok(&["zfs", "inherit", "virtfleet:trashed-at", &dest])?;
         Ok(())
     }
 
     fn purge(&self, entry: &str) -> Result<(), StorageError> {
-        self.t
-            .run_ok(&["zfs", "destroy", "-r", &self.ds(&format!("trash/{entry}"))])?;
+        self.t.run_ok(&[
+            "zfs",
+            "destroy",
+            "-r",
+            &self.ds(&layout::trash_entry_rel(entry)),
+        ])?;
         Ok(())
     }
 
     fn snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
-        let snap = format!("{}@{name}", self.ds(&format!("disks/{volume}")));
+        let snap = format!("{}@{name}", self.ds(&layout::disk_rel(volume)));
         if !self.exists(&snap)? {
             self.t
                 .run_ok(&["zfs", "snapshot", "-o", "virtfleet:managed=true", &snap])?;
@@ -454,7 +460,7 @@ impl StorageBackend for ZfsStorage<'_> {
     }
 
     fn destroy_snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
-        let snap = format!("{}@{name}", self.ds(&format!("disks/{volume}")));
+        let snap = format!("{}@{name}", self.ds(&layout::disk_rel(volume)));
         if self.exists(&snap)? {
             self.t.run_ok(&["zfs", "destroy", &snap])?;
         }
@@ -466,7 +472,7 @@ impl StorageBackend for ZfsStorage<'_> {
             "zfs",
             "rollback",
             "-r",
-            &format!("{}@{name}", self.ds(&format!("disks/{volume}"))),
+            &format!("{}@{name}", self.ds(&layout::disk_rel(volume))),
         ])?;
         Ok(())
     }
@@ -487,7 +493,7 @@ impl StorageBackend for ZfsStorage<'_> {
 
     /// In creation order (`createtxg`), which is what `zfs rollback -r` follows.
     fn snapshot_list(&self, volume: &str) -> Result<Vec<String>, StorageError> {
-        let ds = self.ds(&format!("disks/{volume}"));
+        let ds = self.ds(&layout::disk_rel(volume));
         let out = self.t.run_ok(&[
             "zfs",
             "list",

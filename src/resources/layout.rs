@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! Dir:  <path>/images/<sha256>.<raw|qcow2>   <path>/disks/<vol>/disk.qcow2   <path>/trash/<vol>@<unix>/
-//! Zfs:  <parent>/images/<sha256[..16]>       <parent>/disks/<vol>            <parent>/trash/<vol>@<unix>
+//! Zfs:  <parent>/images/<sha256[..16]>       <parent>/disks/<vol>            <parent>/trash/<vol>-<unix>
 //! ```
 
 use crate::fleet::Storage;
@@ -21,9 +21,21 @@ pub fn disk_rel(volume: &str) -> String {
     format!("disks/{volume}")
 }
 
-/// The trash entry a disk becomes when it is destroyed at `at` (unix seconds).
-pub fn trash_rel(volume: &str, at: u64) -> String {
+/// Dir hosts: the trash entry a disk becomes when it is destroyed at `at`
+/// (unix seconds).
+pub fn dir_trash_rel(volume: &str, at: u64) -> String {
     format!("trash/{volume}@{at}")
+}
+
+/// ZFS hosts: the trash dataset a disk becomes when destroyed at `at`
+/// (`@` is reserved for snapshots in dataset names, hence `-`).
+pub fn zfs_trash_rel(volume: &str, at: u64) -> String {
+    format!("trash/{volume}-{at}")
+}
+
+/// A trash entry by its name, relative to the storage root.
+pub fn trash_entry_rel(entry: &str) -> String {
+    format!("trash/{entry}")
 }
 
 /// Dir hosts: the qcow2 file of a disk, relative to the storage path.
@@ -88,7 +100,8 @@ mod tests {
         );
         assert_eq!(disk_format(&dir), "qcow2");
         assert_eq!(disk_format(&zfs), "raw");
-        assert_eq!(trash_rel("web-root", 17), "trash/web-root@17");
+        assert_eq!(dir_trash_rel("web-root", 17), "trash/web-root@17");
+        assert_eq!(zfs_trash_rel("web-root", 17), "trash/web-root-17");
         assert_eq!(
             zfs_image_rel(&"ab".repeat(32)),
             format!("images/{}", "ab".repeat(8))

@@ -9,6 +9,26 @@ use std::fmt::Write;
 /// Renders `plan` as Markdown; `now` (unix seconds) dates a saved observation.
 pub fn markdown(plan: &Plan, now: u64) -> String {
     let mut out = String::new();
+    header(&mut out, plan, now);
+    changes_table(&mut out, plan);
+    lists(&mut out, plan);
+    for c in plan
+        .changes
+        .iter()
+        .chain(plan.pending.iter().map(|p| &p.change))
+    {
+        diff_block(&mut out, c);
+    }
+    // Exactly one trailing newline.
+    let end = out.trim_end().len();
+    out.truncate(end);
+    out.push('\n');
+    out
+}
+
+/// Title, summary, and the notes about where the observation came from and
+/// which hosts it misses.
+fn header(out: &mut String, plan: &Plan, now: u64) {
     let _ = writeln!(out, "### virtfleet plan for `{}`\n", plan.fleet);
     if plan.is_empty() {
         let _ = writeln!(
@@ -33,74 +53,69 @@ pub fn markdown(plan: &Plan, now: u64) -> String {
             cell(reason)
         );
     }
+}
 
-    if !plan.changes.is_empty() {
-        let _ = writeln!(out, "| | address | action | disruption | reason |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
-        // Host by host, in the order the human rendering uses.
-        for host in hosts(plan) {
-            for c in plan.changes.iter().filter(|c| c.host == host) {
-                let _ = writeln!(
-                    out,
-                    "| `{}` | `{}` | {} | {} | {} |",
-                    symbol(c),
-                    cell(&c.address),
-                    cell(&c.action.describe()),
-                    c.disruption.as_str(),
-                    cell(&c.reason)
-                );
-            }
-        }
-        out.push('\n');
+/// The changes to apply, host by host in the order the human rendering uses.
+fn changes_table(out: &mut String, plan: &Plan) {
+    if plan.changes.is_empty() {
+        return;
     }
-
-    if !plan.pending.is_empty() {
-        let _ = writeln!(out, "#### Pending (need permission)\n");
-        for p in &plan.pending {
-            let c = &p.change;
+    let _ = writeln!(out, "| | address | action | disruption | reason |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for host in hosts(plan) {
+        for c in plan.changes.iter().filter(|c| c.host == host) {
             let _ = writeln!(
                 out,
-                "- `{}` `{}` {} [{}]: {}. Needs {}.",
+                "| `{}` | `{}` | {} | {} | {} |",
                 symbol(c),
-                c.address,
-                c.action.describe(),
+                cell(&c.address),
+                cell(&c.action.describe()),
                 c.disruption.as_str(),
-                c.reason,
-                p.needs
+                cell(&c.reason)
             );
         }
-        out.push('\n');
     }
-
-    if !plan.refused.is_empty() {
-        let _ = writeln!(out, "#### Refused\n");
-        for r in &plan.refused {
-            let _ = writeln!(out, "- `{}`: {}", r.address, r.message);
-        }
-        out.push('\n');
-    }
-
-    if !plan.unmanaged.is_empty() {
-        let _ = writeln!(out, "#### Unmanaged (never touched)\n");
-        for (host, items) in &plan.unmanaged {
-            let _ = writeln!(out, "- {host}: {}", items.join(", "));
-        }
-        out.push('\n');
-    }
-
-    for c in plan
-        .changes
-        .iter()
-        .chain(plan.pending.iter().map(|p| &p.change))
-    {
-        diff_block(&mut out, c);
-    }
-
-    // Exactly one trailing newline.
-    let end = out.trim_end().len();
-    out.truncate(end);
     out.push('\n');
-    out
+}
+
+/// Pending, refused and unmanaged, each a titled list when not empty.
+fn lists(out: &mut String, plan: &Plan) {
+    let pending = plan.pending.iter().map(|p| {
+        let c = &p.change;
+        format!(
+            "- `{}` `{}` {} [{}]: {}. Needs {}.",
+            symbol(c),
+            c.address,
+            c.action.describe(),
+            c.disruption.as_str(),
+            c.reason,
+            p.needs
+        )
+    });
+    section(out, "Pending (need permission)", pending);
+    let refused = plan
+        .refused
+        .iter()
+        .map(|r| format!("- `{}`: {}", r.address, r.message));
+    section(out, "Refused", refused);
+    let unmanaged = plan
+        .unmanaged
+        .iter()
+        .map(|(host, items)| format!("- {host}: {}", items.join(", ")));
+    section(out, "Unmanaged (never touched)", unmanaged);
+}
+
+/// `#### title` and its lines, or nothing when there are none.
+fn section(out: &mut String, title: &str, lines: impl Iterator<Item = String>) {
+    let mut lines = lines.peekable();
+    if lines.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(out, "#### {title}\n");
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    out.push('\n');
 }
 
 /// A table cell: `|` escaped, line breaks flattened.

@@ -7,9 +7,9 @@
 //! one-line description of a change, and how ages are spelled ([`age`]), so
 //! the three renderings never disagree about a plan.
 
-pub mod human;
-pub mod json;
-pub mod markdown;
+mod human;
+mod json;
+mod markdown;
 
 pub use human::human;
 pub use json::json;
