@@ -145,6 +145,19 @@ impl DomainSpec {
             "  <os>\n    <type arch='x86_64'>hvm</type>\n    <boot dev='hd'/>\n  </os>"
         );
         let _ = writeln!(x, "  <features>\n    <acpi/>\n    <apic/>\n  </features>");
+        self.write_cpu(&mut x);
+        x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n");
+        x.push_str("  <devices>\n");
+        self.write_disks(&mut x);
+        self.write_nic(&mut x);
+        x.push_str("    <serial type='pty'/>\n    <console type='pty'/>\n");
+        x.push_str("    <memballoon model='virtio'/>\n");
+        x.push_str("  </devices>\n</domain>\n");
+        x
+    }
+
+    /// `<cpu>`: absent for the hypervisor's default model.
+    fn write_cpu(&self, x: &mut String) {
         match &self.cpu_mode {
             CpuMode::HostPassthrough => x.push_str("  <cpu mode='host-passthrough'/>\n"),
             CpuMode::HostModel => x.push_str("  <cpu mode='host-model'/>\n"),
@@ -157,8 +170,9 @@ impl DomainSpec {
             }
             CpuMode::Default => {}
         }
-        x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n");
-        x.push_str("  <devices>\n");
+    }
+
+    fn write_disks(&self, x: &mut String) {
         for d in &self.disks {
             // zvols (and other devices) are block disks; images are files.
             let (kind, attr) = if d.path.starts_with("/dev/") {
@@ -174,36 +188,21 @@ impl DomainSpec {
                 esc(&d.target)
             );
         }
-        match &self.nic {
-            Some(Nic::Network { network, mac }) => {
-                let _ = writeln!(
-                    x,
-                    "    <interface type='network'>\n      <mac address='{}'/>\n      <source network='{}'/>\n      <model type='virtio'/>\n    </interface>",
-                    esc(mac),
-                    esc(network)
-                );
-            }
-            Some(Nic::Bridge { bridge, mac }) => {
-                let _ = writeln!(
-                    x,
-                    "    <interface type='bridge'>\n      <mac address='{}'/>\n      <source bridge='{}'/>\n      <model type='virtio'/>\n    </interface>",
-                    esc(mac),
-                    esc(bridge)
-                );
-            }
-            Some(Nic::User { mac }) => {
-                let _ = writeln!(
-                    x,
-                    "    <interface type='user'>\n      <mac address='{}'/>\n      <model type='virtio'/>\n    </interface>",
-                    esc(mac)
-                );
-            }
-            None => {}
+    }
+
+    fn write_nic(&self, x: &mut String) {
+        let (kind, mac, source) = match &self.nic {
+            Some(Nic::Network { network, mac }) => ("network", mac, Some(("network", network))),
+            Some(Nic::Bridge { bridge, mac }) => ("bridge", mac, Some(("bridge", bridge))),
+            Some(Nic::User { mac }) => ("user", mac, None),
+            None => return,
+        };
+        let _ = writeln!(x, "    <interface type='{kind}'>");
+        let _ = writeln!(x, "      <mac address='{}'/>", esc(mac));
+        if let Some((attr, value)) = source {
+            let _ = writeln!(x, "      <source {attr}='{}'/>", esc(value));
         }
-        x.push_str("    <serial type='pty'/>\n    <console type='pty'/>\n");
-        x.push_str("    <memballoon model='virtio'/>\n");
-        x.push_str("  </devices>\n</domain>\n");
-        x
+        let _ = writeln!(x, "      <model type='virtio'/>\n    </interface>");
     }
 
     /// Parses the managed fields out of libvirt's XML for a domain.
@@ -211,9 +210,6 @@ impl DomainSpec {
         let doc =
             roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
         let root = doc.root_element();
-        fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
-            n.children().find(|c| c.has_tag_name(tag))
-        }
         let text = |tag: &str| {
             child(root, tag)
                 .and_then(|n| n.text())
@@ -225,115 +221,117 @@ impl DomainSpec {
             Some("kvm") => DomainType::Kvm,
             _ => DomainType::Qemu,
         };
-        let mib = |tag: &str| -> u64 {
-            child(root, tag)
-                .map(|n| {
-                    let v: u64 = n.text().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-                    match n.attribute("unit").unwrap_or("KiB") {
-                        "b" | "bytes" => v / (1024 * 1024),
-                        "KB" => v * 1000 / (1024 * 1024),
-                        "k" | "KiB" => v / 1024,
-                        "MB" => v * 1_000_000 / (1024 * 1024),
-                        "M" | "MiB" => v,
-                        "G" | "GiB" => v * 1024,
-                        _ => v / 1024,
-                    }
-                })
-                .unwrap_or(0)
-        };
-        let memory_mib = mib("memory");
-        let current_memory_mib = match child(root, "currentMemory") {
-            Some(_) => mib("currentMemory"),
-            None => memory_mib,
-        };
+        let memory_mib = child(root, "memory").map(mib).unwrap_or(0);
+        let current_memory_mib = child(root, "currentMemory").map_or(memory_mib, mib);
         let vcpus = text("vcpu").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let cpu_mode = match child(root, "cpu") {
-            None => CpuMode::Default,
-            Some(c) => match c.attribute("mode") {
-                Some("host-passthrough") => CpuMode::HostPassthrough,
-                Some("host-model") => CpuMode::HostModel,
-                _ => match child(c, "model").and_then(|m| m.text()) {
-                    Some(m) => CpuMode::Model(m.trim().to_owned()),
-                    None => CpuMode::Default,
-                },
-            },
-        };
-        let mut disks = Vec::new();
-        let mut nic = None;
-        if let Some(devices) = child(root, "devices") {
-            for d in devices
-                .children()
-                .filter(|c| c.has_tag_name("disk") && c.attribute("device") == Some("disk"))
-            {
-                let path = child(d, "source")
-                    .and_then(|s| s.attribute("file").or(s.attribute("dev")))
-                    .unwrap_or("")
-                    .to_owned();
-                let target = child(d, "target")
-                    .and_then(|t| t.attribute("dev"))
-                    .unwrap_or("")
-                    .to_owned();
-                let format = child(d, "driver")
-                    .and_then(|t| t.attribute("type"))
-                    .unwrap_or("raw")
-                    .to_owned();
-                disks.push(DiskRef {
-                    target,
-                    path,
-                    format,
-                });
-            }
-            if let Some(i) = devices.children().find(|c| c.has_tag_name("interface")) {
-                let mac = child(i, "mac")
-                    .and_then(|m| m.attribute("address"))
-                    .unwrap_or("")
-                    .to_owned();
-                let source = |attr: &str| {
-                    child(i, "source")
-                        .and_then(|s| s.attribute(attr))
-                        .unwrap_or("")
-                        .to_owned()
-                };
-                nic = match i.attribute("type") {
-                    Some("network") => Some(Nic::Network {
-                        network: source("network"),
-                        mac,
-                    }),
-                    Some("bridge") => Some(Nic::Bridge {
-                        bridge: source("bridge"),
-                        mac,
-                    }),
-                    Some("user") => Some(Nic::User { mac }),
-                    _ => None,
-                };
-            }
-        }
-        let owner = child(root, "metadata")
-            .and_then(|m| {
-                m.children().find(|c| {
-                    c.tag_name().namespace() == Some(METADATA_NS) && c.tag_name().name() == "owner"
-                })
-            })
-            .map(|o| Owner {
-                fleet: o.attribute("fleet").unwrap_or("").to_owned(),
-                host: o.attribute("host").unwrap_or("").to_owned(),
-                machine: o.attribute("machine").unwrap_or("").to_owned(),
-                spec_hash: o.attribute("spec").unwrap_or("").to_owned(),
-                protect: o.attribute("protect") == Some("true"),
-            });
+        let devices = child(root, "devices");
         Ok(DomainSpec {
             name,
             uuid,
             domain_type,
-            cpu_mode,
+            cpu_mode: child(root, "cpu").map_or(CpuMode::Default, cpu_mode),
             vcpus,
             memory_mib,
             current_memory_mib,
-            disks,
-            nic,
-            owner,
+            disks: devices.map(disks).unwrap_or_default(),
+            nic: devices.and_then(nic),
+            owner: child(root, "metadata").and_then(owner),
         })
     }
+}
+
+type Node<'a, 'i> = roxmltree::Node<'a, 'i>;
+
+/// The first child element of `n` named `tag`.
+fn child<'a, 'i>(n: Node<'a, 'i>, tag: &str) -> Option<Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+/// A memory element (`<memory unit='KiB'>`) in MiB, whatever its unit.
+fn mib(n: Node<'_, '_>) -> u64 {
+    let v: u64 = n.text().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    match n.attribute("unit").unwrap_or("KiB") {
+        "b" | "bytes" => v / (1024 * 1024),
+        "KB" => v * 1000 / (1024 * 1024),
+        "k" | "KiB" => v / 1024,
+        "MB" => v * 1_000_000 / (1024 * 1024),
+        "M" | "MiB" => v,
+        "G" | "GiB" => v * 1024,
+        _ => v / 1024,
+    }
+}
+
+fn cpu_mode(c: Node<'_, '_>) -> CpuMode {
+    match c.attribute("mode") {
+        Some("host-passthrough") => CpuMode::HostPassthrough,
+        Some("host-model") => CpuMode::HostModel,
+        _ => match child(c, "model").and_then(|m| m.text()) {
+            Some(m) => CpuMode::Model(m.trim().to_owned()),
+            None => CpuMode::Default,
+        },
+    }
+}
+
+/// Every `<disk device='disk'>` (not CD-ROMs), in document order.
+fn disks(devices: Node<'_, '_>) -> Vec<DiskRef> {
+    devices
+        .children()
+        .filter(|c| c.has_tag_name("disk") && c.attribute("device") == Some("disk"))
+        .map(|d| {
+            let attr = |tag: &str, names: &[&str]| {
+                child(d, tag)
+                    .and_then(|s| names.iter().find_map(|a| s.attribute(*a)))
+                    .map(str::to_owned)
+            };
+            DiskRef {
+                target: attr("target", &["dev"]).unwrap_or_default(),
+                path: attr("source", &["file", "dev"]).unwrap_or_default(),
+                format: attr("driver", &["type"]).unwrap_or_else(|| "raw".into()),
+            }
+        })
+        .collect()
+}
+
+/// The first `<interface>`, if it is of a kind virtfleet defines.
+fn nic(devices: Node<'_, '_>) -> Option<Nic> {
+    let i = devices.children().find(|c| c.has_tag_name("interface"))?;
+    let mac = child(i, "mac")
+        .and_then(|m| m.attribute("address"))
+        .unwrap_or("")
+        .to_owned();
+    let source = |attr: &str| {
+        child(i, "source")
+            .and_then(|s| s.attribute(attr))
+            .unwrap_or("")
+            .to_owned()
+    };
+    match i.attribute("type") {
+        Some("network") => Some(Nic::Network {
+            network: source("network"),
+            mac,
+        }),
+        Some("bridge") => Some(Nic::Bridge {
+            bridge: source("bridge"),
+            mac,
+        }),
+        Some("user") => Some(Nic::User { mac }),
+        _ => None,
+    }
+}
+
+/// virtfleet's `<vf:owner>` in `<metadata>`: the ownership marker.
+fn owner(metadata: Node<'_, '_>) -> Option<Owner> {
+    let o = metadata.children().find(|c| {
+        c.tag_name().namespace() == Some(METADATA_NS) && c.tag_name().name() == "owner"
+    })?;
+    let attr = |a: &str| o.attribute(a).unwrap_or("").to_owned();
+    Some(Owner {
+        fleet: attr("fleet"),
+        host: attr("host"),
+        machine: attr("machine"),
+        spec_hash: attr("spec"),
+        protect: o.attribute("protect") == Some("true"),
+    })
 }
 
 #[cfg(test)]
