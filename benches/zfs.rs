@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use virtfleet::host::ssh::{Ssh, SshTarget};
-use virtfleet::host::storage::StorageBackend;
+use virtfleet::host::storage::{BaseImage, NewDisk, StorageBackend};
 use virtfleet::host::transport::Transport;
 use virtfleet::host::zfs::ZfsStorage;
 use virtfleet::progress::NoProgress;
@@ -76,8 +76,13 @@ fn main() {
 
     let zfs = ZfsStorage::new(parent, &ssh);
     let t0 = Instant::now();
-    zfs.ensure_image(&img, "bench", &sha, "raw", &NoProgress)
-        .expect("base image");
+    let base = BaseImage {
+        cached: &img,
+        name: "bench",
+        sha256: &sha,
+        format: "raw",
+    };
+    zfs.ensure_image(&base, &NoProgress).expect("base image");
     let base_s = t0.elapsed().as_secs_f64();
 
     let t0 = Instant::now();
@@ -87,8 +92,14 @@ fn main() {
             machine: format!("vm-{i}"),
             disk: "root".into(),
         };
-        zfs.create_disk(&format!("vm-{i}-root"), &owner, 1, Some((&sha, "raw")))
-            .expect("clone");
+        let volume = format!("vm-{i}-root");
+        zfs.create_disk(&NewDisk {
+            volume: &volume,
+            owner: &owner,
+            size_gib: 1,
+            base: Some((&sha, "raw")),
+        })
+        .expect("clone");
     }
     let clones_s = t0.elapsed().as_secs_f64();
 

@@ -265,7 +265,7 @@ fn zfs_host_end_to_end() {
 }
 
 fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
-    use virtfleet::host::storage::StorageBackend;
+    use virtfleet::host::storage::{BaseImage, StorageBackend};
     let target = virtfleet::host::ssh::SshTarget::from_uri(&host.uri).unwrap();
     let ssh = virtfleet::host::ssh::Ssh::new(target);
     // A parent without this image yet: with the base in place no copy is made at all.
@@ -280,10 +280,12 @@ fn corrupted_image_is_refused_on_the_host(host: &ZfsHost) {
     // The pin is the true image's hash; the bytes that arrive are not it.
     let err = zfs
         .ensure_image(
-            &cached,
-            "tiny",
-            &sha,
-            "raw",
+            &BaseImage {
+                cached: &cached,
+                name: "tiny",
+                sha256: &sha,
+                format: "raw",
+            },
             &virtfleet::progress::NoProgress,
         )
         .unwrap_err();

@@ -10,7 +10,7 @@
 use crate::fleet::{Fleet, Host, ImageName};
 use crate::host::backend;
 use crate::host::libvirt::{Libvirt, LibvirtError};
-use crate::host::storage::{StorageBackend, StorageError};
+use crate::host::storage::{BaseImage, NewDisk, StorageBackend, StorageError};
 use crate::host::transport::ExecError;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
@@ -273,13 +273,14 @@ fn step(
                 )
                 .map_err(|e| StepError::Other(e.to_string()))?;
             }
-            storage.ensure_image(
-                &cache.path(&entry.sha256),
-                image,
+            let cached = cache.path(&entry.sha256);
+            let base = BaseImage {
+                cached: &cached,
+                name: image,
                 sha256,
-                format.as_str(),
-                &NoProgress,
-            )?;
+                format: format.as_str(),
+            };
+            storage.ensure_image(&base, &NoProgress)?;
         }
         Action::RemoveIncomplete { path } => storage.remove_incomplete(path)?,
         Action::CreateDisk {
@@ -296,7 +297,12 @@ fn step(
             let base = base
                 .as_ref()
                 .map(|b| (b.sha256.as_str(), b.format.as_str()));
-            storage.create_disk(volume, &owner, *size_gib, base)?;
+            storage.create_disk(&NewDisk {
+                volume,
+                owner: &owner,
+                size_gib: *size_gib,
+                base,
+            })?;
         }
         Action::GrowDisk {
             volume,

@@ -16,13 +16,12 @@
 //! owned `.new-*` directory that the next plan removes. Directories without
 //! an `owner.json` of this fleet are never touched.
 
-use super::storage::{StorageBackend, StorageError, copy_verified};
+use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 /// One entry under the storage path, from a single listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,12 +230,15 @@ impl StorageBackend for DirStorage<'_> {
     /// Idempotent: an image already in place is left alone.
     fn ensure_image(
         &self,
-        cached: &Path,
-        _image: &str,
-        sha256: &str,
-        format: &str,
+        image: &BaseImage<'_>,
         progress: &dyn Progress,
     ) -> Result<(), StorageError> {
+        let BaseImage {
+            cached,
+            sha256,
+            format,
+            ..
+        } = *image;
         let dest = self.image_path(sha256, format);
         if self.t.run(&["test", "-f", &dest])?.success {
             return Ok(());
@@ -252,13 +254,8 @@ impl StorageBackend for DirStorage<'_> {
 
     /// Creates disk `volume` (overlay on `base` when given, else blank) of
     /// `size_gib`, atomically. Idempotent: an existing disk is left alone.
-    fn create_disk(
-        &self,
-        volume: &str,
-        owner: &DiskOwner,
-        size_gib: u64,
-        base: Option<(&str, &str)>,
-    ) -> Result<(), StorageError> {
+    fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError> {
+        let (volume, owner, size_gib) = (disk.volume, disk.owner, disk.size_gib);
         let final_dir = self.path(&layout::disk_rel(volume));
         if self.t.run(&["test", "-d", &final_dir])?.success {
             return Ok(());
@@ -273,7 +270,7 @@ impl StorageBackend for DirStorage<'_> {
         )?;
         let file = format!("{tmp_dir}/disk.qcow2");
         let size = format!("{size_gib}G");
-        match base {
+        match disk.base {
             Some((sha, fmt)) => self.t.run_ok(&[
                 "qemu-img",
                 "create",

@@ -8,7 +8,7 @@
 //! command. `ssh` joins its arguments into one string for the remote shell,
 //! so every argv element is quoted here: no name can reach a shell unquoted.
 
-use super::transport::{ExecError, Output, Transport};
+use super::transport::{ExecError, ExecResult, Output, Transport};
 use crate::progress::Progress;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -295,12 +295,7 @@ impl Transport for Ssh {
         )
     }
 
-    fn put_file(
-        &self,
-        local: &Path,
-        remote: &str,
-        progress: &dyn Progress,
-    ) -> Result<(), ExecError> {
+    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> ExecResult<()> {
         let mut f = std::fs::File::open(local).map_err(|source| ExecError::Io {
             path: local.display().to_string(),
             source,

@@ -11,6 +11,33 @@ use crate::resources::observed::{DiskOwner, StorageState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// A base image to put on a host.
+#[derive(Debug, Clone, Copy)]
+pub struct BaseImage<'a> {
+    /// The verified copy in the controller's cache.
+    pub cached: &'a Path,
+    /// The image's name in the fleet (for messages).
+    pub name: &'a str,
+    /// Its pinned sha256, checked again on the host.
+    pub sha256: &'a str,
+    /// `raw` or `qcow2`.
+    pub format: &'a str,
+}
+
+/// A disk to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDisk<'a> {
+    /// Its volume name (`web-root`).
+    pub volume: &'a str,
+    /// Its ownership marker.
+    pub owner: &'a DiskOwner,
+    /// Its size in GiB.
+    pub size_gib: u64,
+    /// The base image `(sha256, format)` it is a copy-on-write clone of;
+    /// `None` for a blank disk.
+    pub base: Option<(&'a str, &'a str)>,
+}
+
 /// Operations on one host's storage.
 pub trait StorageBackend {
     /// Lists everything under the storage root. `attached` maps disk paths
@@ -26,20 +53,11 @@ pub trait StorageBackend {
     /// Puts a verified base image on the host (hash checked on the host).
     fn ensure_image(
         &self,
-        cached: &Path,
-        image: &str,
-        sha256: &str,
-        format: &str,
+        image: &BaseImage<'_>,
         progress: &dyn Progress,
     ) -> Result<(), StorageError>;
-    /// Creates a disk: a copy-on-write clone of base `(sha256, format)`, or blank.
-    fn create_disk(
-        &self,
-        volume: &str,
-        owner: &DiskOwner,
-        size_gib: u64,
-        base: Option<(&str, &str)>,
-    ) -> Result<(), StorageError>;
+    /// Creates a disk: a copy-on-write clone of its base, or blank.
+    fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError>;
     /// Grows a disk. `online`: a running guest uses it (the caller then
     /// tells libvirt); backends that cannot grow under a guest do nothing.
     fn grow(&self, volume: &str, size_gib: u64, online: bool) -> Result<(), StorageError>;

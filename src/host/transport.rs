@@ -10,6 +10,9 @@ use std::process::{Command, Stdio};
 
 use crate::progress::Progress;
 
+/// The result of a command or transfer on a host.
+pub type ExecResult<T> = Result<T, ExecError>;
+
 /// A failed command or file transfer on a host.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -71,12 +74,7 @@ pub trait Transport: Send + Sync {
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError>;
 
     /// Copies the controller's file `local` to `remote` on the host.
-    fn put_file(
-        &self,
-        local: &Path,
-        remote: &str,
-        progress: &dyn Progress,
-    ) -> Result<(), ExecError>;
+    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> ExecResult<()>;
 
     /// Runs `argv` and returns its stdout, or an error carrying its stderr.
     fn run_ok(&self, argv: &[&str]) -> Result<String, ExecError> {
@@ -123,12 +121,7 @@ impl Transport for Local {
         })
     }
 
-    fn put_file(
-        &self,
-        local: &Path,
-        remote: &str,
-        progress: &dyn Progress,
-    ) -> Result<(), ExecError> {
+    fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> ExecResult<()> {
         let io = |p: &str| {
             let p = p.to_owned();
             move |source| ExecError::Io { path: p, source }

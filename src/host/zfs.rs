@@ -13,13 +13,12 @@
 //! creates the dataset, so nothing exists half-owned. One `zfs list -Hp`
 //! observes everything; its parser is a pure function tested on real output.
 
-use super::storage::{StorageBackend, StorageError, copy_verified};
+use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 /// Properties read by one listing, after name, type, volsize and origin.
 pub const PROPS: [&str; 7] = [
@@ -304,12 +303,15 @@ impl StorageBackend for ZfsStorage<'_> {
     /// writes it into a fresh zvol, snapshots it `@base` and marks it complete.
     fn ensure_image(
         &self,
-        cached: &Path,
-        image: &str,
-        sha256: &str,
-        format: &str,
+        base: &BaseImage<'_>,
         progress: &dyn Progress,
     ) -> Result<(), StorageError> {
+        let BaseImage {
+            cached,
+            name: image,
+            sha256,
+            format,
+        } = *base;
         let ds = self.ds(&layout::zfs_image_rel(sha256));
         let done = self
             .t
@@ -366,31 +368,25 @@ impl StorageBackend for ZfsStorage<'_> {
         Ok(())
     }
 
-    fn create_disk(
-        &self,
-        volume: &str,
-        owner: &DiskOwner,
-        size_gib: u64,
-        base: Option<(&str, &str)>,
-    ) -> Result<(), StorageError> {
-        let ds = self.ds(&layout::disk_rel(volume));
+    fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError> {
+        let ds = self.ds(&layout::disk_rel(disk.volume));
         if self.exists(&ds)? {
             return Ok(());
         }
         self.containers()?;
-        let props = Self::owner_props(owner);
-        let mut argv: Vec<String> = match base {
+        let props = Self::owner_props(disk.owner);
+        let mut argv: Vec<String> = match disk.base {
             // One command: the clone exists owned and sized, or not at all.
-            Some(_) => ["zfs", "clone", "-o", &format!("volsize={size_gib}G")]
+            Some(_) => ["zfs", "clone", "-o", &format!("volsize={}G", disk.size_gib)]
                 .map(String::from)
                 .into(),
-            None => ["zfs", "create", "-s", "-V", &format!("{size_gib}G")]
+            None => ["zfs", "create", "-s", "-V", &format!("{}G", disk.size_gib)]
                 .map(String::from)
                 .into(),
         };
         argv.extend(["-o".into(), "volmode=dev".into()]);
         argv.extend(props);
-        if let Some((sha, _)) = base {
+        if let Some((sha, _)) = disk.base {
             argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
         }
         argv.push(ds.clone());
