@@ -24,16 +24,16 @@
 //! section and at the end, also after a failure or a panic (a guard's Drop).
 //! Section 2 needs about 14 GiB free there for a moment.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use common::{Behaviour, TestServer};
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use virtfleet::host::libvirt::Libvirt;
 use virtfleet::lock::ImageLock;
@@ -134,7 +134,7 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
         Command::new(repo("scripts/example-image")).arg(&serve),
         "build the example image",
     )?;
-    let server = FileServer::start(&serve)?;
+    let server = TestServer::with([("/tiny.img", Behaviour::File(serve.join("tiny.img")))]);
     let storage = Path::new(ROOT).join("plan");
     let fleet_path = dir.join("fleet.dhall");
     let text = fleet_dhall(
@@ -328,7 +328,8 @@ fn section_apply(bin: &Path, table: &mut Table) -> Result<()> {
         BASE_BYTES / MIB,
         ms(t.elapsed())
     );
-    let server = FileServer::start(&serve)?;
+    // Streamed from disk: the 1 GiB base image is never held in memory.
+    let server = TestServer::with([("/base.img", Behaviour::File(serve.join("base.img")))]);
     let storage = Path::new(ROOT).join("apply");
     let fleet_path = dir.join("fleet.dhall");
     let text = fleet_dhall(
@@ -1014,99 +1015,6 @@ fn bench_domains(prefix: &str) -> Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-// ---------------------------------------------------------------------------
-// HTTP
-
-/// Serves the files of one directory over HTTP/1.1 on 127.0.0.1, streamed
-/// from disk (the 1 GiB base image is never held in memory).
-struct FileServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FileServer {
-    fn start(dir: &Path) -> Result<FileServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-        let addr = listener.local_addr().context("local_addr")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (stop, dir) = (stop.clone(), dir.to_owned());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = conn else { continue };
-                    let dir = dir.clone();
-                    std::thread::spawn(move || serve(stream, &dir));
-                }
-            })
-        };
-        Ok(FileServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("http://{}/{file}", self.addr)
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Answers one GET with the named file of `dir` (no subdirectories), or 404.
-fn serve(stream: TcpStream, dir: &Path) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut request = String::new();
-    if reader.read_line(&mut request).unwrap_or(0) == 0 {
-        return;
-    }
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == "\r\n" || line == "\n" => break,
-            Ok(_) => {}
-        }
-    }
-    let target = request.split_whitespace().nth(1).unwrap_or("/");
-    let name = target.trim_start_matches('/');
-    let file = if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        None
-    } else {
-        std::fs::File::open(dir.join(name)).ok()
-    };
-    let mut stream = stream;
-    let head = |status: &str, len: u64| {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-        )
-    };
-    let _ = match file.and_then(|f| f.metadata().ok().map(|m| (f, m.len()))) {
-        Some((mut f, len)) => stream
-            .write_all(head("200 OK", len).as_bytes())
-            .and_then(|_| std::io::copy(&mut f, &mut stream).map(|_| ())),
-        None => stream.write_all(head("404 Not Found", 0).as_bytes()),
-    };
-    let _ = stream.flush();
 }
 
 // ---------------------------------------------------------------------------

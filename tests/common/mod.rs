@@ -28,6 +28,9 @@ pub enum Behaviour {
     /// 200 announcing `announced_len` bytes, sending only `bytes`, then
     /// closing the connection.
     Truncated { bytes: Vec<u8>, announced_len: u64 },
+    /// 200 with the file's bytes, streamed from disk (for images too large
+    /// to hold in memory); 404 if it cannot be opened.
+    File(PathBuf),
 }
 
 type Routes = Arc<Mutex<HashMap<String, Behaviour>>>;
@@ -198,6 +201,15 @@ fn serve(stream: TcpStream, routes: &Routes, requests: &Mutex<Vec<String>>) {
         } => stream
             .write_all(head("200 OK", announced_len).as_bytes())
             .and_then(|_| stream.write_all(&bytes)),
+        Behaviour::File(path) => match std::fs::File::open(&path).and_then(|f| {
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        }) {
+            Ok((mut f, len)) => stream
+                .write_all(head("200 OK", len).as_bytes())
+                .and_then(|_| std::io::copy(&mut f, &mut stream).map(|_| ())),
+            Err(_) => stream.write_all(head("404 Not Found", 0).as_bytes()),
+        },
     };
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Both);
