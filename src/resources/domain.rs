@@ -17,8 +17,11 @@ pub const METADATA_NS: &str = "urn:virtfleet:domain:1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
+    /// The fleet that defined the domain: only that fleet ever changes it.
     pub fleet: String,
+    /// The host it was defined for.
     pub host: String,
+    /// The machine's name in the fleet.
     pub machine: String,
     /// Hash of the machine's spec when the domain was last defined.
     pub spec_hash: String,
@@ -51,15 +54,25 @@ pub enum Nic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {
+    /// The domain's name (the machine's).
     pub name: String,
+    /// Derived from (fleet, host, machine): stable across rebuilds.
     pub uuid: String,
+    /// `kvm` or `qemu` (TCG).
     pub domain_type: DomainType,
+    /// The guest CPU model.
     pub cpu_mode: CpuMode,
+    /// vCPUs.
     pub vcpus: u32,
+    /// Maximum memory, in MiB.
     pub memory_mib: u64,
+    /// Memory at boot (balloon target), in MiB.
     pub current_memory_mib: u64,
+    /// Disks in guest order (vda first).
     pub disks: Vec<DiskRef>,
+    /// The network interface, if virtfleet defines one.
     pub nic: Option<Nic>,
+    /// virtfleet's ownership marker; `None` on domains it does not own.
     pub owner: Option<Owner>,
 }
 

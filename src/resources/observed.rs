@@ -18,6 +18,7 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Observation {
+    /// [`FORMAT_VERSION`] of the file it was saved as.
     pub format_version: u32,
     /// The fleet whose ownership markers were looked for.
     pub fleet: String,
@@ -58,7 +59,9 @@ pub struct HostState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnedDisk {
+    /// Its ownership marker (fleet, machine, disk).
     pub owner: DiskOwner,
+    /// The path a domain uses for it (qcow2 file or zvol device).
     pub path: String,
     /// Virtual size in bytes.
     pub size_bytes: u64,
@@ -71,7 +74,9 @@ pub struct OwnedDisk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrashEntry {
+    /// The ownership marker the disk had.
     pub owner: DiskOwner,
+    /// The volume it was, and becomes again on restore (`web-root`).
     pub volume: String,
     /// When it was trashed (unix seconds).
     pub trashed_at: u64,
@@ -151,15 +156,20 @@ pub struct ObservedDomain {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Live {
+    /// vCPUs online in the guest.
     pub vcpus: u32,
+    /// Memory the guest has now (balloon), in MiB.
     pub memory_mib: u64,
 }
 
 /// Ownership marker of a disk directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskOwner {
+    /// The fleet that made the disk.
     pub fleet: String,
+    /// The machine it belongs to.
     pub machine: String,
+    /// Its name within the machine (`root`, or a data disk's name).
     pub disk: String,
 }
 
