@@ -132,27 +132,88 @@ pub fn print_error(err: &anyhow::Error) {
         anstream::eprintln!("  caused by: {cause}");
     }
     for hint in hints(err) {
-        anstream::eprintln!("{HINT}hint{HINT:#}: {hint}");
+        print_hint(&hint);
     }
 }
 
-fn hints(err: &anyhow::Error) -> Vec<&'static str> {
-    let text = format!("{err:#}");
-    let mut out = Vec::new();
-    if text.contains("cannot read") && text.contains("No such file") && text.contains(".dhall") {
-        out.push("run `virtfleet init` to scaffold a fleet, or pass `-f PATH` to use another file");
-    }
-    if text.contains("Connection refused") || text.contains("cannot connect") {
-        out.push("is the server up and reachable from this machine? The lockfile and cache were left as they were");
+/// Prints one `hint:` line to stderr.
+pub fn print_hint(hint: &str) {
+    anstream::eprintln!("{HINT}hint{HINT:#}: {hint}");
+}
+
+/// Hints for the typed errors anywhere in `err`'s chain. Errors of this
+/// crate's executor and command planning carry their own (`hint()`); for
+/// the others the remedy is chosen here by their type, never by their text.
+fn hints(err: &anyhow::Error) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let hint = if let Some(e) = cause.downcast_ref::<crate::plan::commands::CommandRefusal>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::apply::StepError>() {
+            e.hint()
+        } else if let Some(crate::fleet::LoadError::Eval(e)) =
+            cause.downcast_ref::<crate::fleet::LoadError>()
+        {
+            fleet_hint(e).map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::fleet::EvalError>() {
+            fleet_hint(e).map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::host::libvirt::LibvirtError>() {
+            crate::apply::libvirt_hint(e).map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::lock::fetch::FetchError>() {
+            fetch_hint(e).map(str::to_owned)
+        } else {
+            None
+        };
+        if let Some(h) = hint
+            && !out.contains(&h)
+        {
+            out.push(h);
+        }
     }
     out
 }
 
-/// Shows apply progress: one bar per host on a terminal, plain lines otherwise.
+/// The remedy for a fleet file that cannot be read because it is missing.
+fn fleet_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
+    match e {
+        crate::fleet::EvalError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Some("run `virtfleet init` to scaffold a fleet, or pass `-f PATH` to use another file")
+        }
+        _ => None,
+    }
+}
+
+/// The remedy for a download that could not reach its server.
+pub fn fetch_hint(e: &crate::lock::fetch::FetchError) -> Option<&'static str> {
+    match e {
+        crate::lock::fetch::FetchError::Connect { .. } => Some(
+            "is the server up and reachable from this machine? The lockfile and cache were left as they were",
+        ),
+        _ => None,
+    }
+}
+
+/// Shows apply progress: one bar per host on a terminal, plain lines
+/// otherwise; byte progress of long steps as a second bar under the host's,
+/// or as at most one line per tenth of the work.
 pub struct ApplyProgress {
     multi: Option<indicatif::MultiProgress>,
-    bars: Mutex<std::collections::BTreeMap<String, ProgressBar>>,
+    state: Mutex<Hosts>,
 }
+
+/// Per host: the step bar and the byte bar (terminal), or the last tenth
+/// printed of the running byte task (plain).
+#[derive(Default)]
+struct Hosts {
+    bars: std::collections::BTreeMap<String, ProgressBar>,
+    bytes: std::collections::BTreeMap<String, ProgressBar>,
+    printed: std::collections::BTreeMap<String, (String, u64)>,
+}
+
+/// Bytes between two plain progress lines when the total is unknown.
+const PLAIN_STEP_UNKNOWN: u64 = 256 << 20;
 
 impl ApplyProgress {
     /// Chooses the display from whether stderr is a terminal.
@@ -162,7 +223,7 @@ impl ApplyProgress {
             .then(indicatif::MultiProgress::new);
         ApplyProgress {
             multi,
-            bars: Mutex::new(Default::default()),
+            state: Mutex::new(Hosts::default()),
         }
     }
 }
@@ -175,88 +236,151 @@ impl Default for ApplyProgress {
 
 impl crate::apply::Events for ApplyProgress {
     fn event(&self, e: crate::apply::Event) {
-        use crate::apply::Event;
-        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        match (&self.multi, e) {
-            (Some(multi), Event::HostStarted { host, steps }) => {
-                let bar = multi.add(ProgressBar::new(steps as u64));
-                let style =
-                    ProgressStyle::with_template("{prefix:12} [{bar:20}] {pos}/{len} {msg}")
-                        .map(|s| s.progress_chars("=> "))
-                        .unwrap_or_else(|_| ProgressStyle::default_bar());
-                bar.set_style(style);
-                bar.set_prefix(host.clone());
-                bars.insert(host, bar);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.multi {
+            Some(multi) => terminal_event(multi, &mut state, e),
+            None => plain_event(&mut state, e),
+        }
+    }
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Bars on a terminal: a step bar per host, a byte bar below it while a
+/// step moves bytes.
+fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::apply::Event) {
+    use crate::apply::Event;
+    match e {
+        Event::HostStarted { host, steps } => {
+            let bar = multi.add(ProgressBar::new(steps as u64));
+            bar.set_style(bar_style("{prefix:12} [{bar:20}] {pos}/{len} {msg}"));
+            bar.set_prefix(host.clone());
+            st.bars.insert(host, bar);
+        }
+        Event::StepStarted {
+            host,
+            what,
+            address,
+        } => {
+            if let Some(b) = st.bars.get(&host) {
+                b.set_message(format!("{address}: {what}"));
             }
-            (
-                Some(_),
-                Event::StepStarted {
-                    host,
-                    what,
-                    address,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.set_message(format!("{address}: {what}"));
-                }
+        }
+        Event::StepProgress {
+            host,
+            label,
+            done,
+            total,
+            ..
+        } => {
+            let Some(step_bar) = st.bars.get(&host) else {
+                return;
+            };
+            let bar = st.bytes.entry(host).or_insert_with(|| {
+                let b = multi.insert_after(step_bar, ProgressBar::new(0));
+                b.set_style(bar_style(
+                    "  {msg:22} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ));
+                b
+            });
+            if bar.message() != label {
+                bar.reset();
+                bar.set_message(label);
             }
-            (
-                Some(multi),
-                Event::StepFinished {
-                    host,
-                    address,
-                    what,
-                    error,
-                    seconds,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.inc(1);
-                    let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
-                }
+            bar.set_length(total.unwrap_or(done));
+            bar.set_position(done);
+        }
+        Event::StepFinished {
+            host,
+            address,
+            what,
+            error,
+            seconds,
+        } => {
+            if let Some(b) = st.bytes.remove(&host) {
+                b.finish_and_clear();
+                multi.remove(&b);
             }
-            (
-                Some(_),
-                Event::HostFinished {
-                    host,
-                    done,
-                    failed,
-                    skipped,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.finish_with_message(format!(
-                        "{done} done, {failed} failed, {skipped} skipped"
-                    ));
-                }
+            if let Some(b) = st.bars.get(&host) {
+                b.inc(1);
+                let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
             }
-            (None, Event::HostStarted { host, steps }) => {
-                eprintln!("[{host}] applying {steps} change(s)")
+        }
+        Event::HostFinished {
+            host,
+            done,
+            failed,
+            skipped,
+        } => {
+            if let Some(b) = st.bars.get(&host) {
+                b.finish_with_message(format!("{done} done, {failed} failed, {skipped} skipped"));
             }
-            (None, Event::StepStarted { .. }) => {}
-            (
-                None,
-                Event::StepFinished {
-                    host,
-                    address,
-                    what,
-                    error,
-                    seconds,
-                },
-            ) => eprintln!(
+        }
+    }
+}
+
+/// Plain lines: one per finished step; byte progress at most once per tenth
+/// (per 256 MiB when the total is unknown), so CI logs stay short.
+fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
+    use crate::apply::Event;
+    match e {
+        Event::HostStarted { host, steps } => eprintln!("[{host}] applying {steps} change(s)"),
+        Event::StepStarted { .. } => {}
+        Event::StepProgress {
+            host,
+            address,
+            label,
+            done,
+            total,
+        } => {
+            let mark = match total {
+                Some(t) if t > 0 => done.min(t) * 10 / t,
+                _ => done / PLAIN_STEP_UNKNOWN,
+            };
+            let last = st
+                .printed
+                .get(&host)
+                .filter(|(l, _)| *l == label)
+                .map(|(_, m)| *m);
+            if mark > last.unwrap_or(0) {
+                st.printed.insert(host.clone(), (label.clone(), mark));
+                let amount = match total {
+                    Some(t) => format!(
+                        "{}% ({} of {})",
+                        mark * 10,
+                        human_bytes(done),
+                        human_bytes(t)
+                    ),
+                    None => human_bytes(done),
+                };
+                eprintln!("[{host}] {address}: {label} {amount}");
+            } else if last.is_none() {
+                st.printed.insert(host, (label, 0));
+            }
+        }
+        Event::StepFinished {
+            host,
+            address,
+            what,
+            error,
+            seconds,
+        } => {
+            st.printed.remove(&host);
+            eprintln!(
                 "[{host}] {}",
                 step_line(&address, &what, error.as_deref(), seconds)
-            ),
-            (
-                None,
-                Event::HostFinished {
-                    host,
-                    done,
-                    failed,
-                    skipped,
-                },
-            ) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
+            )
         }
+        Event::HostFinished {
+            host,
+            done,
+            failed,
+            skipped,
+        } => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
     }
 }
 
