@@ -329,7 +329,7 @@ fn owned_snapshots(
 }
 
 /// After a failure: which disks were rolled back and which were not, and
-/// that the guest is left as the failure found it.
+/// whether the guest was left stopped.
 fn rolled_back(plan: &Plan, report: &Report) -> String {
     let (mut done, mut not) = (Vec::new(), Vec::new());
     // One host, so the report lists the plan's changes in plan order.
@@ -345,8 +345,13 @@ fn rolled_back(plan: &Plan, report: &Report) -> String {
     if done.is_empty() {
         return "Nothing was rolled back.".into();
     }
+    let stopped = if plan.changes.iter().any(|c| c.action == Action::Start) {
+        " The guest was not started again."
+    } else {
+        ""
+    };
     format!(
-        "Rolled back: {}; not rolled back: {}. The guest was not started again: run `virtfleet rollback` again (every step is safe to repeat) or `virtfleet apply`.",
+        "Rolled back: {}; not rolled back: {}.{stopped} Every step is safe to repeat: run the command again once the cause is fixed.",
         done.join(", "),
         if not.is_empty() {
             "none".to_owned()
