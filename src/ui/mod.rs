@@ -326,10 +326,21 @@ fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::ap
 /// Plain lines: one per finished step; byte progress at most once per tenth
 /// (per 256 MiB when the total is unknown), so CI logs stay short.
 fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
+    if let Some(line) = plain_line(&mut st.printed, e) {
+        eprintln!("{line}");
+    }
+}
+
+/// The plain line for an event, if it gets one; `printed` remembers, per
+/// host, the running byte task and the last tenth printed of it.
+fn plain_line(
+    printed: &mut std::collections::BTreeMap<String, (String, u64)>,
+    e: crate::apply::Event,
+) -> Option<String> {
     use crate::apply::Event;
     match e {
-        Event::HostStarted { host, steps } => eprintln!("[{host}] applying {steps} change(s)"),
-        Event::StepStarted { .. } => {}
+        Event::HostStarted { host, steps } => Some(format!("[{host}] applying {steps} change(s)")),
+        Event::StepStarted { .. } => None,
         Event::StepProgress {
             host,
             address,
@@ -341,26 +352,27 @@ fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
                 Some(t) if t > 0 => done.min(t) * 10 / t,
                 _ => done / PLAIN_STEP_UNKNOWN,
             };
-            let last = st
-                .printed
+            let last = printed
                 .get(&host)
                 .filter(|(l, _)| *l == label)
                 .map(|(_, m)| *m);
-            if mark > last.unwrap_or(0) {
-                st.printed.insert(host.clone(), (label.clone(), mark));
-                let amount = match total {
-                    Some(t) => format!(
-                        "{}% ({} of {})",
-                        mark * 10,
-                        human_bytes(done),
-                        human_bytes(t)
-                    ),
-                    None => human_bytes(done),
-                };
-                eprintln!("[{host}] {address}: {label} {amount}");
-            } else if last.is_none() {
-                st.printed.insert(host, (label, 0));
+            if mark <= last.unwrap_or(0) {
+                if last.is_none() {
+                    printed.insert(host, (label, 0));
+                }
+                return None;
             }
+            printed.insert(host.clone(), (label.clone(), mark));
+            let amount = match total {
+                Some(t) => format!(
+                    "{}% ({} of {})",
+                    mark * 10,
+                    human_bytes(done),
+                    human_bytes(t)
+                ),
+                None => human_bytes(done),
+            };
+            Some(format!("[{host}] {address}: {label} {amount}"))
         }
         Event::StepFinished {
             host,
@@ -369,18 +381,20 @@ fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
             error,
             seconds,
         } => {
-            st.printed.remove(&host);
-            eprintln!(
+            printed.remove(&host);
+            Some(format!(
                 "[{host}] {}",
                 step_line(&address, &what, error.as_deref(), seconds)
-            )
+            ))
         }
         Event::HostFinished {
             host,
             done,
             failed,
             skipped,
-        } => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
+        } => Some(format!(
+            "[{host}] finished: {done} done, {failed} failed, {skipped} skipped"
+        )),
     }
 }
 
@@ -389,5 +403,71 @@ fn step_line(address: &str, what: &str, error: Option<&str>, seconds: f64) -> St
     match error {
         None => format!("{address}: {what} ... done ({seconds:.1}s)"),
         Some(e) => format!("{address}: {what} ... FAILED: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::Event;
+
+    fn bytes(label: &str, done: u64, total: Option<u64>) -> Event {
+        Event::StepProgress {
+            host: "hv1".into(),
+            address: "hv1/images/abc".into(),
+            label: label.into(),
+            done,
+            total,
+        }
+    }
+
+    #[test]
+    fn plain_byte_progress_is_at_most_a_line_per_tenth() {
+        let mut printed = Default::default();
+        let mut lines = Vec::new();
+        // 1000 events of 1 MiB each over a 1000 MiB task.
+        for i in 0..=1000u64 {
+            lines.extend(plain_line(
+                &mut printed,
+                bytes("copy", i << 20, Some(1000 << 20)),
+            ));
+        }
+        assert_eq!(lines.len(), 10, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "[hv1] hv1/images/abc: copy 10% (100.0 MiB of 1000.0 MiB)"
+        );
+        assert_eq!(
+            lines[9],
+            "[hv1] hv1/images/abc: copy 100% (1000.0 MiB of 1000.0 MiB)"
+        );
+        // A new task in the same step starts counting again.
+        let line = plain_line(&mut printed, bytes("verify", 500 << 20, Some(1000 << 20)));
+        assert_eq!(
+            line.as_deref(),
+            Some("[hv1] hv1/images/abc: verify 50% (500.0 MiB of 1000.0 MiB)")
+        );
+        // Unknown totals: a line per 256 MiB.
+        let lines: Vec<String> = (0..=1024u64)
+            .filter_map(|i| plain_line(&mut printed, bytes("download", i << 20, None)))
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+    }
+
+    #[test]
+    fn hints_come_from_the_error_types_not_their_text() {
+        use crate::plan::commands::CommandRefusal;
+        let refusal = CommandRefusal::NoSnapshot {
+            machine: "web".into(),
+            snapshot: "x".into(),
+            known: Vec::new(),
+        };
+        let e = anyhow::Error::new(refusal).context("rollback web");
+        assert_eq!(
+            hints(&e),
+            ["`virtfleet snapshots NAME` lists the snapshots of a machine"]
+        );
+        let e = anyhow::anyhow!("cannot connect: Connection refused (fleet.dhall: No such file)");
+        assert!(hints(&e).is_empty());
     }
 }
