@@ -49,6 +49,7 @@ pub struct Args {
     on_failure: OnFailure,
 }
 
+/// Shows the plan, asks, applies it, checks convergence; returns the exit code.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock, plan) = match &args.plan_file {
         None => compute(ctx, &args.common)?,

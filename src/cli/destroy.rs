@@ -37,6 +37,7 @@ pub struct Args {
     shutdown_timeout: Duration,
 }
 
+/// Plans the destroy, shows it, asks, runs it; 0 when done, 1 when a step failed.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let name = execute::machine_name(&args.name)?;

@@ -28,6 +28,7 @@ pub struct Args {
     name: String,
 }
 
+/// Plans the restore, shows it and runs it; 0 when done, 1 when a step failed.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = execute::load(ctx)?;
     let name = execute::machine_name(&args.name)?;

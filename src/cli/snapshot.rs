@@ -157,6 +157,7 @@ impl<'f> Target<'f> {
     }
 }
 
+/// Plans a manual snapshot, shows it and takes it; prints `snapshot NAME of MACHINE`.
 pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
     crate::fleet::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
     let (fleet, lock) = execute::load(ctx)?;
@@ -184,6 +185,7 @@ pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Prints the snapshots table (read only: no plan, nothing changes).
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<u8> {
     let fleet = super::load_fleet(ctx)?;
     let names: Vec<String> = match &args.name {
@@ -221,10 +223,12 @@ fn manual_age(name: &str, now: u64) -> String {
     }
 }
 
+/// `rollback NAME --to SNAP`.
 pub fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     go_back(ctx, &args.name, &args.to, &args.opts)
 }
 
+/// `reinit NAME`: rollback to the init snapshot.
 pub fn reinit(ctx: &Context, args: ReinitArgs) -> anyhow::Result<u8> {
     go_back(ctx, &args.name, INIT, &args.opts)
 }
