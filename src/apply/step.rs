@@ -36,6 +36,7 @@ pub struct StepEnv<'a> {
 
 /// Carries out `c`.
 pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
+    let (lv, storage, s) = (env.lv, env.storage, env.settings);
     match &c.action {
         Action::EnsureImage {
             image,
@@ -43,21 +44,49 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
             size,
             format,
         } => ensure_image(c, env, image, sha256, format.as_str(), *size),
-        Action::RemoveIncomplete { path } => Ok(env.storage.remove_incomplete(path)?),
-        Action::CreateDisk { .. } | Action::GrowDisk { .. } => disk(c, env),
-        Action::DefineDomain { .. }
-        | Action::UpdateDomain { .. }
-        | Action::SetAutostart { .. }
-        | Action::Start
-        | Action::Stop
-        | Action::Shutdown { .. }
-        | Action::Destroy { .. } => domain(c, env),
-        Action::TrashDisk { volume } => Ok(env.storage.trash(volume, env.settings.now)?),
-        Action::PurgeTrash { entry } => Ok(env.storage.purge(entry)?),
-        Action::RestoreDisk { entry, volume } => Ok(env.storage.restore(entry, volume)?),
-        Action::Snapshot { .. } | Action::PruneSnapshot { .. } | Action::RollbackDisk { .. } => {
-            snapshot(c, env)
+        Action::RemoveIncomplete { path } => Ok(storage.remove_incomplete(path)?),
+        Action::CreateDisk {
+            volume,
+            disk,
+            size_gib,
+            base,
+        } => {
+            let owner = DiskOwner {
+                fleet: env.fleet.name.to_string(),
+                machine: machine(c)?.into(),
+                disk: disk.clone(),
+            };
+            let base = base
+                .as_ref()
+                .map(|b| (b.sha256.as_str(), b.format.as_str()));
+            Ok(storage.create_disk(volume, &owner, *size_gib, base)?)
         }
+        Action::GrowDisk {
+            volume,
+            target,
+            to_gib,
+            ..
+        } => grow_disk(env, machine(c)?, volume, target, *to_gib),
+        Action::DefineDomain { xml } => Ok(lv.define(xml)?),
+        Action::UpdateDomain {
+            xml,
+            memory_live_mib,
+            restart,
+        } => update_domain(env, machine(c)?, xml, *memory_live_mib, *restart),
+        Action::SetAutostart { on } => Ok(lv.set_autostart(machine(c)?, *on)?),
+        Action::Start => Ok(lv.start(machine(c)?)?),
+        Action::Stop | Action::Shutdown { force: true } => {
+            lv.stop(machine(c)?, s.shutdown_grace)?;
+            Ok(())
+        }
+        Action::Shutdown { force: false } => shutdown(env, machine(c)?),
+        Action::Destroy { volumes } => destroy(env, machine(c)?, volumes),
+        Action::TrashDisk { volume } => Ok(storage.trash(volume, s.now)?),
+        Action::PurgeTrash { entry } => Ok(storage.purge(entry)?),
+        Action::RestoreDisk { entry, volume } => Ok(storage.restore(entry, volume)?),
+        Action::Snapshot { volumes, name } => take_snapshot(env, machine(c)?, volumes, name),
+        Action::PruneSnapshot { volumes, name } => prune_snapshot(env, machine(c)?, volumes, name),
+        Action::RollbackDisk { volume, name } => rollback_disk(env, machine(c)?, volume, name),
     }
 }
 
@@ -119,135 +148,114 @@ fn ensure_image(
     Ok(())
 }
 
-fn disk(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
-    match &c.action {
-        Action::CreateDisk {
-            volume,
-            disk,
-            size_gib,
-            base,
-        } => {
-            let owner = DiskOwner {
-                fleet: env.fleet.name.to_string(),
-                machine: machine(c)?.into(),
-                disk: disk.clone(),
-            };
-            let base = base
-                .as_ref()
-                .map(|b| (b.sha256.as_str(), b.format.as_str()));
-            env.storage.create_disk(volume, &owner, *size_gib, base)?;
-        }
-        Action::GrowDisk {
-            volume,
-            target,
-            to_gib,
-            ..
-        } => {
-            let m = machine(c)?;
-            let running = env.lv.is_running(m)?;
-            env.storage.grow(volume, *to_gib, running)?;
-            if running {
-                // Tell QEMU (and through it the guest) about the new size.
-                env.lv.block_resize(m, target, to_gib * GIB)?;
-            }
-        }
-        _ => unreachable!("disk() is only called for disk actions"),
+fn grow_disk(
+    env: &StepEnv<'_>,
+    m: &str,
+    volume: &str,
+    target: &str,
+    to_gib: u64,
+) -> Result<(), StepError> {
+    let running = env.lv.is_running(m)?;
+    env.storage.grow(volume, to_gib, running)?;
+    if running {
+        // Tell QEMU (and through it the guest) about the new size.
+        env.lv.block_resize(m, target, to_gib * GIB)?;
     }
     Ok(())
 }
 
-fn domain(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
-    let (lv, grace) = (env.lv, env.settings.shutdown_grace);
-    match &c.action {
-        Action::DefineDomain { xml } => lv.define(xml)?,
-        Action::UpdateDomain {
-            xml,
-            memory_live_mib,
-            restart,
-        } => {
-            let m = machine(c)?;
-            lv.define(xml)?;
-            if let Some(mib) = memory_live_mib
-                && lv.is_running(m)?
-            {
-                lv.set_memory_live(m, *mib)?;
-            }
-            if *restart && lv.is_running(m)? {
-                lv.stop(m, grace)?;
-                lv.start(m)?;
-            }
-        }
-        Action::SetAutostart { on } => lv.set_autostart(machine(c)?, *on)?,
-        Action::Start => lv.start(machine(c)?)?,
-        Action::Stop => {
-            lv.stop(machine(c)?, grace)?;
-        }
-        Action::Shutdown { force: true } => {
-            lv.stop(machine(c)?, grace)?;
-        }
-        Action::Shutdown { force: false } => {
-            let m = machine(c)?;
-            if !lv.shutdown_wait(m, grace)? {
-                return Err(StepError::ShutdownTimeout {
-                    machine: m.into(),
-                    waited: grace,
-                });
-            }
-        }
-        Action::Destroy { volumes } => {
-            let m = machine(c)?;
-            lv.stop(m, grace)?;
-            // Undefined before the disks move: a crash in between leaves
-            // owned disks without a domain, which the planner trashes.
-            lv.undefine(m)?;
-            for v in volumes {
-                env.storage.trash(v, env.settings.now)?;
-            }
-        }
-        _ => unreachable!("domain() is only called for domain actions"),
+fn update_domain(
+    env: &StepEnv<'_>,
+    m: &str,
+    xml: &str,
+    memory_live_mib: Option<u64>,
+    restart: bool,
+) -> Result<(), StepError> {
+    let lv = env.lv;
+    lv.define(xml)?;
+    if let Some(mib) = memory_live_mib
+        && lv.is_running(m)?
+    {
+        lv.set_memory_live(m, mib)?;
+    }
+    if restart && lv.is_running(m)? {
+        lv.stop(m, env.settings.shutdown_grace)?;
+        lv.start(m)?;
     }
     Ok(())
 }
 
-fn snapshot(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
+/// ACPI shutdown without the power-off fallback: a guest that ignores it
+/// fails the step, and the steps after it (the disk rollbacks) never run.
+fn shutdown(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
+    let grace = env.settings.shutdown_grace;
+    if !env.lv.shutdown_wait(m, grace)? {
+        return Err(StepError::ShutdownTimeout {
+            machine: m.into(),
+            waited: grace,
+        });
+    }
+    Ok(())
+}
+
+fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepError> {
+    env.lv.stop(m, env.settings.shutdown_grace)?;
+    // Undefined before the disks move: a crash in between leaves owned
+    // disks without a domain, which the planner then trashes.
+    env.lv.undefine(m)?;
+    for v in volumes {
+        env.storage.trash(v, env.settings.now)?;
+    }
+    Ok(())
+}
+
+fn take_snapshot(
+    env: &StepEnv<'_>,
+    m: &str,
+    volumes: &[String],
+    name: &str,
+) -> Result<(), StepError> {
+    if env.storage.snapshots_via_domain() && env.lv.exists(m) {
+        env.lv.snapshot(m, name)?;
+    } else {
+        for v in volumes {
+            env.storage.snapshot(v, name)?;
+        }
+    }
+    Ok(())
+}
+
+fn prune_snapshot(
+    env: &StepEnv<'_>,
+    m: &str,
+    volumes: &[String],
+    name: &str,
+) -> Result<(), StepError> {
     let (lv, storage) = (env.lv, env.storage);
-    let m = machine(c)?;
-    match &c.action {
-        Action::Snapshot { volumes, name } => {
-            if storage.snapshots_via_domain() && lv.exists(m) {
-                lv.snapshot(m, name)?;
-            } else {
-                for v in volumes {
-                    storage.snapshot(v, name)?;
-                }
-            }
-        }
-        Action::PruneSnapshot { volumes, name } => {
-            let via_domain = storage.snapshots_via_domain() && lv.exists(m);
-            if !(via_domain && lv.delete_snapshot(m, name)?) {
-                if via_domain && lv.is_running(m)? {
-                    return Err(StepError::SnapshotNotInLibvirt {
-                        machine: m.into(),
-                        snapshot: name.clone(),
-                    });
-                }
-                for v in volumes {
-                    storage.destroy_snapshot(v, name)?;
-                }
-            }
-        }
-        Action::RollbackDisk { volume, name } => {
-            // The plan stops the guest first; one started since must not
-            // have a disk changed under it (ZFS would let that happen).
-            if lv.is_running(m)? {
-                return Err(StepError::GuestRunning {
-                    machine: m.into(),
-                    volume: volume.clone(),
-                });
-            }
-            storage.rollback(volume, name)?;
-        }
-        _ => unreachable!("snapshot() is only called for snapshot actions"),
+    let via_domain = storage.snapshots_via_domain() && lv.exists(m);
+    if via_domain && lv.delete_snapshot(m, name)? {
+        return Ok(());
+    }
+    if via_domain && lv.is_running(m)? {
+        return Err(StepError::SnapshotNotInLibvirt {
+            machine: m.into(),
+            snapshot: name.into(),
+        });
+    }
+    for v in volumes {
+        storage.destroy_snapshot(v, name)?;
     }
     Ok(())
+}
+
+fn rollback_disk(env: &StepEnv<'_>, m: &str, volume: &str, name: &str) -> Result<(), StepError> {
+    // The plan stops the guest first; one started since must not have a
+    // disk changed under it (ZFS would let that happen).
+    if env.lv.is_running(m)? {
+        return Err(StepError::GuestRunning {
+            machine: m.into(),
+            volume: volume.into(),
+        });
+    }
+    Ok(env.storage.rollback(volume, name)?)
 }
