@@ -377,6 +377,56 @@ fn running(state: &HostState, m: &str) -> bool {
         .is_some_and(|d| matches!(d.state, PowerState::Running | PowerState::Paused))
 }
 
+/// The host holding this fleet's (unprotected) domain `name`, searched on
+/// every observed host: a machine removed from the fleet has no host in it.
+fn find_managed<'o>(
+    basis: Basis<'o>,
+    name: &VmName,
+) -> Result<(&'o str, &'o HostState), CommandRefusal> {
+    let fleet = basis.fleet;
+    let (mut found, mut foreign) = (None, None);
+    let mut unreachable = Vec::new();
+    for (h, o) in &basis.obs.hosts {
+        let state = match o {
+            HostObservation::Reachable(s) => s,
+            HostObservation::Unreachable { .. } => {
+                unreachable.push(h.clone());
+                continue;
+            }
+        };
+        let managed = state
+            .managed(fleet.name.as_str())
+            .find(|(n, _)| *n == name.as_str());
+        match managed {
+            Some((_, d)) if d.config.owner.as_ref().is_some_and(|o| o.protect) => {
+                return Err(CommandRefusal::ProtectedOnHost {
+                    host: h.clone(),
+                    machine: name.to_string(),
+                });
+            }
+            // Keep looking: a protected copy on another host still refuses.
+            Some(_) => found = Some((h.as_str(), state)),
+            None if state.domains.contains_key(name.as_str()) => foreign = Some(h),
+            None => {}
+        }
+    }
+    if let Some(f) = found {
+        return Ok(f);
+    }
+    Err(match foreign {
+        Some(h) => CommandRefusal::ForeignDomain {
+            host: h.clone(),
+            machine: name.to_string(),
+            fleet: fleet.name.to_string(),
+        },
+        None => CommandRefusal::NotFound {
+            machine: name.to_string(),
+            fleet: fleet.name.to_string(),
+            unreachable,
+        },
+    })
+}
+
 /// `virtfleet destroy NAME`: stop, undefine and trash the machine wherever
 /// a managed domain of that name is found. A machine still in the fleet
 /// needs `force`; a protected one (in the fleet or in its marker) never goes.
@@ -396,54 +446,14 @@ pub fn destroy_plan(basis: Basis<'_>, name: &VmName, force: bool) -> Result<Plan
             });
         }
     }
-    let mut found = None;
-    let mut foreign = None;
-    let mut unreachable = Vec::new();
-    for (h, o) in &basis.obs.hosts {
-        let state = match o {
-            HostObservation::Reachable(s) => s,
-            HostObservation::Unreachable { .. } => {
-                unreachable.push(h.clone());
-                continue;
-            }
-        };
-        match state
-            .managed(fleet.name.as_str())
-            .find(|(n, _)| *n == name.as_str())
-        {
-            Some((_, d)) => {
-                if d.config.owner.as_ref().is_some_and(|o| o.protect) {
-                    return Err(CommandRefusal::ProtectedOnHost {
-                        host: h.clone(),
-                        machine: name.to_string(),
-                    });
-                }
-                let volumes: Vec<String> = state
-                    .disks
-                    .iter()
-                    .filter(|(_, od)| od.owner.machine == name.as_str())
-                    .map(|(v, _)| v.clone())
-                    .collect();
-                found = Some((h, volumes, running(state, name.as_str())));
-            }
-            None if state.domains.contains_key(name.as_str()) => foreign = Some(h),
-            None => {}
-        }
-    }
-    let Some((host, volumes, running)) = found else {
-        if let Some(h) = foreign {
-            return Err(CommandRefusal::ForeignDomain {
-                host: h.clone(),
-                machine: name.to_string(),
-                fleet: fleet.name.to_string(),
-            });
-        }
-        return Err(CommandRefusal::NotFound {
-            machine: name.to_string(),
-            fleet: fleet.name.to_string(),
-            unreachable,
-        });
-    };
+    let (host, state) = find_managed(basis, name)?;
+    let volumes: Vec<String> = state
+        .disks
+        .iter()
+        .filter(|(_, od)| od.owner.machine == name.as_str())
+        .map(|(v, _)| v.clone())
+        .collect();
+    let running = running(state, name.as_str());
     let reason = format!(
         "virtfleet destroy: {}undefine, move {} to the trash (restorable)",
         if running { "stop, " } else { "" },
@@ -587,38 +597,54 @@ pub fn rollback_plan(
             newer,
         });
     }
+    let disks: Vec<(&str, &str, &[String])> = having
+        .iter()
+        .map(|(d, v)| (d.as_str(), v.as_str(), of(v).newer.as_slice()))
+        .collect();
+    let force = running(state, n).then_some(opts.force);
+    let changes = rollback_changes(h, n, to, &disks, force);
+    Ok(plan_of(basis, changes))
+}
+
+/// Shutdown (when the guest runs: `force` is then Some), one rollback per
+/// `(disk, volume, newer snapshots it destroys)`, start again.
+fn rollback_changes(
+    h: &str,
+    n: &str,
+    to: &str,
+    disks: &[(&str, &str, &[String])],
+    force: Option<bool>,
+) -> Vec<Change> {
     let addr = format!("{h}/{n}");
-    let was_running = running(state, n);
     let mut changes = Vec::new();
-    if was_running {
+    if let Some(force) = force {
         changes.push(change(
             h,
             addr.clone(),
             n,
-            Action::Shutdown { force: opts.force },
+            Action::Shutdown { force },
             Disruption::Restart,
             "a disk is only rolled back while no guest uses it".into(),
         ));
     }
-    for (disk, vol) in having {
-        let lost = of(vol)
-            .newer
+    for (disk, vol, newer) in disks {
+        let lost: String = newer
             .iter()
             .map(|s| format!("; destroys {disk}@{s}"))
-            .collect::<String>();
+            .collect();
         changes.push(change(
             h,
             format!("{addr}/{disk}@{to}"),
             n,
             Action::RollbackDisk {
-                volume: vol.clone(),
+                volume: (*vol).into(),
                 name: to.into(),
             },
             Disruption::Destructive,
             format!("everything written to {disk} since {to} is lost{lost}"),
         ));
     }
-    if was_running {
+    if force.is_some() {
         changes.push(change(
             h,
             addr,
@@ -628,5 +654,5 @@ pub fn rollback_plan(
             "it was running before the rollback".into(),
         ));
     }
-    Ok(plan_of(basis, changes))
+    changes
 }
