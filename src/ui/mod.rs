@@ -470,4 +470,41 @@ mod tests {
         let e = anyhow::anyhow!("cannot connect: Connection refused (fleet.dhall: No such file)");
         assert!(hints(&e).is_empty());
     }
+
+    #[test]
+    fn terminal_bars_follow_a_step_with_bytes() {
+        let multi =
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let mut st = Hosts::default();
+        let host = || "hv1".to_owned();
+        terminal_event(
+            &multi,
+            &mut st,
+            Event::HostStarted {
+                host: host(),
+                steps: 1,
+            },
+        );
+        for (label, done) in [("verify", 0), ("verify", 512), ("copy", 0), ("copy", 1024)] {
+            terminal_event(&multi, &mut st, bytes(label, done, Some(1024)));
+        }
+        let b = &st.bytes["hv1"];
+        assert_eq!(
+            (b.message(), b.position(), b.length()),
+            ("copy".into(), 1024, Some(1024))
+        );
+        terminal_event(
+            &multi,
+            &mut st,
+            Event::StepFinished {
+                host: host(),
+                address: "hv1/images/abc".into(),
+                what: "ensure base image".into(),
+                error: None,
+                seconds: 0.1,
+            },
+        );
+        assert!(st.bytes.is_empty(), "the byte bar goes with its step");
+        assert_eq!(st.bars["hv1"].position(), 1);
+    }
 }
