@@ -17,7 +17,9 @@ use std::time::Duration;
 /// after --shutdown-timeout), undefines it and moves its disks to the trash,
 /// where they stay for settings.trashRetentionDays (`virtfleet restore NAME`).
 /// Refuses protected machines always, and machines still in fleet.dhall
-/// unless --force (the next apply would create them again, empty).
+/// unless --force (the next apply would create them again, empty), and a
+/// domain of that name that is not this fleet's. The plan is shown first,
+/// as `virtfleet plan` shows plans.
 ///
 /// Example:
 ///   virtfleet destroy old-web --auto-approve

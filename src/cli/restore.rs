@@ -16,8 +16,8 @@ use std::time::Duration;
 /// The machine must be in fleet.dhall (so virtfleet knows its host, and the
 /// next apply does not trash the disks again). For each of its disks the most
 /// recent trash entry is moved back into place; a disk that exists already is
-/// never overwritten (nothing is restored then). Then `virtfleet apply`
-/// defines and starts the machine on the restored disks.
+/// never overwritten (nothing is restored then). The plan is shown first.
+/// Then `virtfleet apply` defines and starts the machine on the restored disks.
 ///
 /// Example:
 ///   virtfleet restore web && virtfleet apply

@@ -64,8 +64,9 @@ pub struct ListArgs {
 /// Stops the guest gracefully (ACPI, up to --shutdown-timeout; powered off
 /// only with --force), rolls back every disk that has the snapshot, and starts
 /// the guest again if it was running. Everything written after the snapshot
-/// is lost: asks for confirmation (or --yes). On ZFS a rollback destroys the
-/// snapshots taken after the target; that needs --destroy-newer.
+/// is lost: shows the plan and asks for confirmation (or --yes). On ZFS a
+/// rollback destroys the snapshots taken after the target; that needs
+/// --destroy-newer. If it stops half-way, it names the disks rolled back.
 ///
 /// Examples:
 ///   virtfleet rollback web --to vf-manual-before-upgrade-20261122T140000Z
