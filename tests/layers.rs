@@ -162,6 +162,10 @@ fn the_planner_reaches_no_effects() {
         if top != "plan" && top != "resources" {
             continue;
         }
+        // Test fixtures (`mod testkit` under `#[cfg(test)]`) write temp files.
+        if rel.ends_with("/testkit.rs") {
+            continue;
+        }
         for e in EFFECTS {
             assert!(
                 !code(&text).contains(e),

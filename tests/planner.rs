@@ -147,6 +147,9 @@ fn kind(a: &Action) -> &'static str {
         Action::Destroy { .. } => "destroy",
         Action::TrashDisk { .. } => "trashDisk",
         Action::PurgeTrash { .. } => "purgeTrash",
+        Action::RestoreDisk { .. } => "restoreDisk",
+        Action::Shutdown { .. } => "shutdown",
+        Action::RollbackDisk { .. } => "rollbackDisk",
     }
 }
 

@@ -108,7 +108,14 @@ fn qcow2_snapshots_policy_rollback_and_reinit() {
 
     // A guest that ignores ACPI: rollback refuses without --force.
     let manual = lab.vf(&["snapshot", &s, "--label", "pre"]).expect_code(0);
-    let name = manual.stdout.split_whitespace().nth(1).unwrap().to_owned();
+    // The result line follows the command's plan: `snapshot NAME of MACHINE`.
+    let result = manual.stdout.lines().find(|l| l.starts_with("snapshot "));
+    let name = result
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
     assert!(name.starts_with("vf-manual-pre-"), "{name}");
     let out = lab
         .vf(&[

@@ -2,11 +2,12 @@
 //! exactly a saved one (refused if anything it was computed from changed),
 //! then observe again and check that the fleet converged.
 
+use super::execute;
 use super::plan::{Format, PlanArgs, compute, render_plan};
 use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
-use crate::apply::{OnFailure, Outcome, Settings};
+use crate::apply::{OnFailure, Outcome, Report};
 use crate::plan::Plan;
-use crate::ui::{ApplyProgress, ERROR, OK, WARN};
+use crate::ui::{ERROR, OK, WARN};
 use anyhow::{Context as _, bail};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,12 +49,13 @@ pub struct Args {
     on_failure: OnFailure,
 }
 
+/// Shows the plan, asks, applies it, checks convergence; returns the exit code.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock, plan) = match &args.plan_file {
         None => compute(ctx, &args.common)?,
         Some(path) => load_saved(ctx, path)?,
     };
-    print!("{}", render_plan(&plan, Format::Human));
+    execute::show(&plan);
     if !plan.refused.is_empty() {
         anstream::eprintln!(
             "{ERROR}error{ERROR:#}: the plan has refusals (listed above); fix fleet.dhall first. Nothing was changed."
@@ -74,29 +76,33 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         "apply",
         "--auto-approve",
     )?;
-    let settings = Settings {
-        now: now(),
-        shutdown_grace: args.shutdown_timeout,
-        on_failure: args.on_failure,
-    };
-    let progress = ApplyProgress::new();
-    let report = crate::apply::apply(&plan, &fleet, &lock, &ctx.cache, settings, &progress);
-    drop(progress);
+    let report = execute::execute(
+        ctx,
+        &plan,
+        &fleet,
+        &lock,
+        args.shutdown_timeout,
+        args.on_failure,
+    );
+    if !summarise(&report) {
+        return Ok(EXIT_ERROR);
+    }
+    if !converged(&fleet, &lock, &args.common, plan.inputs.now) {
+        return Ok(EXIT_ERROR);
+    }
+    Ok(incomplete)
+}
 
-    let mut failed = 0;
-    for (host, steps) in &report {
-        let done = steps.iter().filter(|s| s.2 == Outcome::Done).count();
+/// Prints failures and one line per host; false when a step failed.
+fn summarise(report: &Report) -> bool {
+    let failed = execute::print_failures(report);
+    for (host, steps) in &report.hosts {
+        let done = steps.iter().filter(|s| s.outcome == Outcome::Done).count();
         let skipped: Vec<&str> = steps
             .iter()
-            .filter(|s| s.2 == Outcome::Skipped)
-            .map(|s| s.0.as_str())
+            .filter(|s| s.outcome == Outcome::Skipped)
+            .map(|s| s.address.as_str())
             .collect();
-        for (addr, what, o) in steps {
-            if let Outcome::Failed(e) = o {
-                failed += 1;
-                anstream::eprintln!("{ERROR}failed{ERROR:#}: {addr}: {what}: {e}");
-            }
-        }
         println!(
             "host {host}: {done} of {} change(s) done{}",
             steps.len(),
@@ -111,18 +117,26 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         anstream::eprintln!(
             "{ERROR}error{ERROR:#}: {failed} change(s) failed; re-run `virtfleet apply` after fixing the cause (every step is safe to repeat)"
         );
-        return Ok(EXIT_ERROR);
     }
-    // Convergence check: a fresh observation must plan nothing more. It is
-    // planned for the applied plan's `now`: a period boundary passing during
-    // the apply must not make a new snapshot look like a failure.
-    let obs = crate::observe::observe(&fleet, now());
-    let opts = super::plan::options(&fleet, &args.common, plan.inputs.now);
-    let after = crate::plan::plan(&fleet, &lock, &obs, opts);
+    failed == 0
+}
+
+/// The convergence check: a fresh observation must plan nothing more. It
+/// is planned for the applied plan's `now`: a period boundary passing
+/// during the apply must not make a new snapshot look like a failure.
+fn converged(
+    fleet: &crate::fleet::Fleet,
+    lock: &crate::lock::ImageLock,
+    args: &PlanArgs,
+    planned_for: u64,
+) -> bool {
+    let obs = crate::observe::observe(fleet, now());
+    let opts = super::plan::options(fleet, args, planned_for);
+    let after = crate::plan::plan(fleet, lock, &obs, opts);
     if !after.changes.is_empty() || !after.refused.is_empty() {
         anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
         print!("{}", render_plan(&after, Format::Human));
-        return Ok(EXIT_ERROR);
+        return false;
     }
     if !after.pending.is_empty() {
         anstream::println!(
@@ -131,7 +145,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         );
     }
     anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
-    Ok(incomplete)
+    true
 }
 
 /// Reads a saved plan and checks that everything it was computed from is unchanged.

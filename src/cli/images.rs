@@ -10,7 +10,7 @@ use crate::fleet::{Fleet, ImageName};
 use crate::lock::cache::Verdict;
 use crate::lock::fetch::{Expected, download};
 use crate::lock::{ImageLock, LockEntry};
-use crate::ui::{ERROR, HINT, OK, StderrProgress, WARN, human_bytes};
+use crate::ui::{ERROR, OK, StderrProgress, WARN, human_bytes};
 use anyhow::bail;
 
 /// Pin, update, fetch and verify base images (images.lock and the cache).
@@ -108,13 +108,10 @@ fn select<'a>(fleet: &'a Fleet, names: &[String]) -> anyhow::Result<Vec<&'a Imag
     Ok(out)
 }
 
-fn report_failure(name: &ImageName, err: &dyn std::fmt::Display) {
+fn report_failure(name: &ImageName, err: &dyn std::fmt::Display, hint: Option<&str>) {
     anstream::eprintln!("{ERROR}error{ERROR:#}: image {:?}: {err}", name.as_str());
-    let text = err.to_string();
-    if text.contains("cannot connect") {
-        anstream::eprintln!(
-            "{HINT}hint{HINT:#}: is the server up and reachable from this machine?"
-        );
+    if let Some(hint) = hint {
+        crate::ui::print_hint(hint);
     }
 }
 
@@ -186,7 +183,7 @@ fn repin(
             }
             Err(e) => {
                 failed += 1;
-                report_failure(name, &e);
+                report_failure(name, &e, crate::ui::fetch_hint(&e));
             }
         }
     }
@@ -255,6 +252,7 @@ fn fetch(ctx: &Context, names: &[String]) -> anyhow::Result<u8> {
                     "not pinned in {}; run `virtfleet images lock`",
                     ctx.lock.display()
                 ),
+                None,
             );
             continue;
         };
@@ -284,7 +282,7 @@ fn fetch(ctx: &Context, names: &[String]) -> anyhow::Result<u8> {
             ),
             Err(e) => {
                 failed += 1;
-                report_failure(name, &e);
+                report_failure(name, &e, crate::ui::fetch_hint(&e));
             }
         }
     }

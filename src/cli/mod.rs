@@ -7,6 +7,7 @@
 mod apply;
 mod check;
 mod destroy;
+mod execute;
 mod images;
 mod init;
 mod observe;

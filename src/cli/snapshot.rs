@@ -2,20 +2,27 @@
 //! listing with owner and age, and going back in time.
 //!
 //! Scheduled snapshots and their pruning are planned by `plan`/`apply`;
-//! these commands act at once on one machine. A rollback stops the guest
-//! gracefully (powering it off only with --force), rolls every disk that
-//! has the snapshot back, and starts the guest again if it was running.
+//! these commands act at once on one machine, through one-machine plans
+//! ([`crate::plan::commands`]) that are shown and run by the executor. A
+//! rollback stops the guest gracefully (powering it off only with --force),
+//! rolls every disk that has the snapshot back, and starts the guest again
+//! if it was running.
 
-use super::{Context, EXIT_OK, now};
+use super::execute;
+use super::{Context, EXIT_ERROR, EXIT_OK, now};
+use crate::apply::{OnFailure, Outcome, Report};
 use crate::fleet::{Fleet, Host, Machine, VmName};
 use crate::host::backend;
-use crate::host::libvirt::Libvirt;
 use crate::host::storage::StorageBackend;
 use crate::host::transport::Transport;
 use crate::host::transport_for;
-use crate::plan::snapshots::{INIT, Kind, classify, stamp};
+use crate::plan::commands::{Basis, DiskSnapshots, RollbackOptions, rollback_plan, snapshot_plan};
+use crate::plan::snapshots::{INIT, Kind, classify};
+use crate::plan::{Action, Plan};
+use crate::resources::observed::{HostObservation, Observation};
 use crate::ui::{OK, WARN, table};
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Take a manual snapshot of a machine's disks (never pruned by the policy).
@@ -57,8 +64,9 @@ pub struct ListArgs {
 /// Stops the guest gracefully (ACPI, up to --shutdown-timeout; powered off
 /// only with --force), rolls back every disk that has the snapshot, and starts
 /// the guest again if it was running. Everything written after the snapshot
-/// is lost: asks for confirmation (or --yes). On ZFS a rollback destroys the
-/// snapshots taken after the target; that needs --destroy-newer.
+/// is lost: shows the plan and asks for confirmation (or --yes). On ZFS a
+/// rollback destroys the snapshots taken after the target; that needs
+/// --destroy-newer. If it stops half-way, it names the disks rolled back.
 ///
 /// Examples:
 ///   virtfleet rollback web --to vf-manual-before-upgrade-20261122T140000Z
@@ -150,27 +158,35 @@ impl<'f> Target<'f> {
     }
 }
 
+/// Plans a manual snapshot, shows it and takes it; prints `snapshot NAME of MACHINE`.
 pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
     crate::fleet::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
-    let fleet = super::load_fleet(ctx)?;
-    let t = Target::new(&fleet, &args.name)?;
-    let name = format!("vf-manual-{}-{}", args.label, stamp(now()));
-    let lv = Libvirt::open(&t.host.uri)?;
-    let storage = t.storage();
-    let m = t.machine.name.as_str();
-    if storage.snapshots_via_domain() && lv.exists(m) {
-        lv.snapshot(m, &name)?;
-    } else {
-        for (disk, _) in t.machine.disks() {
-            storage
-                .snapshot(&t.machine.volume_name(&disk), &name)
-                .with_context(|| format!("disk {disk}"))?;
+    let (fleet, lock) = execute::load(ctx)?;
+    let name = execute::machine_name(&args.name)?;
+    let now = now();
+    let obs = execute::observe_machine_host(&fleet, &name, now);
+    let basis = Basis {
+        fleet: &fleet,
+        lock: &lock,
+        obs: &obs,
+        now,
+    };
+    let plan = snapshot_plan(basis, &name, &args.label)?;
+    execute::show(&plan);
+    // A snapshot changes nothing the guest sees: no confirmation.
+    let report = execute::execute(ctx, &plan, &fleet, &lock, Duration::ZERO, OnFailure::Stop);
+    if execute::print_failures(&report) > 0 {
+        return Ok(EXIT_ERROR);
+    }
+    for c in &plan.changes {
+        if let Action::Snapshot { name: snap, .. } = &c.action {
+            anstream::println!("{OK}snapshot{OK:#} {snap} of {name}");
         }
     }
-    anstream::println!("{OK}snapshot{OK:#} {name} of {m}");
     Ok(EXIT_OK)
 }
 
+/// Prints the snapshots table (read only: no plan, nothing changes).
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<u8> {
     let fleet = super::load_fleet(ctx)?;
     let names: Vec<String> = match &args.name {
@@ -208,68 +224,41 @@ fn manual_age(name: &str, now: u64) -> String {
     }
 }
 
+/// `rollback NAME --to SNAP`.
 pub fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<u8> {
     go_back(ctx, &args.name, &args.to, &args.opts)
 }
 
+/// `reinit NAME`: rollback to the init snapshot.
 pub fn reinit(ctx: &Context, args: ReinitArgs) -> anyhow::Result<u8> {
     go_back(ctx, &args.name, INIT, &args.opts)
 }
 
+/// Rollback and reinit: read the machine's snapshots, plan, show, confirm,
+/// run, and say exactly which disks were rolled back if it stopped half-way.
 fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::Result<u8> {
-    let fleet = super::load_fleet(ctx)?;
-    let t = Target::new(&fleet, name)?;
-    let disks = t.disks()?;
-    let having: Vec<&(String, String, Vec<String>)> = disks
+    let (fleet, lock) = execute::load(ctx)?;
+    let vm = execute::machine_name(name)?;
+    let now = now();
+    let obs = execute::observe_machine_host(&fleet, &vm, now);
+    let snapshots = owned_snapshots(&fleet, &vm, &obs, to)?;
+    let basis = Basis {
+        fleet: &fleet,
+        lock: &lock,
+        obs: &obs,
+        now,
+    };
+    let options = RollbackOptions {
+        force: opts.force,
+        destroy_newer: opts.destroy_newer,
+    };
+    let plan = rollback_plan(basis, &vm, to, &snapshots, options)?;
+    execute::show(&plan);
+    let skipped: Vec<&str> = snapshots
         .iter()
-        .filter(|(_, _, s)| s.iter().any(|x| x == to))
+        .filter(|(_, s)| !s.all.iter().any(|x| x == to))
+        .map(|(v, _)| v.as_str())
         .collect();
-    if having.is_empty() {
-        let known: Vec<&String> = disks.iter().flat_map(|(_, _, s)| s).collect();
-        bail!(
-            "machine {name} has no snapshot {to:?} (it has: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-    }
-    let storage = t.storage();
-    let mut newer = Vec::new();
-    for (disk, vol, _) in &having {
-        for s in storage.snapshots_after(vol, to)? {
-            newer.push(format!("{disk}@{s}"));
-        }
-    }
-    if !newer.is_empty() && !opts.destroy_newer {
-        bail!(
-            "rolling {name} back to {to} would destroy newer snapshots: {}; pass --destroy-newer to allow it. Nothing was changed.",
-            newer.join(", ")
-        );
-    }
-    let skipped: Vec<&str> = disks
-        .iter()
-        .filter(|(_, _, s)| !s.iter().any(|x| x == to))
-        .map(|(d, _, _)| d.as_str())
-        .collect();
-    println!(
-        "rollback {name} to {to}: disks {}; everything written since is lost{}",
-        having
-            .iter()
-            .map(|(d, _, _)| d.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if newer.is_empty() {
-            String::new()
-        } else {
-            format!("; destroys {}", newer.join(", "))
-        }
-    );
     if !skipped.is_empty() {
         anstream::println!(
             "{WARN}note{WARN:#}: disks without {to} are left as they are: {}",
@@ -282,29 +271,97 @@ fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::
         "roll back",
         "--yes",
     )?;
-    let lv = Libvirt::open(&t.host.uri)?;
-    let m = t.machine.name.as_str();
-    let was_running = lv.is_running(m)?;
-    if was_running && !lv.shutdown_wait(m, opts.shutdown_timeout)? {
-        if !opts.force {
-            bail!(
-                "{m} did not shut down within {}; pass --force to power it off. Nothing was rolled back.",
-                humantime::format_duration(opts.shutdown_timeout)
-            );
-        }
-        lv.stop(m, Duration::ZERO)?;
+    let report = execute::execute(
+        ctx,
+        &plan,
+        &fleet,
+        &lock,
+        opts.shutdown_timeout,
+        OnFailure::Stop,
+    );
+    if execute::print_failures(&report) > 0 {
+        anstream::eprintln!("{}", rolled_back(&plan, &report));
+        return Ok(EXIT_ERROR);
     }
-    for (disk, vol, _) in &having {
-        storage
-            .rollback(vol, to)
-            .with_context(|| format!("disk {disk}"))?;
-    }
-    if was_running {
-        lv.start(m)?;
-    }
+    let restarted = plan.changes.iter().any(|c| c.action == Action::Start);
     anstream::println!(
-        "{OK}rolled back{OK:#} {m} to {to}{}",
-        if was_running { "; started again" } else { "" }
+        "{OK}rolled back{OK:#} {name} to {to}{}",
+        if restarted { "; started again" } else { "" }
     );
     Ok(EXIT_OK)
+}
+
+/// Snapshots of the machine's owned disks (observation lists them only
+/// for disks with a schedule). Foreign and missing disks are not read: the
+/// plan refuses them.
+fn owned_snapshots(
+    fleet: &Fleet,
+    vm: &VmName,
+    obs: &Observation,
+    to: &str,
+) -> anyhow::Result<BTreeMap<String, DiskSnapshots>> {
+    let mut out = BTreeMap::new();
+    let Some(m) = fleet.machines.get(vm) else {
+        return Ok(out);
+    };
+    let host = &fleet.hosts[&m.host];
+    let Some(HostObservation::Reachable(state)) = obs.hosts.get(host.name.as_str()) else {
+        return Ok(out);
+    };
+    let t = transport_for(host)?;
+    let storage = backend(host, t.as_ref());
+    for (disk, _) in m.disks() {
+        let vol = m.volume_name(&disk);
+        if state
+            .disks
+            .get(&vol)
+            .is_some_and(|d| d.owner.machine == vm.as_str() && d.owner.disk == disk)
+        {
+            let all = storage
+                .snapshot_list(&vol)
+                .with_context(|| format!("machine {vm}: disk {disk}"))?;
+            let newer = if all.iter().any(|s| s == to) {
+                storage
+                    .snapshots_after(&vol, to)
+                    .with_context(|| format!("machine {vm}: disk {disk}"))?
+            } else {
+                Vec::new()
+            };
+            out.insert(vol, DiskSnapshots { all, newer });
+        }
+    }
+    Ok(out)
+}
+
+/// After a failure: which disks were rolled back and which were not, and
+/// whether the guest was left stopped.
+fn rolled_back(plan: &Plan, report: &Report) -> String {
+    let (mut done, mut not) = (Vec::new(), Vec::new());
+    // One host, so the report lists the plan's changes in plan order.
+    for (c, (_, s)) in plan.changes.iter().zip(report.steps()) {
+        if let Action::RollbackDisk { volume, .. } = &c.action {
+            if s.outcome == Outcome::Done {
+                done.push(volume.as_str());
+            } else {
+                not.push(volume.as_str());
+            }
+        }
+    }
+    if done.is_empty() {
+        return "Nothing was rolled back.".into();
+    }
+    let stopped = if plan.changes.iter().any(|c| c.action == Action::Start) {
+        " The guest was not started again."
+    } else {
+        ""
+    };
+    format!(
+        "Rolled back: {}; not rolled back: {}.{stopped} Every step is safe to repeat: run the command again once the cause is fixed.",
+        done.join(", "),
+        if not.is_empty() {
+            "none".to_owned()
+        } else {
+            not.join(", ")
+        }
+    )
 }

@@ -1,5 +1,7 @@
-//! Planning: the pure planner, the plan data model, and its renderings.
+//! Planning: the pure planner, the one-machine plans of the commands that
+//! act at once, the plan data model, and its renderings.
 
+pub mod commands;
 pub mod expected;
 pub mod model;
 pub mod planner;

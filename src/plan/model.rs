@@ -43,8 +43,11 @@ impl Disruption {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseRef {
+    /// The image's name in the fleet.
     pub image: String,
+    /// Its pinned sha256: the base the disk is cloned from on the host.
     pub sha256: String,
+    /// Its format, which decides how the host stores the base.
     pub format: ImageFormat,
 }
 
@@ -58,53 +61,120 @@ pub struct BaseRef {
 pub enum Action {
     /// Copy a verified base image from the controller's cache to the host.
     EnsureImage {
+        /// The image's name in the fleet.
         image: String,
+        /// Its pinned sha256 (checked again on the host).
         sha256: String,
+        /// Its format.
         format: ImageFormat,
+        /// Its pinned size in bytes.
         size: u64,
     },
     /// Remove an owned half-created disk directory left by a crash.
-    RemoveIncomplete { path: String },
+    RemoveIncomplete {
+        /// Backend path relative to the storage root (`disks/.new-web-root`).
+        path: String,
+    },
     /// Create a disk: a copy-on-write overlay on `base`, or blank.
     CreateDisk {
+        /// Volume name on the host (`web-root`).
         volume: String,
+        /// Disk name in the machine (`root`, `data`).
         disk: String,
+        /// Size in GiB.
         size_gib: u64,
+        /// The base image of a root disk; None for a blank data disk.
         base: Option<BaseRef>,
     },
     /// Grow a disk (never shrink).
     GrowDisk {
+        /// Volume name on the host.
         volume: String,
+        /// The guest's device (`vda`), for the live block resize.
         target: String,
+        /// Size observed, in bytes.
         from_bytes: u64,
+        /// Size wanted, in GiB.
         to_gib: u64,
+        /// The guest was running when planned (display only: the executor
+        /// asks libvirt again).
         running: bool,
     },
     /// Define a new domain.
-    DefineDomain { xml: String },
+    DefineDomain {
+        /// The complete domain XML, ownership marker included.
+        xml: String,
+    },
     /// Redefine a domain; optionally set memory live or restart it.
     UpdateDomain {
+        /// The complete new domain XML.
         xml: String,
+        /// Set the running guest's memory to this many MiB without a restart.
         memory_live_mib: Option<u64>,
+        /// Restart a running guest so the definition takes effect.
         restart: bool,
     },
     /// Set autostart.
-    SetAutostart { on: bool },
+    SetAutostart {
+        /// Start the domain with the host.
+        on: bool,
+    },
     /// Start the domain.
     Start,
     /// Stop the domain (ACPI shutdown, then power off after a grace period).
     Stop,
     /// Undefine the domain and move its disks to the trash.
-    Destroy { volumes: Vec<String> },
+    Destroy {
+        /// The machine's owned volumes, trashed after the undefine.
+        volumes: Vec<String>,
+    },
     /// Move an owned disk no machine uses any more to the trash.
-    TrashDisk { volume: String },
+    TrashDisk {
+        /// Volume name on the host.
+        volume: String,
+    },
     /// Delete a trash entry whose retention expired.
-    PurgeTrash { entry: String },
+    PurgeTrash {
+        /// Trash entry name (`web-root@1700000000`).
+        entry: String,
+    },
     /// Take snapshot `name` of `volumes` (one disk on ZFS; every disk of the
     /// machine on Dir hosts, where a running guest's checkpoint covers all).
-    Snapshot { volumes: Vec<String>, name: String },
+    Snapshot {
+        /// Volumes the snapshot covers.
+        volumes: Vec<String>,
+        /// Snapshot name (`vf-daily-...`, `vf-manual-...`).
+        name: String,
+    },
     /// Delete snapshot `name` of `volumes`: the policy no longer keeps it.
-    PruneSnapshot { volumes: Vec<String>, name: String },
+    PruneSnapshot {
+        /// Volumes the snapshot covers.
+        volumes: Vec<String>,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Move trash entry `entry` back into place as `volume` (`virtfleet
+    /// restore`); never overwrites an existing disk.
+    RestoreDisk {
+        /// Trash entry name (`web-root@1700000000`).
+        entry: String,
+        /// Volume it becomes again.
+        volume: String,
+    },
+    /// Shut the guest down by ACPI and wait (the shutdown timeout); power it
+    /// off when it does not stop only if `force` (`rollback --force`), else fail.
+    Shutdown {
+        /// Power the guest off after the timeout.
+        force: bool,
+    },
+    /// Roll one stopped disk back to snapshot `name` (`virtfleet rollback`):
+    /// everything written since is lost; on ZFS newer snapshots go too.
+    RollbackDisk {
+        /// Volume name on the host.
+        volume: String,
+        /// Snapshot to go back to.
+        name: String,
+    },
 }
 
 impl Action {
@@ -156,6 +226,12 @@ impl Action {
             Action::PruneSnapshot { name, volumes } => {
                 format!("prune snapshot {name} of {}", volumes.join(", "))
             }
+            Action::RestoreDisk { entry, volume } => {
+                format!("restore disk {volume} from trash/{entry}")
+            }
+            Action::Shutdown { force: false } => "shut down (no power off)".into(),
+            Action::Shutdown { force: true } => "shut down (power off after timeout)".into(),
+            Action::RollbackDisk { volume, name } => format!("roll {volume} back to {name}"),
         }
     }
 }
@@ -166,9 +242,13 @@ impl Action {
 pub struct Change {
     /// `host/machine[/disk]`, or `host/images/<sha12>`, `host/trash/<entry>`.
     pub address: String,
+    /// The host it runs on.
     pub host: String,
+    /// The machine it concerns (None for base images and crash cleanup).
     pub machine: Option<String>,
+    /// What to do: the only thing the executor looks at.
     pub action: Action,
+    /// How disruptive it is; decides which permission it needs.
     pub disruption: Disruption,
     /// Why, for people only.
     pub reason: String,
@@ -181,6 +261,7 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pending {
+    /// The withheld change.
     pub change: Change,
     /// What would allow it, e.g. `--allow-restart`.
     pub needs: String,
@@ -190,7 +271,9 @@ pub struct Pending {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Refusal {
+    /// The object refused (`host/machine[/disk]`).
     pub address: String,
+    /// What was refused and why, for people.
     pub message: String,
 }
 
@@ -216,8 +299,11 @@ pub struct Inputs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
+    /// [`FORMAT_VERSION`] when it was made; `apply PLANFILE` refuses others.
     pub format_version: u32,
+    /// The fleet's name.
     pub fleet: String,
+    /// Digests of what it was computed from, for stale-plan refusal.
     pub inputs: Inputs,
     /// Changes to apply, in execution order per host.
     pub changes: Vec<Change>,

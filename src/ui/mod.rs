@@ -132,20 +132,55 @@ pub fn print_error(err: &anyhow::Error) {
         anstream::eprintln!("  caused by: {cause}");
     }
     for hint in hints(err) {
-        anstream::eprintln!("{HINT}hint{HINT:#}: {hint}");
+        print_hint(&hint);
     }
 }
 
-/// A download that could not reach its server changed nothing locally.
-fn fetch_hint(e: &crate::lock::fetch::FetchError) -> Option<&'static str> {
-    use crate::lock::fetch::FetchError;
-    matches!(e, FetchError::Connect { .. }).then_some(
-        "is the server up and reachable from this machine? The lockfile and cache were left as they were",
-    )
+/// Prints one `hint:` line to stderr.
+pub fn print_hint(hint: &str) {
+    anstream::eprintln!("{HINT}hint{HINT:#}: {hint}");
 }
 
-/// A fleet file that does not exist: probably no fleet was made yet.
-fn eval_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
+/// Hints for the typed errors anywhere in `err`'s chain. Errors of this
+/// crate's executor and command planning carry their own (`hint()`); for
+/// the others the remedy is chosen here by their type, never by their text.
+fn hints(err: &anyhow::Error) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let hint = if let Some(e) = cause.downcast_ref::<crate::plan::commands::CommandRefusal>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::apply::StepError>() {
+            e.hint()
+        } else if let Some(crate::fleet::LoadError::Eval(e)) =
+            cause.downcast_ref::<crate::fleet::LoadError>()
+        {
+            fleet_hint(e).map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::fleet::EvalError>() {
+            fleet_hint(e).map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::host::libvirt::LibvirtError>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::host::storage::StorageError>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::host::transport::ExecError>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::host::HostError>() {
+            e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::lock::fetch::FetchError>() {
+            fetch_hint(e).map(str::to_owned)
+        } else {
+            None
+        };
+        if let Some(h) = hint
+            && !out.contains(&h)
+        {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// The remedy for a fleet file that cannot be read because it is missing.
+fn fleet_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
     match e {
         crate::fleet::EvalError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -156,44 +191,35 @@ fn eval_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
     }
 }
 
-/// The hints of every typed error in the chain: each error type knows
-/// what can be done about it, where it is made; nothing here guesses from
-/// message text.
-fn hints(err: &anyhow::Error) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    for cause in err.chain() {
-        let hint = if let Some(e) = cause.downcast_ref::<crate::host::storage::StorageError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<crate::host::transport::ExecError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<crate::host::libvirt::LibvirtError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<crate::host::HostError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<crate::lock::fetch::FetchError>() {
-            fetch_hint(e)
-        } else if let Some(e) = cause.downcast_ref::<crate::fleet::EvalError>() {
-            eval_hint(e)
-        } else if let Some(crate::fleet::LoadError::Eval(e)) =
-            cause.downcast_ref::<crate::fleet::LoadError>()
-        {
-            // LoadError is transparent over EvalError: the chain shows only it.
-            eval_hint(e)
-        } else {
-            None
-        };
-        if let Some(h) = hint.filter(|h| !out.contains(h)) {
-            out.push(h);
-        }
+/// The remedy for a download that could not reach its server.
+pub fn fetch_hint(e: &crate::lock::fetch::FetchError) -> Option<&'static str> {
+    match e {
+        crate::lock::fetch::FetchError::Connect { .. } => Some(
+            "is the server up and reachable from this machine? The lockfile and cache were left as they were",
+        ),
+        _ => None,
     }
-    out
 }
 
-/// Shows apply progress: one bar per host on a terminal, plain lines otherwise.
+/// Shows apply progress: one bar per host on a terminal, plain lines
+/// otherwise; byte progress of long steps as a second bar under the host's,
+/// or as at most one line per tenth of the work.
 pub struct ApplyProgress {
     multi: Option<indicatif::MultiProgress>,
-    bars: Mutex<std::collections::BTreeMap<String, ProgressBar>>,
+    state: Mutex<Hosts>,
 }
+
+/// Per host: the step bar and the byte bar (terminal), or the last tenth
+/// printed of the running byte task (plain).
+#[derive(Default)]
+struct Hosts {
+    bars: std::collections::BTreeMap<String, ProgressBar>,
+    bytes: std::collections::BTreeMap<String, ProgressBar>,
+    printed: std::collections::BTreeMap<String, (String, u64)>,
+}
+
+/// Bytes between two plain progress lines when the total is unknown.
+const PLAIN_STEP_UNKNOWN: u64 = 256 << 20;
 
 impl ApplyProgress {
     /// Chooses the display from whether stderr is a terminal.
@@ -203,7 +229,7 @@ impl ApplyProgress {
             .then(indicatif::MultiProgress::new);
         ApplyProgress {
             multi,
-            bars: Mutex::new(Default::default()),
+            state: Mutex::new(Hosts::default()),
         }
     }
 }
@@ -216,88 +242,165 @@ impl Default for ApplyProgress {
 
 impl crate::apply::Events for ApplyProgress {
     fn event(&self, e: crate::apply::Event) {
-        use crate::apply::Event;
-        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        match (&self.multi, e) {
-            (Some(multi), Event::HostStarted { host, steps }) => {
-                let bar = multi.add(ProgressBar::new(steps as u64));
-                let style =
-                    ProgressStyle::with_template("{prefix:12} [{bar:20}] {pos}/{len} {msg}")
-                        .map(|s| s.progress_chars("=> "))
-                        .unwrap_or_else(|_| ProgressStyle::default_bar());
-                bar.set_style(style);
-                bar.set_prefix(host.clone());
-                bars.insert(host, bar);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.multi {
+            Some(multi) => terminal_event(multi, &mut state, e),
+            None => plain_event(&mut state, e),
+        }
+    }
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Bars on a terminal: a step bar per host, a byte bar below it while a
+/// step moves bytes.
+fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::apply::Event) {
+    use crate::apply::Event;
+    match e {
+        Event::HostStarted { host, steps } => {
+            let bar = multi.add(ProgressBar::new(steps as u64));
+            bar.set_style(bar_style("{prefix:12} [{bar:20}] {pos}/{len} {msg}"));
+            bar.set_prefix(host.clone());
+            st.bars.insert(host, bar);
+        }
+        Event::StepStarted {
+            host,
+            what,
+            address,
+        } => {
+            if let Some(b) = st.bars.get(&host) {
+                b.set_message(format!("{address}: {what}"));
             }
-            (
-                Some(_),
-                Event::StepStarted {
-                    host,
-                    what,
-                    address,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.set_message(format!("{address}: {what}"));
+        }
+        Event::StepProgress {
+            host,
+            label,
+            done,
+            total,
+            ..
+        } => {
+            let Some(step_bar) = st.bars.get(&host) else {
+                return;
+            };
+            let bar = st.bytes.entry(host).or_insert_with(|| {
+                let b = multi.insert_after(step_bar, ProgressBar::new(0));
+                b.set_style(bar_style(
+                    "  {msg:22} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ));
+                b
+            });
+            if bar.message() != label {
+                bar.reset();
+                bar.set_message(label);
+            }
+            bar.set_length(total.unwrap_or(done));
+            bar.set_position(done);
+        }
+        Event::StepFinished {
+            host,
+            address,
+            what,
+            error,
+            seconds,
+        } => {
+            if let Some(b) = st.bytes.remove(&host) {
+                b.finish_and_clear();
+                multi.remove(&b);
+            }
+            if let Some(b) = st.bars.get(&host) {
+                b.inc(1);
+                let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
+            }
+        }
+        Event::HostFinished {
+            host,
+            done,
+            failed,
+            skipped,
+        } => {
+            if let Some(b) = st.bars.get(&host) {
+                b.finish_with_message(format!("{done} done, {failed} failed, {skipped} skipped"));
+            }
+        }
+    }
+}
+
+/// Plain lines: one per finished step; byte progress at most once per tenth
+/// (per 256 MiB when the total is unknown), so CI logs stay short.
+fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
+    if let Some(line) = plain_line(&mut st.printed, e) {
+        eprintln!("{line}");
+    }
+}
+
+/// The plain line for an event, if it gets one; `printed` remembers, per
+/// host, the running byte task and the last tenth printed of it.
+fn plain_line(
+    printed: &mut std::collections::BTreeMap<String, (String, u64)>,
+    e: crate::apply::Event,
+) -> Option<String> {
+    use crate::apply::Event;
+    match e {
+        Event::HostStarted { host, steps } => Some(format!("[{host}] applying {steps} change(s)")),
+        Event::StepStarted { .. } => None,
+        Event::StepProgress {
+            host,
+            address,
+            label,
+            done,
+            total,
+        } => {
+            let mark = match total {
+                Some(t) if t > 0 => done.min(t) * 10 / t,
+                _ => done / PLAIN_STEP_UNKNOWN,
+            };
+            let last = printed
+                .get(&host)
+                .filter(|(l, _)| *l == label)
+                .map(|(_, m)| *m);
+            if mark <= last.unwrap_or(0) {
+                if last.is_none() {
+                    printed.insert(host, (label, 0));
                 }
+                return None;
             }
-            (
-                Some(multi),
-                Event::StepFinished {
-                    host,
-                    address,
-                    what,
-                    error,
-                    seconds,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.inc(1);
-                    let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
-                }
-            }
-            (
-                Some(_),
-                Event::HostFinished {
-                    host,
-                    done,
-                    failed,
-                    skipped,
-                },
-            ) => {
-                if let Some(b) = bars.get(&host) {
-                    b.finish_with_message(format!(
-                        "{done} done, {failed} failed, {skipped} skipped"
-                    ));
-                }
-            }
-            (None, Event::HostStarted { host, steps }) => {
-                eprintln!("[{host}] applying {steps} change(s)")
-            }
-            (None, Event::StepStarted { .. }) => {}
-            (
-                None,
-                Event::StepFinished {
-                    host,
-                    address,
-                    what,
-                    error,
-                    seconds,
-                },
-            ) => eprintln!(
+            printed.insert(host.clone(), (label.clone(), mark));
+            let amount = match total {
+                Some(t) => format!(
+                    "{}% ({} of {})",
+                    mark * 10,
+                    human_bytes(done),
+                    human_bytes(t)
+                ),
+                None => human_bytes(done),
+            };
+            Some(format!("[{host}] {address}: {label} {amount}"))
+        }
+        Event::StepFinished {
+            host,
+            address,
+            what,
+            error,
+            seconds,
+        } => {
+            printed.remove(&host);
+            Some(format!(
                 "[{host}] {}",
                 step_line(&address, &what, error.as_deref(), seconds)
-            ),
-            (
-                None,
-                Event::HostFinished {
-                    host,
-                    done,
-                    failed,
-                    skipped,
-                },
-            ) => eprintln!("[{host}] finished: {done} done, {failed} failed, {skipped} skipped"),
+            ))
         }
+        Event::HostFinished {
+            host,
+            done,
+            failed,
+            skipped,
+        } => Some(format!(
+            "[{host}] finished: {done} done, {failed} failed, {skipped} skipped"
+        )),
     }
 }
 
@@ -311,7 +414,8 @@ fn step_line(address: &str, what: &str, error: Option<&str>, seconds: f64) -> St
 
 #[cfg(test)]
 mod tests {
-    use super::hints;
+    use super::*;
+    use crate::apply::Event;
     use crate::host::libvirt::LibvirtError;
     use crate::host::transport::ExecError;
 
@@ -342,5 +446,102 @@ mod tests {
         };
         let got = hints(&anyhow::Error::new(spawn));
         assert!(got[0].contains("installed"), "{got:?}");
+    }
+
+    fn bytes(label: &str, done: u64, total: Option<u64>) -> Event {
+        Event::StepProgress {
+            host: "hv1".into(),
+            address: "hv1/images/abc".into(),
+            label: label.into(),
+            done,
+            total,
+        }
+    }
+
+    #[test]
+    fn plain_byte_progress_is_at_most_a_line_per_tenth() {
+        let mut printed = Default::default();
+        let mut lines = Vec::new();
+        // 1000 events of 1 MiB each over a 1000 MiB task.
+        for i in 0..=1000u64 {
+            lines.extend(plain_line(
+                &mut printed,
+                bytes("copy", i << 20, Some(1000 << 20)),
+            ));
+        }
+        assert_eq!(lines.len(), 10, "{lines:#?}");
+        assert_eq!(
+            lines[0],
+            "[hv1] hv1/images/abc: copy 10% (100.0 MiB of 1000.0 MiB)"
+        );
+        assert_eq!(
+            lines[9],
+            "[hv1] hv1/images/abc: copy 100% (1000.0 MiB of 1000.0 MiB)"
+        );
+        // A new task in the same step starts counting again.
+        let line = plain_line(&mut printed, bytes("verify", 500 << 20, Some(1000 << 20)));
+        assert_eq!(
+            line.as_deref(),
+            Some("[hv1] hv1/images/abc: verify 50% (500.0 MiB of 1000.0 MiB)")
+        );
+        // Unknown totals: a line per 256 MiB.
+        let lines: Vec<String> = (0..=1024u64)
+            .filter_map(|i| plain_line(&mut printed, bytes("download", i << 20, None)))
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+    }
+
+    #[test]
+    fn command_refusals_carry_their_hint() {
+        use crate::plan::commands::CommandRefusal;
+        let refusal = CommandRefusal::NoSnapshot {
+            machine: "web".into(),
+            snapshot: "x".into(),
+            known: Vec::new(),
+        };
+        let e = anyhow::Error::new(refusal).context("rollback web");
+        assert_eq!(
+            hints(&e),
+            ["`virtfleet snapshots NAME` lists the snapshots of a machine"]
+        );
+        let e = anyhow::anyhow!("cannot connect: Connection refused (fleet.dhall: No such file)");
+        assert!(hints(&e).is_empty());
+    }
+
+    #[test]
+    fn terminal_bars_follow_a_step_with_bytes() {
+        let multi =
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let mut st = Hosts::default();
+        let host = || "hv1".to_owned();
+        terminal_event(
+            &multi,
+            &mut st,
+            Event::HostStarted {
+                host: host(),
+                steps: 1,
+            },
+        );
+        for (label, done) in [("verify", 0), ("verify", 512), ("copy", 0), ("copy", 1024)] {
+            terminal_event(&multi, &mut st, bytes(label, done, Some(1024)));
+        }
+        let b = &st.bytes["hv1"];
+        assert_eq!(
+            (b.message(), b.position(), b.length()),
+            ("copy".into(), 1024, Some(1024))
+        );
+        terminal_event(
+            &multi,
+            &mut st,
+            Event::StepFinished {
+                host: host(),
+                address: "hv1/images/abc".into(),
+                what: "ensure base image".into(),
+                error: None,
+                seconds: 0.1,
+            },
+        );
+        assert!(st.bytes.is_empty(), "the byte bar goes with its step");
+        assert_eq!(st.bars["hv1"].position(), 1);
     }
 }

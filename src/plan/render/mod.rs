@@ -39,13 +39,17 @@ pub fn kind(action: &Action) -> Kind {
         | Action::DefineDomain { .. }
         | Action::Start
         | Action::SetAutostart { .. }
-        | Action::Snapshot { .. } => Kind::Add,
+        | Action::Snapshot { .. }
+        | Action::RestoreDisk { .. } => Kind::Add,
         // Cleaning up an interrupted creation alters what is there; it loses
         // nothing (the directory never became a disk), so it is no destroy.
         Action::UpdateDomain { .. }
         | Action::GrowDisk { .. }
         | Action::Stop
         | Action::RemoveIncomplete { .. } => Kind::Change,
+        // A rollback keeps the disk and loses what was written since: it is
+        // marked destructive by its disruption, and counted as a change.
+        Action::Shutdown { .. } | Action::RollbackDisk { .. } => Kind::Change,
         Action::Destroy { .. }
         | Action::TrashDisk { .. }
         | Action::PurgeTrash { .. }

@@ -1,0 +1,122 @@
+//! Why a step failed, typed where the failure is made, each with the host,
+//! machine, image or path it concerns and, for known failures, a hint.
+
+use crate::host::HostError;
+use crate::host::libvirt::LibvirtError;
+use crate::host::storage::StorageError;
+use crate::host::transport::ExecError;
+use crate::lock::fetch::FetchError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A libvirt call failed (the error names the URI and the domain).
+    #[error(transparent)]
+    Libvirt(#[from] LibvirtError),
+    /// A storage operation failed (the error names the path or command).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A command on the host failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The plan names a host the fleet no longer has.
+    #[error("host {host} is not in the fleet any more")]
+    HostNotInFleet {
+        /// The host.
+        host: String,
+    },
+    /// The host's storage cannot be reached.
+    #[error(transparent)]
+    NoTransport(#[from] HostError),
+    /// A machine action without a machine: a hand-edited or corrupt plan.
+    #[error("{address}: change has no machine")]
+    NoMachine {
+        /// The change's address.
+        address: String,
+    },
+    /// The image the plan wants is not pinned (so) any more.
+    #[error("image {image} with sha256 {sha256} is not in images.lock any more")]
+    ImageNotPinned {
+        /// The image.
+        image: String,
+        /// The digest the plan wants.
+        sha256: String,
+    },
+    /// The controller's cached copy could not be read to verify it.
+    #[error("{}: cannot verify the cached image: {source}", path.display())]
+    CacheRead {
+        /// The cached file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Downloading the image into the controller's cache failed.
+    #[error("image {image}: {source}")]
+    Download {
+        /// The image.
+        image: String,
+        /// Why (names the URL).
+        #[source]
+        source: FetchError,
+    },
+    /// A snapshot of a running guest that only exists in its disk files.
+    #[error(
+        "snapshot {snapshot} of running {machine} is not known to libvirt; stop the guest to prune it"
+    )]
+    SnapshotNotInLibvirt {
+        /// The machine.
+        machine: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// The guest ignored the ACPI shutdown and powering off was not allowed.
+    #[error(
+        "{machine} did not shut down within {}; pass --force to power it off",
+        humantime::format_duration(*waited)
+    )]
+    ShutdownTimeout {
+        /// The machine.
+        machine: String,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// A disk was to be rolled back while its guest runs.
+    #[error("{machine} is running; {volume} is only rolled back while no guest uses it")]
+    GuestRunning {
+        /// The machine.
+        machine: String,
+        /// The volume.
+        volume: String,
+    },
+}
+
+impl StepError {
+    /// What the user can do about it, for failures with a known remedy.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StepError::HostNotInFleet { .. } | StepError::ImageNotPinned { .. } => {
+                Some("the fleet or the lock changed since the plan was made: run `virtfleet plan` again".into())
+            }
+            StepError::NoTransport(e) => e.hint().map(str::to_owned),
+            StepError::Storage(e) => e.hint().map(str::to_owned),
+            StepError::Exec(e) => e.hint().map(str::to_owned),
+            StepError::Download {
+                source: FetchError::Connect { .. },
+                ..
+            } => Some(
+                "is the server up and reachable from this machine? The lockfile and cache were left as they were".into(),
+            ),
+            StepError::Libvirt(e) => e.hint().map(str::to_owned),
+            StepError::ShutdownTimeout { .. } => Some(
+                "the guest may not listen to ACPI; --force powers it off (like pulling the plug) after the timeout".into(),
+            ),
+            StepError::SnapshotNotInLibvirt { .. } => {
+                Some("stop the guest, then apply again".into())
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! One change, carried out: the dispatch on [`Action`] and one function per
+//! group of actions. Every operation is idempotent (see the storage and
+//! libvirt layers), so a step that is repeated after a crash converges.
+
+use super::bytes::StepBytes;
+use super::error::StepError;
+use super::{Events, Settings};
+use crate::fleet::{Fleet, ImageName};
+use crate::host::libvirt::Libvirt;
+use crate::host::storage::{BaseImage, NewDisk, StorageBackend};
+use crate::lock::ImageLock;
+use crate::lock::cache::{Cache, Verdict};
+use crate::lock::fetch::{Expected, download};
+use crate::plan::planner::GIB;
+use crate::plan::{Action, Change};
+use crate::progress::Progress;
+use crate::resources::observed::DiskOwner;
+
+/// Everything a step may use on its host.
+pub struct StepEnv<'a> {
+    /// The fleet (its name goes into disk ownership).
+    pub fleet: &'a Fleet,
+    /// The lock (the pins base images are checked against).
+    pub lock: &'a ImageLock,
+    /// The controller's image cache.
+    pub cache: &'a Cache,
+    /// The host's libvirt connection.
+    pub lv: &'a Libvirt,
+    /// The host's storage backend.
+    pub storage: &'a dyn StorageBackend,
+    /// See [`Settings`].
+    pub settings: Settings,
+    /// Where byte progress goes.
+    pub events: &'a dyn Events,
+}
+
+/// Carries out `c`.
+pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
+    let (lv, storage, s) = (env.lv, env.storage, env.settings);
+    match &c.action {
+        Action::EnsureImage {
+            image,
+            sha256,
+            size,
+            format,
+        } => ensure_image(c, env, image, sha256, format.as_str(), *size),
+        Action::RemoveIncomplete { path } => Ok(storage.remove_incomplete(path)?),
+        Action::CreateDisk {
+            volume,
+            disk,
+            size_gib,
+            base,
+        } => {
+            let owner = DiskOwner {
+                fleet: env.fleet.name.to_string(),
+                machine: machine(c)?.into(),
+                disk: disk.clone(),
+            };
+            let base = base
+                .as_ref()
+                .map(|b| (b.sha256.as_str(), b.format.as_str()));
+            Ok(storage.create_disk(&NewDisk {
+                volume,
+                owner: &owner,
+                size_gib: *size_gib,
+                base,
+            })?)
+        }
+        Action::GrowDisk {
+            volume,
+            target,
+            to_gib,
+            ..
+        } => grow_disk(env, machine(c)?, volume, target, *to_gib),
+        Action::DefineDomain { xml } => Ok(lv.define(xml)?),
+        Action::UpdateDomain {
+            xml,
+            memory_live_mib,
+            restart,
+        } => update_domain(env, machine(c)?, xml, *memory_live_mib, *restart),
+        Action::SetAutostart { on } => Ok(lv.set_autostart(machine(c)?, *on)?),
+        Action::Start => Ok(lv.start(machine(c)?)?),
+        Action::Stop | Action::Shutdown { force: true } => {
+            lv.stop(machine(c)?, s.shutdown_grace)?;
+            Ok(())
+        }
+        Action::Shutdown { force: false } => shutdown(env, machine(c)?),
+        Action::Destroy { volumes } => destroy(env, machine(c)?, volumes),
+        Action::TrashDisk { volume } => Ok(storage.trash(volume, s.now)?),
+        Action::PurgeTrash { entry } => Ok(storage.purge(entry)?),
+        Action::RestoreDisk { entry, volume } => Ok(storage.restore(entry, volume)?),
+        Action::Snapshot { volumes, name } => take_snapshot(env, machine(c)?, volumes, name),
+        Action::PruneSnapshot { volumes, name } => prune_snapshot(env, machine(c)?, volumes, name),
+        Action::RollbackDisk { volume, name } => rollback_disk(env, machine(c)?, volume, name),
+    }
+}
+
+fn machine(c: &Change) -> Result<&str, StepError> {
+    c.machine.as_deref().ok_or_else(|| StepError::NoMachine {
+        address: c.address.clone(),
+    })
+}
+
+/// Verifies the controller's copy (downloading it again when it is missing
+/// or corrupt), then puts it on the host, where it is hashed once more.
+fn ensure_image(
+    c: &Change,
+    env: &StepEnv<'_>,
+    image: &str,
+    sha256: &str,
+    format: &str,
+    size: u64,
+) -> Result<(), StepError> {
+    let not_pinned = || StepError::ImageNotPinned {
+        image: image.into(),
+        sha256: sha256.into(),
+    };
+    let name = ImageName::new(image).map_err(|_| not_pinned())?;
+    let entry = env
+        .lock
+        .images
+        .get(&name)
+        .filter(|e| e.sha256.as_str() == sha256)
+        .ok_or_else(not_pinned)?;
+    let bytes = StepBytes::new(env.events, &c.host, &c.address);
+    let cached = env.cache.path(&entry.sha256);
+    // The controller's copy is re-hashed before it leaves: a corrupted
+    // cache entry is replaced, never shipped.
+    let verdict = env
+        .cache
+        .verify(&entry.sha256, Some(size), &bytes)
+        .map_err(|source| StepError::CacheRead {
+            path: cached.clone(),
+            source,
+        })?;
+    if verdict != Verdict::Ok {
+        let _ = std::fs::remove_file(&cached);
+        let expected = Expected {
+            sha256: entry.sha256.clone(),
+            size: entry.size,
+        };
+        download(&entry.url, Some(&expected), env.cache, image, &bytes).map_err(|source| {
+            StepError::Download {
+                image: image.into(),
+                source,
+            }
+        })?;
+    }
+    // Transports only advance; the label and total are set here.
+    bytes.start(&format!("copy {image} to the host"), Some(size));
+    let base = BaseImage {
+        cached: &cached,
+        name: image,
+        sha256,
+        format,
+    };
+    env.storage.ensure_image(&base, &bytes)?;
+    Ok(())
+}
+
+fn grow_disk(
+    env: &StepEnv<'_>,
+    m: &str,
+    volume: &str,
+    target: &str,
+    to_gib: u64,
+) -> Result<(), StepError> {
+    let running = env.lv.is_running(m)?;
+    env.storage.grow(volume, to_gib, running)?;
+    if running {
+        // Tell QEMU (and through it the guest) about the new size.
+        env.lv.block_resize(m, target, to_gib * GIB)?;
+    }
+    Ok(())
+}
+
+fn update_domain(
+    env: &StepEnv<'_>,
+    m: &str,
+    xml: &str,
+    memory_live_mib: Option<u64>,
+    restart: bool,
+) -> Result<(), StepError> {
+    let lv = env.lv;
+    lv.define(xml)?;
+    if let Some(mib) = memory_live_mib
+        && lv.is_running(m)?
+    {
+        lv.set_memory_live(m, mib)?;
+    }
+    if restart && lv.is_running(m)? {
+        lv.stop(m, env.settings.shutdown_grace)?;
+        lv.start(m)?;
+    }
+    Ok(())
+}
+
+/// ACPI shutdown without the power-off fallback: a guest that ignores it
+/// fails the step, and the steps after it (the disk rollbacks) never run.
+fn shutdown(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
+    let grace = env.settings.shutdown_grace;
+    if !env.lv.shutdown_wait(m, grace)? {
+        return Err(StepError::ShutdownTimeout {
+            machine: m.into(),
+            waited: grace,
+        });
+    }
+    Ok(())
+}
+
+fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepError> {
+    env.lv.stop(m, env.settings.shutdown_grace)?;
+    // Undefined before the disks move: a crash in between leaves owned
+    // disks without a domain, which the planner then trashes.
+    env.lv.undefine(m)?;
+    for v in volumes {
+        env.storage.trash(v, env.settings.now)?;
+    }
+    Ok(())
+}
+
+fn take_snapshot(
+    env: &StepEnv<'_>,
+    m: &str,
+    volumes: &[String],
+    name: &str,
+) -> Result<(), StepError> {
+    if env.storage.snapshots_via_domain() && env.lv.exists(m) {
+        env.lv.snapshot(m, name)?;
+    } else {
+        for v in volumes {
+            env.storage.snapshot(v, name)?;
+        }
+    }
+    Ok(())
+}
+
+fn prune_snapshot(
+    env: &StepEnv<'_>,
+    m: &str,
+    volumes: &[String],
+    name: &str,
+) -> Result<(), StepError> {
+    let (lv, storage) = (env.lv, env.storage);
+    let via_domain = storage.snapshots_via_domain() && lv.exists(m);
+    if via_domain && lv.delete_snapshot(m, name)? {
+        return Ok(());
+    }
+    if via_domain && lv.is_running(m)? {
+        return Err(StepError::SnapshotNotInLibvirt {
+            machine: m.into(),
+            snapshot: name.into(),
+        });
+    }
+    for v in volumes {
+        storage.destroy_snapshot(v, name)?;
+    }
+    Ok(())
+}
+
+fn rollback_disk(env: &StepEnv<'_>, m: &str, volume: &str, name: &str) -> Result<(), StepError> {
+    // The plan stops the guest first; one started since must not have a
+    // disk changed under it (ZFS would let that happen).
+    if env.lv.is_running(m)? {
+        return Err(StepError::GuestRunning {
+            machine: m.into(),
+            volume: volume.into(),
+        });
+    }
+    Ok(env.storage.rollback(volume, name)?)
+}

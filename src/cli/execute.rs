@@ -1,0 +1,101 @@
+//! Showing and running a plan: what `apply` and every command that changes
+//! a host (`destroy`, `restore`, `snapshot`, `rollback`, `reinit`) share.
+//!
+//! A plan is shown in the same rendering as `virtfleet plan`, confirmed
+//! where the command asks, run by the executor with progress on stderr,
+//! and its failures printed with their hints.
+
+use super::Context;
+use super::plan::{Format, render_plan};
+use crate::apply::{OnFailure, Outcome, Report, Settings};
+use crate::fleet::Fleet;
+use crate::lock::ImageLock;
+use crate::plan::Plan;
+use crate::resources::observed::{FORMAT_VERSION, Observation};
+use crate::ui::{ApplyProgress, ERROR, print_hint};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Prints `plan` for a person, as `virtfleet plan` does.
+pub fn show(plan: &Plan) {
+    print!("{}", render_plan(plan, Format::Human));
+}
+
+/// Runs `plan` through the executor, showing progress on stderr.
+pub fn execute(
+    ctx: &Context,
+    plan: &Plan,
+    fleet: &Fleet,
+    lock: &ImageLock,
+    shutdown_grace: Duration,
+    on_failure: OnFailure,
+) -> Report {
+    let settings = Settings {
+        now: plan.inputs.now,
+        shutdown_grace,
+        on_failure,
+    };
+    let progress = ApplyProgress::new();
+    let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &progress);
+    // Dropping the display clears its bars before anything else is printed.
+    drop(progress);
+    report
+}
+
+/// Prints every failed step with its hint; returns how many failed.
+pub fn print_failures(report: &Report) -> usize {
+    let mut n = 0;
+    for (_, s) in report.failures() {
+        if let Outcome::Failed { message, hint } = &s.outcome {
+            n += 1;
+            anstream::eprintln!(
+                "{ERROR}failed{ERROR:#}: {}: {}: {message}",
+                s.address,
+                s.what
+            );
+            if let Some(h) = hint {
+                print_hint(h);
+            }
+        }
+    }
+    n
+}
+
+/// An observation of only the host of `machine` (nothing when the fleet
+/// does not declare it: the command's plan then refuses by itself).
+pub fn observe_machine_host(
+    fleet: &Fleet,
+    machine: &crate::fleet::VmName,
+    now: u64,
+) -> Observation {
+    let hosts = match fleet.machines.get(machine) {
+        Some(m) => {
+            let host = &fleet.hosts[&m.host];
+            BTreeMap::from([(
+                host.name.to_string(),
+                crate::observe::observe_host(fleet, host),
+            )])
+        }
+        None => BTreeMap::new(),
+    };
+    Observation {
+        format_version: FORMAT_VERSION,
+        fleet: fleet.name.to_string(),
+        taken_at: now,
+        hosts,
+    }
+}
+
+/// The fleet and the lock for a one-machine command. Such plans touch no
+/// base image, so the lock is read (its digest goes into the plan) but
+/// not checked against the fleet.
+pub fn load(ctx: &Context) -> anyhow::Result<(Fleet, ImageLock)> {
+    let fleet = super::load_fleet(ctx)?;
+    let lock = ImageLock::read(&ctx.lock)?;
+    Ok((fleet, lock))
+}
+
+/// Parses a machine name given on the command line.
+pub fn machine_name(name: &str) -> anyhow::Result<crate::fleet::VmName> {
+    crate::fleet::VmName::new(name).map_err(|e| anyhow::anyhow!("machine {name:?}: {e}"))
+}
