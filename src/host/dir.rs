@@ -14,7 +14,18 @@
 //! place, trashed by renaming into `trash/`, restored by renaming back. A
 //! crash therefore leaves either the old or the new state, plus at worst an
 //! owned `.new-*` directory that the next plan removes. Directories without
-//! an `owner.json` of this fleet are never touched.
+//! an `owner.json` of this fleet are never touched; a `.new-*` directory is
+//! made with a plain `mkdir`, so a run never adopts or deletes one that
+//! another run is filling.
+//!
+//! A base image gets `images/<sha256>.<format>.verified` after its hash was
+//! checked on the host: its size, mtime and inode at that moment. An image
+//! whose file no longer matches its record is not trusted (observed as
+//! changed) and is copied again before anything new is made from it.
+//!
+//! Guest data is private: disk and trash directories are 0711 (QEMU, run as
+//! `libvirt-qemu`, must traverse them; nobody may list them) and disk files
+//! 0600 (libvirt hands them to QEMU's user while a guest runs).
 
 use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
@@ -23,6 +34,9 @@ use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Suffix of a base image's verification record.
+const VERIFIED: &str = ".verified";
+
 /// One entry under the storage path, from a single listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listing {
@@ -30,6 +44,9 @@ pub struct Listing {
     pub entries: BTreeMap<String, (bool, u64)>,
     /// Relative path of each owner.json → its parsed content.
     pub owners: BTreeMap<String, DiskOwner>,
+    /// Relative path of each base image with a verification record → the
+    /// file still matches it.
+    pub images: BTreeMap<String, bool>,
 }
 
 /// A Dir storage root on a host.
@@ -72,14 +89,16 @@ impl<'a> DirStorage<'a> {
             "-maxdepth",
             "3",
             "-printf",
-            "%y\t%s\t%P\n",
+            "%y\t%s\t%T@\t%i\t%P\n",
         ])?;
         let mut entries = BTreeMap::new();
+        let mut stats = BTreeMap::new();
         if !out.success {
             if out.stderr.contains("No such file") {
                 return Ok(Listing {
                     entries,
                     owners: BTreeMap::new(),
+                    images: BTreeMap::new(),
                 });
             }
             return Err(ExecError::Failed {
@@ -89,33 +108,73 @@ impl<'a> DirStorage<'a> {
             });
         }
         for line in out.stdout.lines() {
-            let mut it = line.splitn(3, '\t');
-            let (Some(kind), Some(size), Some(rel)) = (it.next(), it.next(), it.next()) else {
+            let mut it = line.splitn(5, '\t');
+            let (Some(kind), Some(size), Some(mtime), Some(inode), Some(rel)) =
+                (it.next(), it.next(), it.next(), it.next(), it.next())
+            else {
                 continue;
             };
-            entries.insert(rel.to_owned(), (kind == "d", size.parse().unwrap_or(0)));
+            let size = size.parse().unwrap_or(0);
+            entries.insert(rel.to_owned(), (kind == "d", size));
+            stats.insert(rel.to_owned(), format!("{size} {mtime} {inode}"));
         }
-        let owner_files: Vec<String> = entries
+        // Ownership markers and verification records: small files, read in
+        // one command.
+        let wanted: Vec<String> = entries
             .keys()
-            .filter(|p| p.ends_with("/owner.json"))
-            .map(|p| self.path(p))
+            .filter(|p| p.ends_with("/owner.json") || p.ends_with(VERIFIED))
+            .cloned()
             .collect();
-        let mut owners = BTreeMap::new();
-        if !owner_files.is_empty() {
-            let mut argv = vec!["grep", "-H", "."];
-            argv.extend(owner_files.iter().map(String::as_str));
-            let out = self.t.run(&argv)?;
-            let prefix = format!("{}/", self.root);
-            for line in out.stdout.lines() {
-                let Some((path, json)) = line.split_once(":{") else {
-                    continue;
-                };
-                if let Ok(owner) = serde_json::from_str::<DiskOwner>(&format!("{{{json}")) {
-                    owners.insert(path.trim_start_matches(&prefix).to_owned(), owner);
-                }
+        let texts = self.read_small_files(&wanted)?;
+        let owners = texts
+            .iter()
+            .filter(|(rel, _)| rel.ends_with("/owner.json"))
+            // Any valid JSON layout is accepted; a file that is not an
+            // owner record leaves its directory unmanaged (never touched).
+            .filter_map(|(rel, text)| Some((rel.clone(), serde_json::from_str(text).ok()?)))
+            .collect();
+        let images = texts
+            .iter()
+            .filter_map(|(rel, record)| {
+                let image = rel.strip_suffix(VERIFIED)?;
+                let intact = stats.get(image).is_some_and(|s| s == record.trim());
+                Some((image.to_owned(), intact))
+            })
+            .collect();
+        Ok(Listing {
+            entries,
+            owners,
+            images,
+        })
+    }
+
+    /// The contents of `rels` (relative paths of small text files), read
+    /// with one `grep -H ""`: each output line is `<path>:<line>`, and the
+    /// path is known, so any content (several lines, colons) is rebuilt.
+    fn read_small_files(&self, rels: &[String]) -> Result<BTreeMap<String, String>, ExecError> {
+        let mut texts: BTreeMap<String, String> = BTreeMap::new();
+        if rels.is_empty() {
+            return Ok(texts);
+        }
+        let paths: Vec<(String, &String)> = rels.iter().map(|r| (self.path(r), r)).collect();
+        let mut argv = vec!["grep", "-H", ""];
+        argv.extend(paths.iter().map(|(p, _)| p.as_str()));
+        // grep exits 1 when every file is empty and 2 when one vanished
+        // meanwhile: what it printed is still right for the others.
+        let out = self.t.run(&argv)?;
+        for line in out.stdout.lines() {
+            let hit = paths
+                .iter()
+                .filter(|(p, _)| line.len() > p.len() && line.starts_with(p.as_str()))
+                .filter(|(p, _)| line.as_bytes()[p.len()] == b':')
+                .max_by_key(|(p, _)| p.len());
+            if let Some((p, rel)) = hit {
+                let text = texts.entry((*rel).clone()).or_default();
+                text.push_str(&line[p.len() + 1..]);
+                text.push('\n');
             }
         }
-        Ok(Listing { entries, owners })
+        Ok(texts)
     }
 
     /// Virtual size in bytes of a disk, read with `qemu-img info`.
@@ -131,10 +190,31 @@ impl<'a> DirStorage<'a> {
             "qemu-img",
             "info",
             "-U",
+            // Never probe: disks are qcow2, and a probed format would read
+            // a guest-written raw header as the disk's own.
+            "-f",
+            "qcow2",
             "--output=json",
             &self.file_path(volume),
         ])?;
         serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))
+    }
+
+    /// Makes `dir` (and its parents) and keeps it 0711: QEMU must reach the
+    /// disks inside, nobody needs to list them.
+    fn private_dir(&self, dir: &str) -> Result<(), ExecError> {
+        self.t.run_ok(&["mkdir", "-p", dir])?;
+        self.t.run_ok(&["chmod", "0711", dir])?;
+        Ok(())
+    }
+
+    /// `<size> <mtime> <inode>` of a file, as the listing prints them; `None`
+    /// when it does not exist.
+    fn stat(&self, path: &str) -> Result<Option<String>, ExecError> {
+        let out = self
+            .t
+            .run(&["find", path, "-maxdepth", "0", "-printf", "%s %T@ %i"])?;
+        Ok((out.success && !out.stdout.is_empty()).then(|| out.stdout.trim().to_owned()))
     }
 
     /// Deletes an owned directory under `disks/.new-*` or `trash/` for good.
@@ -168,9 +248,17 @@ impl StorageBackend for DirStorage<'_> {
             match (top, name, rest) {
                 ("images" | "disks" | "trash", None, None) if *is_dir => {}
                 ("images", Some(f), None) => {
-                    // `.tmp-*` files are transfers in progress: not images yet.
-                    if let Some((sha, _)) = f.split_once('.').filter(|_| !f.starts_with('.')) {
-                        state.images.insert(sha.to_owned());
+                    // `.tmp-*` files are transfers in progress, `.verified`
+                    // files records: neither is an image. An image without
+                    // an intact record is not trusted.
+                    if f.starts_with('.') || f.ends_with(VERIFIED) {
+                        continue;
+                    }
+                    if let Some((sha, _)) = f.split_once('.') {
+                        match listing.images.get(rel.as_str()) {
+                            Some(true) => state.images.insert(sha.to_owned()),
+                            _ => state.changed_images.insert(sha.to_owned()),
+                        };
                     }
                 }
                 ("disks", Some(n), None) if *is_dir => match owner {
@@ -179,9 +267,11 @@ impl StorageBackend for DirStorage<'_> {
                     }
                     Some(o) => {
                         let path = self.file_path(n);
+                        // An unreadable size is an error, never 0: a zero
+                        // would plan a bogus "grow 0 → N GiB".
                         let size_bytes = match attached.get(&path) {
                             Some(s) if *s > 0 => *s,
-                            _ => self.virtual_size(n).unwrap_or(0),
+                            _ => self.virtual_size(n)?,
                         };
                         state.disks.insert(
                             n.to_owned(),
@@ -240,7 +330,10 @@ impl StorageBackend for DirStorage<'_> {
             ..
         } = *image;
         let dest = self.image_path(sha256, format);
-        if self.t.run(&["test", "-f", &dest])?.success {
+        let record = format!("{dest}{VERIFIED}");
+        if let Some(stat) = self.stat(&dest)?
+            && self.t.run(&["cat", &record])?.stdout.trim() == stat
+        {
             return Ok(());
         }
         self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
@@ -248,46 +341,58 @@ impl StorageBackend for DirStorage<'_> {
         copy_verified(self.t, cached, &tmp, sha256, progress)?;
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
+        // Replacing a changed image is a repair: overlays name it by path,
+        // and the bytes that arrive are the pinned ones.
         self.t.run_ok(&["mv", "-f", &tmp, &dest])?;
+        // The record comes last: a crash before it leaves an image that is
+        // not trusted, so it is copied again.
+        let stat = self
+            .stat(&dest)?
+            .ok_or_else(|| StorageError::DeviceMissing { path: dest.clone() })?;
+        self.t.write_file(&record, format!("{stat}\n").as_bytes())?;
         Ok(())
     }
 
     /// Creates disk `volume` (overlay on `base` when given, else blank) of
     /// `size_gib`, atomically. Idempotent: an existing disk is left alone.
     fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError> {
-        let (volume, owner, size_gib) = (disk.volume, disk.owner, disk.size_gib);
+        let volume = disk.volume;
         let final_dir = self.path(&layout::disk_rel(volume));
         if self.t.run(&["test", "-d", &final_dir])?.success {
             return Ok(());
         }
         let tmp_dir = self.path(&format!("disks/.new-{volume}"));
-        self.t.run_ok(&["rm", "-rf", &tmp_dir])?;
-        self.t.run_ok(&["mkdir", "-p", &tmp_dir])?;
-        let owner_json = serde_json::to_string(owner).expect("owner serialises");
-        self.t.write_file(
-            &format!("{tmp_dir}/owner.json"),
-            format!("{owner_json}\n").as_bytes(),
-        )?;
+        self.private_dir(&self.path("disks"))?;
+        // A plain mkdir: if the directory exists, another run is filling it
+        // (or a crashed one left it, which the next plan removes when it is
+        // this fleet's). Never delete or reuse what this call did not make.
+        let made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        if !made.success {
+            return Err(StorageError::Exists(tmp_dir));
+        }
+        let owner_json = serde_json::to_string(disk.owner).expect("owner serialises");
+        let owner_path = format!("{tmp_dir}/owner.json");
+        self.t
+            .write_file(&owner_path, format!("{owner_json}\n").as_bytes())?;
         let file = format!("{tmp_dir}/disk.qcow2");
-        let size = format!("{size_gib}G");
-        match disk.base {
-            Some((sha, fmt)) => self.t.run_ok(&[
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                fmt,
-                "-b",
-                &self.image_path(sha, fmt),
-                &file,
-                &size,
-            ])?,
-            None => self
-                .t
-                .run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", &file, &size])?,
-        };
+        let size = format!("{}G", disk.size_gib);
+        let mut argv = vec!["qemu-img", "create", "-q", "-f", "qcow2"];
+        let backing;
+        if let Some((sha, fmt)) = disk.base {
+            backing = self.image_path(sha, fmt);
+            argv.extend(["-F", fmt, "-b", &backing]);
+        }
+        argv.extend([file.as_str(), size.as_str()]);
+        self.t.run_ok(&argv)?;
+        // Guest data: readable by nobody but its owner (libvirt gives the
+        // file to QEMU's user while the guest runs).
+        self.t.run_ok(&["chmod", "0600", &file])?;
+        // Only a complete directory becomes a disk.
+        if !self.t.run(&["test", "-f", &owner_path])?.success
+            || !self.t.run(&["test", "-f", &file])?.success
+        {
+            return Err(StorageError::DeviceMissing { path: file });
+        }
         self.t.run_ok(&["mv", "-T", &tmp_dir, &final_dir])?;
         Ok(())
     }
@@ -316,7 +421,7 @@ impl StorageBackend for DirStorage<'_> {
         {
             return Ok(());
         }
-        self.t.run_ok(&["mkdir", "-p", &self.path("trash")])?;
+        self.private_dir(&self.path("trash"))?;
         self.t.run_ok(&[
             "mv",
             "-T",

@@ -48,14 +48,11 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
 
 /// Observes one host.
 pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
-    // Disks whose policy schedules snapshots: their snapshot lists are needed.
+    // Every disk of the fleet's machines needs its snapshot list, even under
+    // a policy that keeps nothing: snapshots taken under an earlier policy
+    // must still be seen to be pruned (ZFS lists them all anyway).
     let with_snapshots: BTreeSet<String> = fleet
         .machines_on(&host.name)
-        .filter(|m| {
-            std::iter::once(&m.snapshots)
-                .chain(m.data_disks.iter().map(|d| &d.snapshots))
-                .any(|p| p.hourly + p.daily + p.weekly + p.monthly > 0)
-        })
         .flat_map(|m| {
             m.disks()
                 .into_iter()
@@ -114,6 +111,7 @@ fn try_observe(
     Ok(HostState {
         domains,
         images: storage.images,
+        changed_images: storage.changed_images,
         disks: storage.disks,
         trash: storage.trash,
         incomplete: storage.incomplete,

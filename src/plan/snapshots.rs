@@ -59,7 +59,10 @@ impl Period {
             Period::Hourly => t - t % 3_600,
             Period::Daily => day * 86_400,
             // 1970-01-01 was a Thursday: days since the Monday before it.
-            Period::Weekly => (day - (day + 3) % 7) * 86_400,
+            // The first days of 1970 belong to a week that began in 1969:
+            // its start is clamped to the epoch rather than underflowing
+            // (a hand-made `vf-weekly-19700101T000000Z` must not panic).
+            Period::Weekly => day.saturating_sub((day + 3) % 7) * 86_400,
             Period::Monthly => {
                 let (y, m, _) = civil(day as i64);
                 days_from_civil(y, m, 1) as u64 * 86_400
@@ -226,6 +229,27 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_snapshots_from_the_first_days_of_1970_do_not_panic() {
+        for name in ["vf-weekly-19700101T000000Z", "vf-weekly-19700104T235959Z"] {
+            let Kind::Scheduled(p, t) = classify(name) else {
+                panic!("{name} is a scheduled snapshot");
+            };
+            assert_eq!(p.start(t), 0, "{name}");
+            let policy = Snapshots {
+                init: true,
+                hourly: 0,
+                daily: 0,
+                weekly: 1,
+                monthly: 0,
+            };
+            // The old one is pruned, a new one taken; nothing panics.
+            let d = decide(&policy, &[name.to_owned()], 1_900_000_000);
+            assert_eq!(d.prune, [name]);
+            assert_eq!(d.create.len(), 1);
+        }
+    }
 
     /// 2026-11-22T14:30:00Z, a Sunday.
     const NOW: u64 = 1_795_357_800;

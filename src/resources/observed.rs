@@ -44,6 +44,11 @@ pub struct HostState {
     pub domains: BTreeMap<String, ObservedDomain>,
     /// sha256 of every verified base image present.
     pub images: BTreeSet<String>,
+    /// sha256 of base images present whose bytes changed since they were
+    /// verified on the host (size, mtime or inode differ from the record):
+    /// not trusted, copied again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub changed_images: BTreeSet<String>,
     /// This fleet's disks, by volume name (`web-root`).
     pub disks: BTreeMap<String, OwnedDisk>,
     /// This fleet's trash entries, by entry name (`web-root@1700000000`).
@@ -179,6 +184,11 @@ pub struct DiskOwner {
 pub struct StorageState {
     /// sha256 of every verified base image present.
     pub images: BTreeSet<String>,
+    /// sha256 of base images present whose bytes changed since they were
+    /// verified on the host (size, mtime or inode differ from the record):
+    /// not trusted, copied again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub changed_images: BTreeSet<String>,
     /// This fleet's disks, by volume name (`web-root`).
     pub disks: BTreeMap<String, OwnedDisk>,
     /// This fleet's trash entries, by entry name.

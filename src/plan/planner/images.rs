@@ -30,9 +30,17 @@ pub(super) fn plan(
             continue;
         };
         let sha = pin.sha256.to_string();
-        if state.images.contains(&sha) || !planned.insert(sha) {
+        if state.images.contains(&sha) || !planned.insert(sha.clone()) {
             continue;
         }
+        let reason = if state.changed_images.contains(&sha) {
+            format!(
+                "drift: base image {} changed on the host since it was verified; it is copied again",
+                m.image
+            )
+        } else {
+            format!("base image {} is not on the host yet", m.image)
+        };
         hp.add(
             Phase::Image,
             format!("{h}/images/{}", pin.sha256.short()),
@@ -44,7 +52,7 @@ pub(super) fn plan(
                 size: pin.size,
             },
             Disruption::None,
-            format!("base image {} is not on the host yet", m.image),
+            reason,
         );
     }
 }

@@ -1,0 +1,163 @@
+//! Faults and tampering on a real Dir host (the system libvirtd), each
+//! found by probing a running fleet: the fix is checked with independent
+//! witnesses (`virsh`, `qemu-img`, the file system).
+
+mod common;
+
+use common::lab::{Lab, SYSTEM, virsh_ok};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn base_image(lab: &Lab) -> std::path::PathBuf {
+    let images = lab.entries("images");
+    let name = images
+        .iter()
+        .find(|n| n.ends_with(".raw"))
+        .unwrap_or_else(|| panic!("a base image in {images:?}"));
+    lab.root.join("images").join(name)
+}
+
+#[test]
+fn regression_a_corrupted_base_image_on_the_host_is_drift_and_repaired() {
+    let lab = Lab::new("t-rel-base");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    let base = base_image(&lab);
+    let good = std::fs::read(&base).unwrap();
+    // One byte flipped on the host, as a failing disk or a person would.
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    let mut perm = std::fs::metadata(&base).unwrap().permissions();
+    perm.set_mode(0o644);
+    std::fs::set_permissions(&base, perm).unwrap();
+    std::fs::write(&base, &bad).unwrap();
+
+    let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(2);
+    assert!(
+        out.stdout
+            .contains("changed on the host since it was verified"),
+        "{}",
+        out.all()
+    );
+    lab.apply(&[]).expect_code(0);
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        good,
+        "the pinned bytes are back"
+    );
+    assert_eq!(mode(&base), 0o444);
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+#[test]
+fn regression_pretty_printed_owner_files_stay_managed() {
+    let lab = Lab::new("t-rel-owner");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    let owner = lab.root.join(format!("disks/{a}-root/owner.json"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&owner).unwrap()).unwrap();
+    std::fs::write(&owner, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    assert!(!out.stdout.contains("unmanaged"), "{}", out.all());
+}
+
+#[test]
+fn regression_another_fleets_half_made_disk_is_never_deleted() {
+    let lab = Lab::new("t-rel-new");
+    let a = lab.m("a");
+    // Another fleet is creating a disk with the volume name this fleet
+    // wants: its directory must survive this fleet's apply untouched.
+    let theirs = lab.root.join(format!("disks/.new-{a}-root"));
+    std::fs::create_dir_all(&theirs).unwrap();
+    let marker = format!("{{\"fleet\":\"other\",\"machine\":\"{a}\",\"disk\":\"root\"}}\n");
+    std::fs::write(theirs.join("owner.json"), &marker).unwrap();
+    std::fs::write(theirs.join("disk.qcow2"), b"their bytes").unwrap();
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(plan.stdout.contains("unmanaged"), "{}", plan.all());
+    let out = lab.apply(&[]);
+    assert_eq!(out.code, Some(1), "the creation must fail: {}", out.all());
+    assert!(out.all().contains("already exists"), "{}", out.all());
+    assert_eq!(
+        std::fs::read(theirs.join("disk.qcow2")).unwrap(),
+        b"their bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("owner.json")).unwrap(),
+        marker
+    );
+}
+
+#[test]
+fn guest_disks_are_private() {
+    let lab = Lab::new("t-rel-mode");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "")]);
+    lab.apply(&[]).expect_code(0);
+    // The guest runs: QEMU (libvirt-qemu) can use its private disk.
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "running");
+    let dir = lab.root.join(format!("disks/{a}-root"));
+    assert_eq!(mode(&dir), 0o711, "{}", dir.display());
+    assert_eq!(mode(&dir.join("disk.qcow2")), 0o600);
+    assert_eq!(mode(&lab.root.join("disks")), 0o711);
+    // Trashed, it stays private.
+    lab.write(&[]);
+    lab.apply(&["--allow-destroy"]).expect_code(0);
+    let trash = lab.entries("trash");
+    assert_eq!(trash.len(), 1, "{trash:?}");
+    let entry = lab.root.join("trash").join(&trash[0]);
+    assert_eq!(mode(&entry.join("disk.qcow2")), 0o600);
+    assert_eq!(mode(&lab.root.join("trash")), 0o711);
+}
+
+#[test]
+fn regression_a_policy_of_zero_still_prunes_old_snapshots_on_dir_hosts() {
+    let lab = Lab::new("t-rel-zero");
+    let a = lab.m("a");
+    let daily = |n: u32| {
+        lab.machine(
+            "a",
+            &format!("power = V.Power.Stopped, snapshots = V.Snapshots::{{ daily = {n} }}"),
+        )
+    };
+    lab.write(&[daily(1)]);
+    lab.apply(&[]).expect_code(0);
+    let snaps = lab.vf(&["snapshots", &a]).expect_code(0);
+    assert!(snaps.stdout.contains("vf-daily-"), "{}", snaps.all());
+    lab.write(&[daily(0)]);
+    let out = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        out.stdout.contains("prune snapshot vf-daily-"),
+        "{}",
+        out.all()
+    );
+    lab.apply(&["--allow-destroy"]).expect_code(0);
+    let snaps = lab.vf(&["snapshots", &a]).expect_code(0);
+    assert!(!snaps.stdout.contains("vf-daily-"), "{}", snaps.all());
+    assert!(snaps.stdout.contains("vf-init"), "{}", snaps.all());
+}
+
+#[test]
+fn regression_an_unreadable_disk_size_is_an_error_not_a_grow_from_zero() {
+    let lab = Lab::new("t-rel-size");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    // The qcow2 header is destroyed: qemu-img cannot read the size.
+    let disk = lab.root.join(format!("disks/{a}-root/disk.qcow2"));
+    std::fs::write(&disk, b"not a qcow2 image").unwrap();
+    let out = lab.vf(&["plan", "--detailed-exitcode"]);
+    assert!(!out.stdout.contains("grow"), "{}", out.all());
+    assert_eq!(
+        out.code,
+        Some(3),
+        "the host's observation failed: {}",
+        out.all()
+    );
+    assert!(out.all().contains(&format!("{a}-root")), "{}", out.all());
+}
