@@ -53,6 +53,12 @@ pub fn age(now: u64, then: u64) -> String {
     }
 }
 
+/// Unix seconds as RFC 3339, e.g. `2023-11-14T22:13:20Z`.
+pub fn rfc3339(secs: u64) -> String {
+    use std::time::{Duration, UNIX_EPOCH};
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

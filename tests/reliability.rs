@@ -161,3 +161,58 @@ fn regression_an_unreadable_disk_size_is_an_error_not_a_grow_from_zero() {
     );
     assert!(out.all().contains(&format!("{a}-root")), "{}", out.all());
 }
+
+#[test]
+fn a_second_apply_of_the_same_fleet_is_refused_at_once() {
+    let lab = Lab::new("t-rel-lock");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "")]);
+    lab.apply(&[]).expect_code(0);
+    // Stopping a guest that ignores ACPI keeps the first run busy for the
+    // whole shutdown timeout.
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    let first = lab
+        .vf_command(&[
+            "apply",
+            "--auto-approve",
+            "--allow-restart",
+            "--shutdown-timeout",
+            "6s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first run takes the lock within a second (load, observe, plan),
+    // then waits 6 s for the guest.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let second = lab.apply(&["--allow-restart"]);
+    assert_eq!(second.code, Some(1), "{}", second.all());
+    assert!(
+        second
+            .stderr
+            .contains(&format!("being changed by another run: pid {}", first.id())),
+        "{}",
+        second.all()
+    );
+    assert!(
+        second.stderr.contains("nothing was done"),
+        "{}",
+        second.all()
+    );
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "refused at once, not after waiting"
+    );
+    // `plan` never waits for the lock.
+    lab.vf(&["plan"]).expect_code(0);
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
+}

@@ -13,6 +13,7 @@
 
 mod bytes;
 mod error;
+pub mod runlock;
 mod step;
 
 pub use bytes::StepBytes;

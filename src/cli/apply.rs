@@ -3,7 +3,7 @@
 //! then observe again and check that the fleet converged.
 
 use super::execute;
-use super::plan::{Format, PlanArgs, compute, render_plan};
+use super::plan::{Format, PlanArgs, plan_loaded, render_plan};
 use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
 use crate::apply::{OnFailure, Outcome, Report};
 use crate::plan::Plan;
@@ -51,8 +51,21 @@ pub struct Args {
 
 /// Shows the plan, asks, applies it, checks convergence; returns the exit code.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
-    let (fleet, lock, plan) = match &args.plan_file {
-        None => compute(ctx, &args.common)?,
+    if let Some(path) = &args.common.observed {
+        bail!(
+            "{}: apply never acts on a saved observation (the hosts may have changed since); run `virtfleet apply` against the live hosts. Nothing was changed.",
+            path.display()
+        );
+    }
+    // The run lock is taken before anything is observed: two runs of one
+    // fleet must never plan against the same state and both act on it.
+    let (fleet, lock, plan, _run) = match &args.plan_file {
+        None => {
+            let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
+            let run = execute::lock(ctx, &fleet)?;
+            let plan = plan_loaded(&fleet, &lock, &args.common)?;
+            (fleet, lock, plan, run)
+        }
         Some(path) => load_saved(ctx, path)?,
     };
     execute::show(&plan);
@@ -152,7 +165,12 @@ fn converged(
 fn load_saved(
     ctx: &Context,
     path: &PathBuf,
-) -> anyhow::Result<(crate::fleet::Fleet, crate::lock::ImageLock, Plan)> {
+) -> anyhow::Result<(
+    crate::fleet::Fleet,
+    crate::lock::ImageLock,
+    Plan,
+    crate::apply::runlock::FleetLock,
+)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let plan: Plan = serde_json::from_str(&text)
@@ -172,6 +190,7 @@ fn load_saved(
         );
     }
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
+    let run = execute::lock(ctx, &fleet)?;
     let stale = |what: String| {
         anyhow::anyhow!(
             "stale plan {}: {what} changed since it was made; run `virtfleet plan` again. Nothing was changed.",
@@ -191,5 +210,5 @@ fn load_saved(
             _ => return Err(stale(format!("host {host}"))),
         }
     }
-    Ok((fleet, lock, plan))
+    Ok((fleet, lock, plan, run))
 }

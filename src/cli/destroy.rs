@@ -43,6 +43,7 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let name = execute::machine_name(&args.name)?;
+    let _run = execute::lock(ctx, &fleet)?;
     let now = now();
     // Every host: a machine removed from the fleet has no host in it.
     let obs = crate::observe::observe(&fleet, now);

@@ -7,6 +7,7 @@
 
 use super::Context;
 use super::plan::{Format, render_plan};
+use crate::apply::runlock::{FleetLock, Holder, lock_fleet};
 use crate::apply::{OnFailure, Outcome, Report, Settings};
 use crate::fleet::Fleet;
 use crate::lock::ImageLock;
@@ -15,6 +16,13 @@ use crate::resources::observed::{FORMAT_VERSION, Observation};
 use crate::ui::{ApplyProgress, ERROR, print_hint};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Takes this fleet's run lock for the rest of the command, or refuses at
+/// once naming the run that holds it.
+pub fn lock(ctx: &Context, fleet: &Fleet) -> anyhow::Result<FleetLock> {
+    let holder = Holder::me(super::now());
+    Ok(lock_fleet(&ctx.state_dir, fleet.name.as_str(), &holder)?)
+}
 
 /// Prints `plan` for a person, as `virtfleet plan` does.
 pub fn show(plan: &Plan) {

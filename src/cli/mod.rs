@@ -74,6 +74,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIRTFLEET_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Where run locks live (one per fleet: a second apply of a fleet is refused while one runs) [default: $XDG_STATE_HOME/virtfleet or ~/.local/state/virtfleet].
+    #[arg(long, global = true, env = "VIRTFLEET_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +109,8 @@ pub struct Context {
     pub lock: PathBuf,
     /// The image cache.
     pub cache: Cache,
+    /// Private state of this controller (run locks).
+    pub state_dir: PathBuf,
 }
 
 impl Context {
@@ -118,7 +124,21 @@ impl Context {
             fleet: cli.fleet.clone(),
             lock,
             cache,
+            state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
         }
+    }
+}
+
+/// `$XDG_STATE_HOME/virtfleet`, else `~/.local/state/virtfleet`, else
+/// `/var/lib/virtfleet` (a service without a home).
+fn default_state_dir() -> PathBuf {
+    let non_empty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    if let Some(x) = non_empty("XDG_STATE_HOME") {
+        PathBuf::from(x).join("virtfleet")
+    } else if let Some(h) = non_empty("HOME") {
+        PathBuf::from(h).join(".local/state/virtfleet")
+    } else {
+        PathBuf::from("/var/lib/virtfleet")
     }
 }
 

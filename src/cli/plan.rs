@@ -81,6 +81,16 @@ pub fn compute(
     crate::plan::Plan,
 )> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
+    let plan = plan_loaded(&fleet, &lock, args)?;
+    Ok((fleet, lock, plan))
+}
+
+/// Observes (or reads `--observed`) and plans an already loaded fleet.
+pub fn plan_loaded(
+    fleet: &crate::fleet::Fleet,
+    lock: &crate::lock::ImageLock,
+    args: &PlanArgs,
+) -> anyhow::Result<crate::plan::Plan> {
     let now = now();
     let (obs, source) = match &args.observed {
         Some(path) => {
@@ -107,16 +117,15 @@ pub fn compute(
             (obs, crate::plan::Source::File)
         }
         None => (
-            crate::observe::observe(&fleet, now),
+            crate::observe::observe(fleet, now),
             crate::plan::Source::Live,
         ),
     };
     let opts = crate::plan::Options {
         source,
-        ..options(&fleet, args, now)
+        ..options(fleet, args, now)
     };
-    let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
-    Ok((fleet, lock, plan))
+    Ok(crate::plan::plan(fleet, lock, &obs, opts))
 }
 
 /// Planner options: the flags, or the fleet's settings, grant permissions.

@@ -32,6 +32,7 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = execute::load(ctx)?;
     let name = execute::machine_name(&args.name)?;
+    let _run = execute::lock(ctx, &fleet)?;
     let now = now();
     let obs = execute::observe_machine_host(&fleet, &name, now);
     let basis = Basis {

@@ -163,6 +163,7 @@ pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
     crate::fleet::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
     let (fleet, lock) = execute::load(ctx)?;
     let name = execute::machine_name(&args.name)?;
+    let _run = execute::lock(ctx, &fleet)?;
     let now = now();
     let obs = execute::observe_machine_host(&fleet, &name, now);
     let basis = Basis {
@@ -239,6 +240,7 @@ pub fn reinit(ctx: &Context, args: ReinitArgs) -> anyhow::Result<u8> {
 fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::Result<u8> {
     let (fleet, lock) = execute::load(ctx)?;
     let vm = execute::machine_name(name)?;
+    let _run = execute::lock(ctx, &fleet)?;
     let now = now();
     let obs = execute::observe_machine_host(&fleet, &vm, now);
     let snapshots = owned_snapshots(&fleet, &vm, &obs, to)?;

@@ -165,6 +165,8 @@ fn hints(err: &anyhow::Error) -> Vec<String> {
             e.hint().map(str::to_owned)
         } else if let Some(e) = cause.downcast_ref::<crate::host::HostError>() {
             e.hint().map(str::to_owned)
+        } else if let Some(e) = cause.downcast_ref::<crate::apply::runlock::RunLockError>() {
+            e.hint().map(str::to_owned)
         } else if let Some(e) = cause.downcast_ref::<crate::lock::fetch::FetchError>() {
             fetch_hint(e).map(str::to_owned)
         } else {

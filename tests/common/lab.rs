@@ -225,10 +225,16 @@ impl Lab {
         out
     }
 
-    /// A command line for virtfleet (for tests that need the child process).
+    /// A command line for virtfleet (for tests that need the child process),
+    /// with the same home (and so the same state directory) as [`Lab::vf`].
     pub fn vf_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("virtfleet"));
+        let home = self.scratch.path().join("home");
         cmd.env("NO_COLOR", "1")
+            .env("HOME", &home)
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("VIRTFLEET_STATE_DIR")
             .arg("--cache-dir")
             .arg(self.scratch.path().join("cache"))
             .arg("-f")

@@ -458,6 +458,8 @@ pub fn virtfleet(fleet: &Path, cache: &Path) -> assert_cmd::Command {
         "VIRTFLEET_LOCK",
         "VIRTFLEET_CACHE_DIR",
         "VIRTFLEET_LOG",
+        "VIRTFLEET_STATE_DIR",
+        "XDG_STATE_HOME",
         "http_proxy",
         "HTTP_PROXY",
         "https_proxy",

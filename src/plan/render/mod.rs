@@ -4,7 +4,7 @@
 //! Every renderer is a pure function from a [`Plan`] to a `String`; the
 //! caller decides where it goes. What the renderers share lives here: how
 //! changes are classified and counted ([`counts`]), the symbol and
-//! one-line description of a change, and how ages are spelled ([`age`]), so
+//! one-line description of a change, and how ages are spelled (`text::age`), so
 //! the three renderings never disagree about a plan.
 
 mod human;
@@ -17,8 +17,7 @@ pub use markdown::markdown;
 
 use super::model::{Action, Change, Disruption, Plan};
 
-use crate::text::age;
-use std::time::{Duration, UNIX_EPOCH};
+use crate::text::{age, rfc3339};
 
 /// What a change does to the fleet, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,11 +173,6 @@ pub fn hosts(plan: &Plan) -> Vec<&str> {
 /// The host part of an address (`host/machine/disk` → `host`).
 fn address_host(address: &str) -> &str {
     address.split_once('/').map_or(address, |(h, _)| h)
-}
-
-/// Unix seconds as RFC 3339, e.g. `2023-11-14T22:13:20Z`.
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// `observation from a file, taken <RFC 3339> (<age> ago)` when the plan was
