@@ -216,3 +216,139 @@ fn a_second_apply_of_the_same_fleet_is_refused_at_once() {
     );
     assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
 }
+
+/// A lease as another controller would leave it on a Dir host.
+fn foreign_lease(lab: &Lab, expires: u64) {
+    let dir = lab.root.join("lease");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lease = serde_json::json!({
+        "id": "elsewhere-4242-1",
+        "fleet": lab.name,
+        "controller": "elsewhere",
+        "pid": 4242,
+        "user": "bob",
+        "command": "virtfleet apply",
+        "since": 1_700_000_000u64,
+        "expires": expires,
+    });
+    std::fs::write(dir.join("holder.json"), lease.to_string()).unwrap();
+}
+
+#[test]
+fn a_host_leased_by_another_controller_is_left_alone_until_broken() {
+    let lab = Lab::new("t-rel-lease");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    foreign_lease(&lab, 4_000_000_000);
+    // The lease is shown, and is no object of any fleet.
+    let status = lab.vf(&["status"]).expect_code(0);
+    assert!(
+        status
+            .stdout
+            .contains("leased by bob on elsewhere pid 4242"),
+        "{}",
+        status.all()
+    );
+    assert!(!status.stdout.contains("unmanaged"), "{}", status.all());
+    let out = lab.apply(&[]).expect_code(1);
+    assert!(
+        out.stderr
+            .contains("host local is being changed by another run: bob on elsewhere pid 4242"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stderr.contains("--break-lock"), "{}", out.all());
+    assert!(lab.entries("disks").is_empty(), "nothing was made");
+    // Broken explicitly: the apply converges and releases its own lease.
+    lab.apply(&["--break-lock"]).expect_code(0);
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
+    assert!(!lab.root.join("lease").exists());
+    // A lapsed lease is broken without asking.
+    foreign_lease(&lab, 1_700_000_000);
+    lab.write(&[]);
+    lab.apply(&["--allow-destroy"]).expect_code(0);
+}
+
+#[test]
+fn two_controllers_never_change_one_host_at_once() {
+    let lab = Lab::new("t-rel-two");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "")]);
+    lab.apply(&[]).expect_code(0);
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    let first = lab
+        .vf_command(&[
+            "apply",
+            "--auto-approve",
+            "--allow-restart",
+            "--shutdown-timeout",
+            "6s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Another controller: its own state directory, so no shared run lock;
+    // only the host's lease stands between them.
+    let other = tempfile::tempdir().unwrap();
+    let second = lab.vf(&[
+        "--state-dir",
+        other.path().to_str().unwrap(),
+        "apply",
+        "--auto-approve",
+        "--allow-restart",
+        "--shutdown-timeout",
+        "1s",
+    ]);
+    assert_eq!(second.code, Some(1), "{}", second.all());
+    assert!(
+        second
+            .stderr
+            .contains("host local is being changed by another run: root on "),
+        "{}",
+        second.all()
+    );
+    assert!(
+        second.stderr.contains(&format!(" pid {} ", first.id())),
+        "{}",
+        second.all()
+    );
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
+    assert!(!lab.root.join("lease").exists(), "released");
+}
+
+#[test]
+fn a_killed_run_leaves_no_lease_that_blocks_this_controller() {
+    let lab = Lab::new("t-rel-kill");
+    lab.write(&[lab.machine("a", "")]);
+    lab.apply(&[]).expect_code(0);
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    let mut first = lab
+        .vf_command(&[
+            "apply",
+            "--auto-approve",
+            "--allow-restart",
+            "--shutdown-timeout",
+            "30s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(lab.root.join("lease").exists(), "the run holds the lease");
+    first.kill().unwrap(); // SIGKILL: no chance to release anything
+    first.wait().unwrap();
+    assert!(lab.root.join("lease").exists(), "its lease is left behind");
+    // Its process is gone from this controller: the lease is stale.
+    lab.apply(&["--allow-restart"]).expect_code(0);
+    assert!(!lab.root.join("lease").exists());
+}

@@ -2,6 +2,7 @@
 //! machine, image or path it concerns and, for known failures, a hint.
 
 use crate::host::HostError;
+use crate::host::lease::LeaseError;
 use crate::host::libvirt::LibvirtError;
 use crate::host::storage::StorageError;
 use crate::host::transport::ExecError;
@@ -21,6 +22,9 @@ pub enum StepError {
     /// A command on the host failed.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The host's lease is held by another run (or could not be handled).
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// The plan names a host the fleet no longer has.
     #[error("host {host} is not in the fleet any more")]
     HostNotInFleet {
@@ -101,6 +105,7 @@ impl StepError {
                 Some("the fleet or the lock changed since the plan was made: run `virtfleet plan` again".into())
             }
             StepError::NoTransport(e) => e.hint().map(str::to_owned),
+            StepError::Lease(e) => e.hint().map(str::to_owned),
             StepError::Storage(e) => e.hint().map(str::to_owned),
             StepError::Exec(e) => e.hint().map(str::to_owned),
             StepError::Download {

@@ -21,16 +21,27 @@ pub use error::StepError;
 
 use crate::fleet::{Fleet, Host};
 use crate::host::backend;
+use crate::host::lease;
 use crate::host::libvirt::Libvirt;
 use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
 use crate::lock::cache::Cache;
 use crate::plan::{Change, Plan};
+use crate::resources::observed::Lease;
+use runlock::Holder;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use step::{StepEnv, step};
+
+/// Unix seconds now (leases are stamped with real time, not the plan's).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// What happens on other hosts when one host's step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,7 +62,16 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// See [`OnFailure`].
     pub on_failure: OnFailure,
+    /// Break a host's lease held by another run (`--break-lock`).
+    pub break_lock: bool,
 }
+
+/// How long a host lease lasts unless renewed: long enough for one slow
+/// step (a large image copy), short enough that a dead run's lease lapses
+/// within the hour.
+pub const LEASE_TTL: u64 = 3_600;
+/// A lease is renewed between steps once this much of it has passed.
+const LEASE_RENEW_AFTER: u64 = 600;
 
 /// Progress of an apply.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,12 +213,24 @@ pub fn apply(
             .into_iter()
             .map(|(h, changes)| {
                 let run = &run;
-                (h.to_owned(), s.spawn(move || run.host(h, &changes)))
+                let mine = changes.clone();
+                (h.to_owned(), s.spawn(move || run.host(h, &mine)), changes)
             })
             .collect();
         handles
             .into_iter()
-            .map(|(h, j)| (h, j.join().unwrap_or_default()))
+            .map(|(h, j, changes)| {
+                // A crashed host thread is a failure of each of its steps,
+                // never "0 of 0 done".
+                let results = j.join().unwrap_or_else(|_| {
+                    let crashed = Outcome::Failed {
+                        message: format!("the executor's thread for host {h} crashed"),
+                        hint: None,
+                    };
+                    changes.iter().map(|c| report(c, crashed.clone())).collect()
+                });
+                (h, results)
+            })
             .collect()
     });
     Report { hosts }
@@ -228,6 +260,21 @@ impl Run<'_> {
             }
             Ok((lv, t, host)) => {
                 let storage = backend(host, t.as_ref());
+                // Nothing is changed on a host without its lease: two runs
+                // (two controllers) never change one host at once.
+                let lease = self.lease(name);
+                let now = unix_now();
+                if let Err(e) = lease::acquire(
+                    storage.as_ref(),
+                    name,
+                    &lease,
+                    now,
+                    self.settings.break_lock,
+                ) {
+                    let failed = failed(&StepError::Lease(e));
+                    let results = changes.iter().map(|c| report(c, failed.clone())).collect();
+                    return self.finish(name, results);
+                }
                 let env = StepEnv {
                     fleet: self.fleet,
                     lock: self.lock,
@@ -237,9 +284,20 @@ impl Run<'_> {
                     settings: self.settings,
                     events: self.events,
                 };
-                self.steps(name, changes, &env)
+                let results = self.steps(name, changes, &env, lease.clone());
+                // Released even after a failure: what is left is planned
+                // again by the next run, which needs the host.
+                if let Err(e) = storage.remove_lease(&lease.id) {
+                    tracing::warn!(host = name, error = %e, "could not release the host's lease");
+                }
+                results
             }
         };
+        self.finish(name, results)
+    }
+
+    /// Reports the end of host `name`'s sequence.
+    fn finish(&self, name: &str, results: Vec<StepReport>) -> Vec<StepReport> {
         let count = |f: fn(&Outcome) -> bool| results.iter().filter(|s| f(&s.outcome)).count();
         self.events.event(Event::HostFinished {
             host: name.into(),
@@ -248,6 +306,23 @@ impl Run<'_> {
             skipped: count(|o| *o == Outcome::Skipped),
         });
         results
+    }
+
+    /// The lease this run takes on host `name`.
+    fn lease(&self, name: &str) -> Lease {
+        let me = Holder::me(self.settings.now);
+        let controller = lease::controller_name();
+        let now = unix_now();
+        Lease {
+            id: format!("{controller}-{}-{now}-{name}", me.pid),
+            fleet: self.fleet.name.to_string(),
+            controller,
+            pid: me.pid,
+            user: me.user,
+            command: me.command,
+            since: now,
+            expires: now + LEASE_TTL,
+        }
     }
 
     fn connect(&self, name: &str) -> Result<(Libvirt, Box<dyn Transport>, &Host), StepError> {
@@ -265,10 +340,26 @@ impl Run<'_> {
     /// The steps of one host; after a failure (here, or on another host
     /// with [`OnFailure::Stop`]) the rest are skipped, since later steps
     /// may depend on the failed one.
-    fn steps(&self, name: &str, changes: &[&Change], env: &StepEnv<'_>) -> Vec<StepReport> {
+    fn steps(
+        &self,
+        name: &str,
+        changes: &[&Change],
+        env: &StepEnv<'_>,
+        mut lease: Lease,
+    ) -> Vec<StepReport> {
         let mut results = Vec::new();
         let mut failed_here = false;
         for c in changes {
+            let now = unix_now();
+            if !failed_here && now.saturating_sub(lease.expires - LEASE_TTL) >= LEASE_RENEW_AFTER {
+                lease.expires = now + LEASE_TTL;
+                if let Err(e) = lease::renew(env.storage, name, &lease) {
+                    // Someone broke the lease: this run must stop here.
+                    failed_here = true;
+                    results.push(report(c, failed(&StepError::Lease(e))));
+                    continue;
+                }
+            }
             let stop_all =
                 self.settings.on_failure == OnFailure::Stop && self.abort.load(Ordering::SeqCst);
             if failed_here || stop_all {

@@ -29,13 +29,16 @@ pub struct Holder {
 impl Holder {
     /// This process, now.
     pub fn me(now: u64) -> Holder {
-        let user = std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| format!("uid {}", current_uid()));
+        let user = user_name(current_uid());
+        // The program's own name, then its arguments as given (at most a
+        // few: this is for recognising the run, not for replaying it).
         let command = std::env::args()
-            .map(|a| a.rsplit('/').next().unwrap_or(&a).to_owned())
-            .take(8)
+            .enumerate()
+            .map(|(i, a)| match i {
+                0 => a.rsplit('/').next().unwrap_or(&a).to_owned(),
+                _ => a,
+            })
+            .take(12)
             .collect::<Vec<_>>()
             .join(" ");
         Holder {
@@ -166,6 +169,20 @@ fn private_dir(dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The login name of `uid` from /etc/passwd, else `uid N`.
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let (name, _, id) = (f.next()?, f.next()?, f.next()?);
+                (id.parse() == Ok(uid)).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// The real uid of this process, from /proc (no libc binding needed).

@@ -42,6 +42,7 @@ pub fn execute(
         now: plan.inputs.now,
         shutdown_grace,
         on_failure,
+        break_lock: ctx.break_lock,
     };
     let progress = ApplyProgress::new();
     let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &progress);

@@ -78,6 +78,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIRTFLEET_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Break a host's lease held by another run (only when that run is known to be dead: a lease lapses by itself after an hour, or at once when its process is gone from this machine).
+    #[arg(long, global = true)]
+    pub break_lock: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +115,8 @@ pub struct Context {
     pub cache: Cache,
     /// Private state of this controller (run locks).
     pub state_dir: PathBuf,
+    /// `--break-lock`: break host leases held by other runs.
+    pub break_lock: bool,
 }
 
 impl Context {
@@ -125,6 +131,7 @@ impl Context {
             lock,
             cache,
             state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
+            break_lock: cli.break_lock,
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::{Context, EXIT_INCOMPLETE, EXIT_OK};
 use crate::fleet::{Fleet, Host};
 use crate::plan::Plan;
-use crate::resources::observed::{HostObservation, HostState, Observation, PowerState};
+use crate::resources::observed::{HostObservation, HostState, Lease, Observation, PowerState};
 use crate::ui::table;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -40,6 +40,8 @@ struct HostStatus {
     machines: Vec<MachineStatus>,
     /// Objects that are not this fleet's (never touched).
     unmanaged: Vec<String>,
+    /// The run changing the host right now, if any.
+    lease: Option<Lease>,
 }
 
 /// One machine in `status --json`.
@@ -108,10 +110,12 @@ fn host_status(fleet: &Fleet, host: &Host, obs: &Observation, plan: &Plan) -> Ho
         error: None,
         machines: Vec::new(),
         unmanaged: plan.unmanaged.get(&h).cloned().unwrap_or_default(),
+        lease: None,
     };
     match obs.hosts.get(&h) {
         Some(HostObservation::Reachable(state)) => {
             hs.reachable = true;
+            hs.lease.clone_from(&state.lease);
             let mut names: Vec<String> = fleet
                 .machines_on(&host.name)
                 .map(|m| m.name.to_string())
@@ -190,6 +194,18 @@ fn print_tables(status: &Status) {
         print!("{}", table(&["MACHINE", "STATE", "ADDRESS", "SYNC"], &rows));
         if !hs.unmanaged.is_empty() {
             println!("unmanaged (never touched): {}", hs.unmanaged.join(", "));
+        }
+        if let Some(l) = &hs.lease {
+            println!(
+                "leased by {} on {} pid {} (`{}`, fleet {:?}) since {}, until {}",
+                l.user,
+                l.controller,
+                l.pid,
+                l.command,
+                l.fleet,
+                crate::text::rfc3339(l.since),
+                crate::text::rfc3339(l.expires)
+            );
         }
         println!();
     }

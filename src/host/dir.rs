@@ -31,8 +31,21 @@ use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_veri
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
-use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
+use crate::resources::observed::{DiskOwner, Lease, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The host's lease: a directory (made atomically by `mkdir`) holding
+/// `holder.json`.
+const LEASE: &str = "lease";
+
+/// The mtime (whole seconds) in a `<size> <mtime> <inode>` stat line.
+fn mtime_of(stat: &str) -> u64 {
+    stat.split(' ')
+        .nth(1)
+        .and_then(|t| t.split('.').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Suffix of a base image's verification record.
 const VERIFIED: &str = ".verified";
@@ -247,6 +260,8 @@ impl StorageBackend for DirStorage<'_> {
                 .filter(|o| o.fleet == fleet);
             match (top, name, rest) {
                 ("images" | "disks" | "trash", None, None) if *is_dir => {}
+                // The lease is read below; it belongs to no fleet.
+                (LEASE, _, _) => {}
                 ("images", Some(f), None) => {
                     // `.tmp-*` files are transfers in progress, `.verified`
                     // files records: neither is an image. An image without
@@ -311,6 +326,9 @@ impl StorageBackend for DirStorage<'_> {
                 ("disks" | "trash", Some(_), Some(_)) => {}
                 _ => state.unmanaged.push(rel.clone()),
             }
+        }
+        if listing.entries.contains_key(LEASE) {
+            state.lease = self.read_lease()?;
         }
         Ok(state)
     }
@@ -479,6 +497,48 @@ impl StorageBackend for DirStorage<'_> {
 
     fn snapshots_via_domain(&self) -> bool {
         true
+    }
+
+    fn read_lease(&self) -> Result<Option<Lease>, StorageError> {
+        let dir = self.path(LEASE);
+        let holder = self.t.run(&["cat", &format!("{dir}/holder.json")])?;
+        if holder.success {
+            return Ok(serde_json::from_str(&holder.stdout)
+                .ok()
+                .or(Some(Lease::unknown(0))));
+        }
+        // A lease directory whose holder is not written yet (or was lost in a
+        // crash): held, by someone unknown, for a minute from its creation.
+        Ok(self
+            .stat(&dir)?
+            .map(|s| Lease::unknown(mtime_of(&s).saturating_add(60))))
+    }
+
+    fn create_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.t.run_ok(&["mkdir", "-p", &self.root])?;
+        let dir = self.path(LEASE);
+        // mkdir is the atomic step: of two runs, exactly one creates it.
+        if !self.t.run(&["mkdir", "-m", "0700", &dir])?.success {
+            return Err(StorageError::Exists(dir));
+        }
+        self.write_lease(lease)
+    }
+
+    fn write_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let json = serde_json::to_string(lease).expect("lease serialises");
+        let path = format!("{}/holder.json", self.path(LEASE));
+        self.t.write_file(&path, format!("{json}\n").as_bytes())?;
+        Ok(())
+    }
+
+    fn remove_lease(&self, id: &str) -> Result<(), StorageError> {
+        match self.read_lease()? {
+            Some(l) if l.id == id => {
+                self.t.run_ok(&["rm", "-rf", "--", &self.path(LEASE)])?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn snapshots_after(&self, _volume: &str, _name: &str) -> Result<Vec<String>, StorageError> {

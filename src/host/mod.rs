@@ -3,6 +3,7 @@
 //! (domain XML, identities, disk layout) are in [`crate::resources`].
 
 pub mod dir;
+pub mod lease;
 pub mod libvirt;
 pub mod ssh;
 pub mod storage;

@@ -7,7 +7,7 @@
 
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
-use crate::resources::observed::{DiskOwner, StorageState};
+use crate::resources::observed::{DiskOwner, Lease, StorageState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -85,6 +85,15 @@ pub trait StorageBackend {
     /// True when a disk used by a defined domain must be snapshotted through
     /// libvirt (qcow2: QEMU owns the file while the guest runs).
     fn snapshots_via_domain(&self) -> bool;
+    /// The host's lease, if one is held.
+    fn read_lease(&self) -> Result<Option<Lease>, StorageError>;
+    /// Creates the lease atomically on the host: [`StorageError::Exists`]
+    /// when one is held already (whoever holds it).
+    fn create_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    /// Rewrites the held lease (renewal; the caller checked it is its own).
+    fn write_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    /// Removes the lease if it is still `id`'s; gone already is fine.
+    fn remove_lease(&self, id: &str) -> Result<(), StorageError>;
 }
 
 /// Copies the controller's `cached` image to `dest` on the host and checks

@@ -17,7 +17,7 @@ use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_veri
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
-use crate::resources::observed::{DiskOwner, OwnedDisk, StorageState, TrashEntry};
+use crate::resources::observed::{DiskOwner, Lease, OwnedDisk, StorageState, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Properties read by one listing, after name, type, volsize and origin.
@@ -48,6 +48,11 @@ pub fn list_columns() -> String {
     cols.extend(PROPS);
     cols.join(",")
 }
+
+/// The host's lease dataset, under the parent.
+const LEASE: &str = "lease";
+/// Its holder, as JSON.
+const LEASE_PROP: &str = "virtfleet:lease";
 
 /// Parses `zfs list -Hp` output with [`list_columns`] (tab-separated, `-` for none).
 pub fn parse_list(out: &str) -> Result<Vec<Row>, StorageError> {
@@ -100,6 +105,8 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
         format!("{parent}/images"),
         format!("{parent}/disks"),
         format!("{parent}/trash"),
+        // The host's lease belongs to no fleet; it is read on its own.
+        format!("{parent}/{LEASE}"),
     ];
     let snapshots: Vec<&str> = rows
         .iter()
@@ -242,6 +249,23 @@ impl<'a> ZfsStorage<'a> {
         Ok(())
     }
 
+    /// Creates the parent dataset if missing (not mounted: it only holds datasets).
+    fn parent(&self) -> Result<(), StorageError> {
+        if !self.exists(&self.parent)? {
+            self.t.run_ok(&[
+                "zfs",
+                "create",
+                "-p",
+                "-o",
+                "canmount=off",
+                "-o",
+                "mountpoint=none",
+                &self.parent,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Waits until udev made `/dev/zvol/<ds>` (zvol devices appear asynchronously).
     fn wait_device(&self, ds: &str) -> Result<(), StorageError> {
         let dev = format!("/dev/zvol/{ds}");
@@ -296,7 +320,13 @@ impl StorageBackend for ZfsStorage<'_> {
                 stderr: out.stderr.trim().into(),
             }));
         }
-        Ok(interpret(&self.parent, fleet, &parse_list(&out.stdout)?))
+        let rows = parse_list(&out.stdout)?;
+        let mut state = interpret(&self.parent, fleet, &rows);
+        let lease_ds = self.ds(LEASE);
+        if rows.iter().any(|r| r.name == lease_ds) {
+            state.lease = self.read_lease()?;
+        }
+        Ok(state)
     }
 
     /// Copies the image to the host, checks its sha256 there, and only then
@@ -505,6 +535,78 @@ impl StorageBackend for ZfsStorage<'_> {
             &ds,
         ])?;
         Ok(parse_snapshot_names(&out))
+    }
+
+    fn read_lease(&self) -> Result<Option<Lease>, StorageError> {
+        let out = self.t.run(&[
+            "zfs",
+            "get",
+            "-Hp",
+            "-o",
+            "value",
+            LEASE_PROP,
+            &self.ds(LEASE),
+        ])?;
+        if !out.success {
+            return Ok(None);
+        }
+        // `-` (unset): the dataset exists but its holder was never written.
+        Ok(Some(
+            serde_json::from_str(out.stdout.trim()).unwrap_or(Lease::unknown(0)),
+        ))
+    }
+
+    fn create_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.parent()?;
+        let ds = self.ds(LEASE);
+        let json = serde_json::to_string(lease).expect("lease serialises");
+        let prop = format!("{LEASE_PROP}={json}");
+        // Without -p, `zfs create` fails if the dataset exists: of two runs,
+        // exactly one creates it, with its holder in the same command.
+        let argv = [
+            "zfs",
+            "create",
+            "-o",
+            "canmount=off",
+            "-o",
+            "mountpoint=none",
+            "-o",
+            &prop,
+            &ds,
+        ];
+        let out = self.t.run(&argv)?;
+        if !out.success {
+            if out.stderr.contains("exists") {
+                return Err(StorageError::Exists(ds));
+            }
+            return Err(StorageError::Exec(ExecError::Failed {
+                argv: argv.join(" "),
+                status: "non-zero exit".into(),
+                stderr: out.stderr.trim().into(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn write_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let json = serde_json::to_string(lease).expect("lease serialises");
+        self.t.run_ok(&[
+            "zfs",
+            "set",
+            &format!("{LEASE_PROP}={json}"),
+            &self.ds(LEASE),
+        ])?;
+        Ok(())
+    }
+
+    fn remove_lease(&self, id: &str) -> Result<(), StorageError> {
+        match self.read_lease()? {
+            Some(l) if l.id == id => {
+                self.t.run_ok(&["zfs", "destroy", &self.ds(LEASE)])?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {

@@ -112,6 +112,7 @@ fn try_observe(
         domains,
         images: storage.images,
         changed_images: storage.changed_images,
+        lease: storage.lease,
         disks: storage.disks,
         trash: storage.trash,
         incomplete: storage.incomplete,

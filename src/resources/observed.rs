@@ -58,6 +58,9 @@ pub struct HostState {
     pub incomplete: Vec<String>,
     /// Objects under the storage root that are not this fleet's (never touched).
     pub unmanaged_files: Vec<String>,
+    /// The run changing this host right now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 /// A disk of this fleet.
@@ -102,6 +105,9 @@ impl HostObservation {
             for d in s.domains.values_mut() {
                 d.addresses.clear();
             }
+            // Taking the lease is the first thing an apply does: it must not
+            // make the plan it applies look stale.
+            s.lease = None;
         }
         let json = serde_json::to_vec(&copy).expect("observation serialises");
         hex::encode(Sha256::digest(&json))
@@ -197,4 +203,48 @@ pub struct StorageState {
     pub incomplete: Vec<String>,
     /// Objects under the storage root that are not this fleet's (never touched).
     pub unmanaged: Vec<String>,
+    /// The run changing this host right now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+impl Lease {
+    /// A lease whose holder cannot be read, held until `expires`.
+    pub fn unknown(expires: u64) -> Lease {
+        Lease {
+            id: String::new(),
+            fleet: "?".into(),
+            controller: "?".into(),
+            pid: 0,
+            user: "?".into(),
+            command: "? (the holder record is missing or unreadable)".into(),
+            since: 0,
+            expires,
+        }
+    }
+}
+
+/// A host's lease: taken (atomically, on the host) by a run before it
+/// changes anything there, released after, so two controllers never change
+/// one host at once. Any fleet's run takes it: fleets may share a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// Unique per run: only the run that took the lease renews or releases it.
+    pub id: String,
+    /// The fleet whose run holds it.
+    pub fleet: String,
+    /// The machine the run runs on (its hostname).
+    pub controller: String,
+    /// The run's process id there.
+    pub pid: u32,
+    /// The user running it.
+    pub user: String,
+    /// The command line.
+    pub command: String,
+    /// When it was taken (unix seconds).
+    pub since: u64,
+    /// When it lapses unless renewed (unix seconds): a run that died
+    /// without releasing it blocks the host no longer than this.
+    pub expires: u64,
 }
