@@ -23,8 +23,9 @@ pub enum StepError {
     #[error(transparent)]
     Exec(#[from] ExecError),
     /// The host's lease is held by another run (or could not be handled).
+    /// Boxed: the lease it names is large, and steps return this type.
     #[error(transparent)]
-    Lease(#[from] LeaseError),
+    Lease(Box<LeaseError>),
     /// The plan names a host the fleet no longer has.
     #[error("host {host} is not in the fleet any more")]
     HostNotInFleet {
@@ -95,6 +96,12 @@ pub enum StepError {
         /// The volume.
         volume: String,
     },
+}
+
+impl From<LeaseError> for StepError {
+    fn from(e: LeaseError) -> Self {
+        StepError::Lease(Box::new(e))
+    }
 }
 
 impl StepError {

@@ -271,7 +271,7 @@ impl Run<'_> {
                     now,
                     self.settings.break_lock,
                 ) {
-                    let failed = failed(&StepError::Lease(e));
+                    let failed = failed(&StepError::from(e));
                     let results = changes.iter().map(|c| report(c, failed.clone())).collect();
                     return self.finish(name, results);
                 }
@@ -356,7 +356,7 @@ impl Run<'_> {
                 if let Err(e) = lease::renew(env.storage, name, &lease) {
                     // Someone broke the lease: this run must stop here.
                     failed_here = true;
-                    results.push(report(c, failed(&StepError::Lease(e))));
+                    results.push(report(c, failed(&StepError::from(e))));
                     continue;
                 }
             }

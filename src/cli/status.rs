@@ -41,7 +41,7 @@ struct HostStatus {
     /// Objects that are not this fleet's (never touched).
     unmanaged: Vec<String>,
     /// The run changing the host right now, if any.
-    lease: Option<Lease>,
+    lease: Option<Box<Lease>>,
 }
 
 /// One machine in `status --json`.

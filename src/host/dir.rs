@@ -328,7 +328,7 @@ impl StorageBackend for DirStorage<'_> {
             }
         }
         if listing.entries.contains_key(LEASE) {
-            state.lease = self.read_lease()?;
+            state.lease = self.read_lease()?.map(Box::new);
         }
         Ok(state)
     }

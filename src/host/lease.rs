@@ -18,7 +18,7 @@ pub enum LeaseError {
         lease.user, lease.controller, lease.pid, lease.command, lease.fleet,
         crate::text::rfc3339(lease.since), crate::text::rfc3339(lease.expires)
     )]
-    Held { host: String, lease: Lease },
+    Held { host: String, lease: Box<Lease> },
     /// Reading or writing the lease failed.
     #[error("host {host}: lease: {source}")]
     Storage {
@@ -88,7 +88,7 @@ pub fn acquire(
         if !(break_lock || is_stale(&current, now, &want.controller)) {
             return Err(LeaseError::Held {
                 host: host.into(),
-                lease: current,
+                lease: Box::new(current),
             });
         }
         tracing::warn!(host, holder = %current.id, "breaking the host's lease");
@@ -97,7 +97,7 @@ pub fn acquire(
     match storage.read_lease().map_err(err)? {
         Some(lease) => Err(LeaseError::Held {
             host: host.into(),
-            lease,
+            lease: Box::new(lease),
         }),
         None => Err(err(StorageError::Exists(format!("{host}: lease")))),
     }
@@ -114,7 +114,7 @@ pub fn renew(storage: &dyn StorageBackend, host: &str, lease: &Lease) -> Result<
         // Broken by someone (--break-lock): stop changing this host.
         Some(current) => Err(LeaseError::Held {
             host: host.into(),
-            lease: current,
+            lease: Box::new(current),
         }),
         None => storage.create_lease(lease).map_err(err),
     }

@@ -324,7 +324,7 @@ impl StorageBackend for ZfsStorage<'_> {
         let mut state = interpret(&self.parent, fleet, &rows);
         let lease_ds = self.ds(LEASE);
         if rows.iter().any(|r| r.name == lease_ds) {
-            state.lease = self.read_lease()?;
+            state.lease = self.read_lease()?.map(Box::new);
         }
         Ok(state)
     }

@@ -60,7 +60,7 @@ pub struct HostState {
     pub unmanaged_files: Vec<String>,
     /// The run changing this host right now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<Lease>,
+    pub lease: Option<Box<Lease>>,
 }
 
 /// A disk of this fleet.
@@ -205,7 +205,7 @@ pub struct StorageState {
     pub unmanaged: Vec<String>,
     /// The run changing this host right now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<Lease>,
+    pub lease: Option<Box<Lease>>,
 }
 
 impl Lease {
