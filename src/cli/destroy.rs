@@ -5,9 +5,9 @@
 //! shown, confirmed and run by the executor like `apply`.
 
 use super::execute;
-use super::{Context, EXIT_ERROR, EXIT_OK, now};
-use crate::apply::OnFailure;
-use crate::plan::commands::{Basis, destroy_plan};
+use super::execute::{MachineRun, Scope};
+use super::{Context, EXIT_ERROR, EXIT_OK};
+use crate::plan::commands::destroy_plan;
 use crate::ui::OK;
 use std::time::Duration;
 
@@ -41,19 +41,10 @@ pub struct Args {
 
 /// Plans the destroy, shows it, asks, runs it; 0 when done, 1 when a step failed.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
-    let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
-    let name = execute::machine_name(&args.name)?;
-    let _run = execute::lock(ctx, &fleet)?;
-    let now = now();
     // Every host: a machine removed from the fleet has no host in it.
-    let obs = crate::observe::observe(&fleet, now);
-    let basis = Basis {
-        fleet: &fleet,
-        lock: &lock,
-        obs: &obs,
-        now,
-    };
-    let plan = destroy_plan(basis, &name, args.force)?;
+    let run = MachineRun::start(ctx, &args.name, Scope::AllHosts)?;
+    let name = &run.name;
+    let plan = destroy_plan(run.basis(), name, args.force)?;
     execute::show(&plan);
     super::confirm(
         &format!("Destroy {name}?"),
@@ -61,14 +52,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         "destroy",
         "--auto-approve",
     )?;
-    let report = execute::execute(
-        ctx,
-        &plan,
-        &fleet,
-        &lock,
-        args.shutdown_timeout,
-        OnFailure::Stop,
-    );
+    let report = run.execute(ctx, &plan, args.shutdown_timeout);
     if execute::print_failures(&report) > 0 {
         return Ok(EXIT_ERROR);
     }

@@ -17,6 +17,77 @@ use crate::ui::{ApplyProgress, ERROR, print_hint};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// What a command that changes one machine works from: the fleet and the
+/// lock, the fleet's run lock (held until this is dropped), and a fresh
+/// observation taken after the lock.
+pub struct MachineRun {
+    /// The validated fleet.
+    pub fleet: Fleet,
+    /// The lockfile.
+    pub lock: ImageLock,
+    /// The machine.
+    pub name: crate::fleet::VmName,
+    /// Unix seconds the plan is made for.
+    pub now: u64,
+    /// The observation (the machine's host, or every host).
+    pub obs: Observation,
+    _run: FleetLock,
+}
+
+/// Which hosts a [`MachineRun`] observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The machine's host in the fleet.
+    MachineHost,
+    /// Every host (a machine removed from the fleet has no host in it).
+    AllHosts,
+}
+
+impl MachineRun {
+    /// Loads, locks and observes for a command on machine `name`.
+    pub fn start(ctx: &Context, name: &str, scope: Scope) -> anyhow::Result<MachineRun> {
+        let (fleet, lock) = load(ctx)?;
+        let name = machine_name(name)?;
+        let run = self::lock(ctx, &fleet)?;
+        let now = super::now();
+        let obs = match scope {
+            Scope::MachineHost => observe_machine_host(&fleet, &name, now),
+            Scope::AllHosts => crate::observe::observe(&fleet, now),
+        };
+        Ok(MachineRun {
+            fleet,
+            lock,
+            name,
+            now,
+            obs,
+            _run: run,
+        })
+    }
+
+    /// What the command's plan is computed from.
+    pub fn basis(&self) -> crate::plan::commands::Basis<'_> {
+        crate::plan::commands::Basis {
+            fleet: &self.fleet,
+            lock: &self.lock,
+            obs: &self.obs,
+            now: self.now,
+        }
+    }
+
+    /// Runs `plan`; other hosts stop at the first failure.
+    pub fn execute(&self, ctx: &Context, plan: &Plan, shutdown_grace: Duration) -> Report {
+        let on_failure = OnFailure::Stop;
+        execute(
+            ctx,
+            plan,
+            &self.fleet,
+            &self.lock,
+            shutdown_grace,
+            on_failure,
+        )
+    }
+}
+
 /// Takes this fleet's run lock for the rest of the command, or refuses at
 /// once naming the run that holds it.
 pub fn lock(ctx: &Context, fleet: &Fleet) -> anyhow::Result<FleetLock> {

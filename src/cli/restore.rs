@@ -4,10 +4,11 @@
 //! and run by the executor like `apply`.
 
 use super::execute;
-use super::{Context, EXIT_ERROR, EXIT_OK, now};
-use crate::apply::{OnFailure, Outcome};
+use super::execute::{MachineRun, Scope};
+use super::{Context, EXIT_ERROR, EXIT_OK};
+use crate::apply::Outcome;
 use crate::plan::Action;
-use crate::plan::commands::{Basis, restore_plan};
+use crate::plan::commands::restore_plan;
 use crate::ui::OK;
 use std::time::Duration;
 
@@ -30,21 +31,12 @@ pub struct Args {
 
 /// Plans the restore, shows it and runs it; 0 when done, 1 when a step failed.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
-    let (fleet, lock) = execute::load(ctx)?;
-    let name = execute::machine_name(&args.name)?;
-    let _run = execute::lock(ctx, &fleet)?;
-    let now = now();
-    let obs = execute::observe_machine_host(&fleet, &name, now);
-    let basis = Basis {
-        fleet: &fleet,
-        lock: &lock,
-        obs: &obs,
-        now,
-    };
-    let plan = restore_plan(basis, &name)?;
+    let run = MachineRun::start(ctx, &args.name, Scope::MachineHost)?;
+    let name = &run.name;
+    let plan = restore_plan(run.basis(), name)?;
     execute::show(&plan);
     // Nothing is lost by a restore (it never overwrites): no confirmation.
-    let report = execute::execute(ctx, &plan, &fleet, &lock, Duration::ZERO, OnFailure::Stop);
+    let report = run.execute(ctx, &plan, Duration::ZERO);
     let failed = execute::print_failures(&report);
     // One host, so the report lists the plan's changes in plan order.
     for (c, (_, s)) in plan.changes.iter().zip(report.steps()) {

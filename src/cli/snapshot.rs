@@ -9,14 +9,15 @@
 //! if it was running.
 
 use super::execute;
+use super::execute::{MachineRun, Scope};
 use super::{Context, EXIT_ERROR, EXIT_OK, now};
-use crate::apply::{OnFailure, Outcome, Report};
+use crate::apply::{Outcome, Report};
 use crate::fleet::{Fleet, Host, Machine, VmName};
 use crate::host::backend;
 use crate::host::storage::StorageBackend;
 use crate::host::transport::Transport;
 use crate::host::transport_for;
-use crate::plan::commands::{Basis, DiskSnapshots, RollbackOptions, rollback_plan, snapshot_plan};
+use crate::plan::commands::{DiskSnapshots, RollbackOptions, rollback_plan, snapshot_plan};
 use crate::plan::snapshots::{INIT, Kind, classify};
 use crate::plan::{Action, Plan};
 use crate::resources::observed::{HostObservation, Observation};
@@ -161,21 +162,12 @@ impl<'f> Target<'f> {
 /// Plans a manual snapshot, shows it and takes it; prints `snapshot NAME of MACHINE`.
 pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
     crate::fleet::check_name(&args.label).map_err(|e| anyhow!("--label: {e}"))?;
-    let (fleet, lock) = execute::load(ctx)?;
-    let name = execute::machine_name(&args.name)?;
-    let _run = execute::lock(ctx, &fleet)?;
-    let now = now();
-    let obs = execute::observe_machine_host(&fleet, &name, now);
-    let basis = Basis {
-        fleet: &fleet,
-        lock: &lock,
-        obs: &obs,
-        now,
-    };
-    let plan = snapshot_plan(basis, &name, &args.label)?;
+    let run = MachineRun::start(ctx, &args.name, Scope::MachineHost)?;
+    let name = &run.name;
+    let plan = snapshot_plan(run.basis(), name, &args.label)?;
     execute::show(&plan);
     // A snapshot changes nothing the guest sees: no confirmation.
-    let report = execute::execute(ctx, &plan, &fleet, &lock, Duration::ZERO, OnFailure::Stop);
+    let report = run.execute(ctx, &plan, Duration::ZERO);
     if execute::print_failures(&report) > 0 {
         return Ok(EXIT_ERROR);
     }
@@ -238,23 +230,13 @@ pub fn reinit(ctx: &Context, args: ReinitArgs) -> anyhow::Result<u8> {
 /// Rollback and reinit: read the machine's snapshots, plan, show, confirm,
 /// run, and say exactly which disks were rolled back if it stopped half-way.
 fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::Result<u8> {
-    let (fleet, lock) = execute::load(ctx)?;
-    let vm = execute::machine_name(name)?;
-    let _run = execute::lock(ctx, &fleet)?;
-    let now = now();
-    let obs = execute::observe_machine_host(&fleet, &vm, now);
-    let snapshots = owned_snapshots(&fleet, &vm, &obs, to)?;
-    let basis = Basis {
-        fleet: &fleet,
-        lock: &lock,
-        obs: &obs,
-        now,
-    };
+    let run = MachineRun::start(ctx, name, Scope::MachineHost)?;
+    let snapshots = owned_snapshots(&run.fleet, &run.name, &run.obs, to)?;
     let options = RollbackOptions {
         force: opts.force,
         destroy_newer: opts.destroy_newer,
     };
-    let plan = rollback_plan(basis, &vm, to, &snapshots, options)?;
+    let plan = rollback_plan(run.basis(), &run.name, to, &snapshots, options)?;
     execute::show(&plan);
     let skipped: Vec<&str> = snapshots
         .iter()
@@ -273,14 +255,7 @@ fn go_back(ctx: &Context, name: &str, to: &str, opts: &RollbackOpts) -> anyhow::
         "roll back",
         "--yes",
     )?;
-    let report = execute::execute(
-        ctx,
-        &plan,
-        &fleet,
-        &lock,
-        opts.shutdown_timeout,
-        OnFailure::Stop,
-    );
+    let report = run.execute(ctx, &plan, opts.shutdown_timeout);
     if execute::print_failures(&report) > 0 {
         anstream::eprintln!("{}", rolled_back(&plan, &report));
         return Ok(EXIT_ERROR);

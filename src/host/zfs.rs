@@ -232,27 +232,21 @@ impl<'a> ZfsStorage<'a> {
     /// Creates the container datasets (not mounted: they only hold zvols).
     fn containers(&self) -> Result<(), StorageError> {
         for c in ["images", "disks", "trash"] {
-            let ds = self.ds(c);
-            if !self.exists(&ds)? {
-                self.t.run_ok(&[
-                    "zfs",
-                    "create",
-                    "-p",
-                    "-o",
-                    "canmount=off",
-                    "-o",
-                    "mountpoint=none",
-                    &ds,
-                ])?;
-            }
+            self.container(&self.ds(c))?;
         }
         Ok(())
     }
 
-    /// Creates the parent dataset if missing (not mounted: it only holds datasets).
+    /// Creates the parent dataset if missing.
     fn parent(&self) -> Result<(), StorageError> {
-        if !self.exists(&self.parent)? {
-            self.t.run_ok(&[
+        self.container(&self.parent)
+    }
+
+    /// Creates `ds` (and its parents) if missing, unmounted: it only holds
+    /// other datasets.
+    fn container(&self, ds: &str) -> Result<(), StorageError> {
+        if !self.exists(ds)? {
+            let argv = [
                 "zfs",
                 "create",
                 "-p",
@@ -260,8 +254,9 @@ impl<'a> ZfsStorage<'a> {
                 "canmount=off",
                 "-o",
                 "mountpoint=none",
-                &self.parent,
-            ])?;
+                ds,
+            ];
+            self.t.run_ok(&argv)?;
         }
         Ok(())
     }
@@ -270,10 +265,12 @@ impl<'a> ZfsStorage<'a> {
     fn wait_device(&self, ds: &str) -> Result<(), StorageError> {
         let dev = format!("/dev/zvol/{ds}");
         for _ in 0..100 {
+            // Settle first: udev may still be handling the zvol's events and
+            // briefly remove the link it just made (seen under load).
+            let _ = self.t.run(&["udevadm", "settle", "--timeout=5"]);
             if self.t.run(&["test", "-e", &dev])?.success {
                 return Ok(());
             }
-            let _ = self.t.run(&["udevadm", "settle", "--timeout=1"]);
         }
         Err(StorageError::DeviceMissing { path: dev })
     }
