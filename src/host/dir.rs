@@ -31,7 +31,7 @@ use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_veri
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
-use crate::resources::observed::{DiskOwner, Lease, OwnedDisk, StorageState, TrashEntry};
+use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The host's lease: a directory (made atomically by `mkdir`) holding
@@ -249,9 +249,9 @@ impl StorageBackend for DirStorage<'_> {
         fleet: &str,
         attached: &BTreeMap<String, u64>,
         with_snapshots: &BTreeSet<String>,
-    ) -> Result<StorageState, StorageError> {
+    ) -> Result<HostState, StorageError> {
         let listing = self.list()?;
-        let mut state = StorageState::default();
+        let mut state = HostState::default();
         for (rel, (is_dir, _)) in &listing.entries {
             let mut parts = rel.splitn(3, '/');
             let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
@@ -302,7 +302,7 @@ impl StorageBackend for DirStorage<'_> {
                             },
                         );
                     }
-                    None => state.unmanaged.push(rel.clone()),
+                    None => state.unmanaged_files.push(rel.clone()),
                 },
                 ("trash", Some(n), None) if *is_dir => {
                     let stamped = n
@@ -319,12 +319,12 @@ impl StorageBackend for DirStorage<'_> {
                                 },
                             );
                         }
-                        _ => state.unmanaged.push(rel.clone()),
+                        _ => state.unmanaged_files.push(rel.clone()),
                     }
                 }
                 // Files inside disk and trash directories belong to their directory.
                 ("disks" | "trash", Some(_), Some(_)) => {}
-                _ => state.unmanaged.push(rel.clone()),
+                _ => state.unmanaged_files.push(rel.clone()),
             }
         }
         if listing.entries.contains_key(LEASE) {

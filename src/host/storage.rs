@@ -1,13 +1,13 @@
 //! The storage seam: what every backend (Dir files, ZFS zvols) offers.
 //!
-//! The planner never sees a backend; it sees `StorageState` in the
+//! The planner never sees a backend; it sees the `HostState` they fill in the
 //! observation and emits backend-neutral actions. The executor and
 //! `restore` call these operations, each idempotent and each leaving either
 //! the old or the new state on a crash.
 
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
-use crate::resources::observed::{DiskOwner, Lease, StorageState};
+use crate::resources::observed::{DiskOwner, HostState, Lease};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -49,7 +49,7 @@ pub trait StorageBackend {
         fleet: &str,
         attached: &BTreeMap<String, u64>,
         with_snapshots: &BTreeSet<String>,
-    ) -> Result<StorageState, StorageError>;
+    ) -> Result<HostState, StorageError>;
     /// Puts a verified base image on the host (hash checked on the host).
     fn ensure_image(
         &self,

@@ -17,7 +17,7 @@ use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_veri
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
-use crate::resources::observed::{DiskOwner, Lease, OwnedDisk, StorageState, TrashEntry};
+use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Properties read by one listing, after name, type, volsize and origin.
@@ -98,8 +98,8 @@ pub fn parse_snapshot_names(out: &str) -> Vec<String> {
 }
 
 /// Interprets a listing of `parent` for `fleet` (pure).
-pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
-    let mut state = StorageState::default();
+pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> HostState {
+    let mut state = HostState::default();
     let containers = [
         parent.to_owned(),
         format!("{parent}/images"),
@@ -147,9 +147,9 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> StorageState {
                 Some(t) => {
                     state.trash.insert(leaf.to_owned(), t);
                 }
-                None => state.unmanaged.push(rel.to_owned()),
+                None => state.unmanaged_files.push(rel.to_owned()),
             },
-            _ => state.unmanaged.push(rel.to_owned()),
+            _ => state.unmanaged_files.push(rel.to_owned()),
         }
     }
     state
@@ -295,7 +295,7 @@ impl StorageBackend for ZfsStorage<'_> {
         fleet: &str,
         _attached: &BTreeMap<String, u64>,
         _with_snapshots: &BTreeSet<String>,
-    ) -> Result<StorageState, StorageError> {
+    ) -> Result<HostState, StorageError> {
         let out = self.t.run(&[
             "zfs",
             "list",
@@ -309,7 +309,7 @@ impl StorageBackend for ZfsStorage<'_> {
         ])?;
         if !out.success {
             if out.stderr.contains("does not exist") {
-                return Ok(StorageState::default());
+                return Ok(HostState::default());
             }
             return Err(StorageError::Exec(ExecError::Failed {
                 argv: format!("zfs list {}", self.parent),
@@ -683,13 +683,15 @@ mod tests {
         );
         assert_eq!(a.snapshots, ["vf-init"]);
         assert!(
-            state.trash.is_empty() && state.incomplete.is_empty() && state.unmanaged.is_empty()
+            state.trash.is_empty()
+                && state.incomplete.is_empty()
+                && state.unmanaged_files.is_empty()
         );
         // Another fleet sees the same disks as not its own.
         let other = interpret("tank/vf", "elsewhere", &parse_list(AFTER_APPLY).unwrap());
         assert!(other.disks.is_empty());
         assert_eq!(
-            other.unmanaged,
+            other.unmanaged_files,
             [
                 "disks/t-zfs-a-root",
                 "disks/t-zfs-b-data",
@@ -702,7 +704,7 @@ mod tests {
     #[test]
     fn interprets_trash_and_foreign_datasets() {
         let state = interpret("tank/vf", "t-zfs", &parse_list(TRASH_FOREIGN).unwrap());
-        assert_eq!(state.unmanaged, ["disks/foreign", "other"]);
+        assert_eq!(state.unmanaged_files, ["disks/foreign", "other"]);
         let t = &state.trash["t-zfs-b-root-1795388565"];
         assert_eq!(
             (t.volume.as_str(), t.trashed_at, t.owner.machine.as_str()),
@@ -724,7 +726,7 @@ mod tests {
         assert!(state.images.is_empty());
         // Shared infrastructure: any fleet may redo it (nothing can depend on it).
         assert_eq!(state.incomplete, ["images/a74e6253c6b93509"]);
-        assert!(state.unmanaged.is_empty());
+        assert!(state.unmanaged_files.is_empty());
     }
 
     #[test]

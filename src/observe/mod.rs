@@ -107,15 +107,7 @@ fn try_observe(
         })
         .collect();
     let t = transport_for(host)?;
-    let storage = backend(host, t.as_ref()).observe(fleet, &attached, with_snapshots)?;
-    Ok(HostState {
-        domains,
-        images: storage.images,
-        changed_images: storage.changed_images,
-        lease: storage.lease,
-        disks: storage.disks,
-        trash: storage.trash,
-        incomplete: storage.incomplete,
-        unmanaged_files: storage.unmanaged,
-    })
+    let mut state = backend(host, t.as_ref()).observe(fleet, &attached, with_snapshots)?;
+    state.domains = domains;
+    Ok(state)
 }

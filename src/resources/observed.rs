@@ -36,7 +36,8 @@ pub enum HostObservation {
     Unreachable { error: String },
 }
 
-/// What is on a reachable host.
+/// What is on a reachable host. The storage backends fill everything but
+/// `domains` (libvirt's part), so the two halves share one type.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostState {
@@ -182,30 +183,6 @@ pub struct DiskOwner {
     pub machine: String,
     /// Its name within the machine (`root`, or a data disk's name).
     pub disk: String,
-}
-
-/// What a backend found on a host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StorageState {
-    /// sha256 of every verified base image present.
-    pub images: BTreeSet<String>,
-    /// sha256 of base images present whose bytes changed since they were
-    /// verified on the host (size, mtime or inode differ from the record):
-    /// not trusted, copied again.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub changed_images: BTreeSet<String>,
-    /// This fleet's disks, by volume name (`web-root`).
-    pub disks: BTreeMap<String, OwnedDisk>,
-    /// This fleet's trash entries, by entry name.
-    pub trash: BTreeMap<String, TrashEntry>,
-    /// This fleet's half-made objects left by a crash (backend paths).
-    pub incomplete: Vec<String>,
-    /// Objects under the storage root that are not this fleet's (never touched).
-    pub unmanaged: Vec<String>,
-    /// The run changing this host right now, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<Box<Lease>>,
 }
 
 impl Lease {
