@@ -302,20 +302,17 @@ fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::ap
             bar.set_length(total.unwrap_or(done));
             bar.set_position(done);
         }
-        Event::StepFinished {
-            host,
-            address,
-            what,
-            error,
-            seconds,
-        } => {
-            if let Some(b) = st.bytes.remove(&host) {
+        finished @ Event::StepFinished { .. } => {
+            let Some((host, line)) = step_line(&finished) else {
+                return;
+            };
+            if let Some(b) = st.bytes.remove(host) {
                 b.finish_and_clear();
                 multi.remove(&b);
             }
-            if let Some(b) = st.bars.get(&host) {
+            if let Some(b) = st.bars.get(host) {
                 b.inc(1);
-                let _ = multi.println(step_line(&address, &what, error.as_deref(), seconds));
+                let _ = multi.println(line);
             }
         }
         Event::HostFinished {
@@ -382,18 +379,10 @@ fn plain_line(
             };
             Some(format!("[{host}] {address}: {label} {amount}"))
         }
-        Event::StepFinished {
-            host,
-            address,
-            what,
-            error,
-            seconds,
-        } => {
-            printed.remove(&host);
-            Some(format!(
-                "[{host}] {}",
-                step_line(&address, &what, error.as_deref(), seconds)
-            ))
+        finished @ Event::StepFinished { .. } => {
+            let (host, line) = step_line(&finished)?;
+            printed.remove(host);
+            Some(format!("[{host}] {line}"))
         }
         Event::HostFinished {
             host,
@@ -406,12 +395,24 @@ fn plain_line(
     }
 }
 
-/// One finished step, as both displays print it.
-fn step_line(address: &str, what: &str, error: Option<&str>, seconds: f64) -> String {
-    match error {
+/// One finished step, as both displays print it, with its host; `None`
+/// for any other event.
+fn step_line(e: &crate::apply::Event) -> Option<(&str, String)> {
+    let crate::apply::Event::StepFinished {
+        host,
+        address,
+        what,
+        error,
+        seconds,
+    } = e
+    else {
+        return None;
+    };
+    let line = match error {
         None => format!("{address}: {what} ... done ({seconds:.1}s)"),
         Some(e) => format!("{address}: {what} ... FAILED: {e}"),
-    }
+    };
+    Some((host, line))
 }
 
 #[cfg(test)]
