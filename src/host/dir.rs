@@ -47,6 +47,17 @@ fn mtime_of(stat: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A trash directory `<volume>@<unix>` of this fleet (`owner` is its
+/// marker when it is this fleet's).
+fn trash_entry(name: &str, owner: Option<&DiskOwner>) -> Option<TrashEntry> {
+    let (volume, stamp) = name.rsplit_once('@')?;
+    Some(TrashEntry {
+        owner: owner?.clone(),
+        volume: volume.to_owned(),
+        trashed_at: stamp.parse().ok()?,
+    })
+}
+
 /// Suffix of a base image's verification record.
 const VERIFIED: &str = ".verified";
 
@@ -221,6 +232,34 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
+    /// A disk of this fleet found at `disks/<volume>/`.
+    fn owned_disk(
+        &self,
+        volume: &str,
+        owner: &DiskOwner,
+        attached: &BTreeMap<String, u64>,
+        with_snapshots: &BTreeSet<String>,
+    ) -> Result<OwnedDisk, StorageError> {
+        let path = self.file_path(volume);
+        // An unreadable size is an error, never 0: a zero would plan a
+        // bogus "grow 0 → N GiB".
+        let size_bytes = match attached.get(&path) {
+            Some(s) if *s > 0 => *s,
+            _ => self.virtual_size(volume)?,
+        };
+        let snapshots = if with_snapshots.contains(volume) {
+            self.snapshot_names(volume)?
+        } else {
+            Vec::new()
+        };
+        Ok(OwnedDisk {
+            owner: owner.clone(),
+            path,
+            size_bytes,
+            snapshots,
+        })
+    }
+
     /// `<size> <mtime> <inode>` of a file, as the listing prints them; `None`
     /// when it does not exist.
     fn stat(&self, path: &str) -> Result<Option<String>, ExecError> {
@@ -281,47 +320,17 @@ impl StorageBackend for DirStorage<'_> {
                         state.incomplete.push(format!("disks/{n}"))
                     }
                     Some(o) => {
-                        let path = self.file_path(n);
-                        // An unreadable size is an error, never 0: a zero
-                        // would plan a bogus "grow 0 → N GiB".
-                        let size_bytes = match attached.get(&path) {
-                            Some(s) if *s > 0 => *s,
-                            _ => self.virtual_size(n)?,
-                        };
-                        state.disks.insert(
-                            n.to_owned(),
-                            OwnedDisk {
-                                owner: o.clone(),
-                                path,
-                                size_bytes,
-                                snapshots: if with_snapshots.contains(n) {
-                                    self.snapshot_names(n)?
-                                } else {
-                                    Vec::new()
-                                },
-                            },
-                        );
+                        let disk = self.owned_disk(n, o, attached, with_snapshots)?;
+                        state.disks.insert(n.to_owned(), disk);
                     }
                     None => state.unmanaged_files.push(rel.clone()),
                 },
-                ("trash", Some(n), None) if *is_dir => {
-                    let stamped = n
-                        .rsplit_once('@')
-                        .and_then(|(v, ts)| Some((v, ts.parse::<u64>().ok()?)));
-                    match (owner, stamped) {
-                        (Some(o), Some((vol, ts))) => {
-                            state.trash.insert(
-                                n.to_owned(),
-                                TrashEntry {
-                                    owner: o.clone(),
-                                    volume: vol.to_owned(),
-                                    trashed_at: ts,
-                                },
-                            );
-                        }
-                        _ => state.unmanaged_files.push(rel.clone()),
+                ("trash", Some(n), None) if *is_dir => match trash_entry(n, owner) {
+                    Some(t) => {
+                        state.trash.insert(n.to_owned(), t);
                     }
-                }
+                    None => state.unmanaged_files.push(rel.clone()),
+                },
                 // Files inside disk and trash directories belong to their directory.
                 ("disks" | "trash", Some(_), Some(_)) => {}
                 _ => state.unmanaged_files.push(rel.clone()),

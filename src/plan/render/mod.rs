@@ -252,6 +252,8 @@ mod tests {
         }
     }
 
+    // One literal plan with every kind of change, pending change, refusal and
+    // note: long because it is data, kept whole so the snapshots read as one.
     fn rich_plan() -> Plan {
         let base = BaseRef {
             image: "debian-12".into(),
