@@ -352,3 +352,57 @@ fn a_killed_run_leaves_no_lease_that_blocks_this_controller() {
     lab.apply(&["--allow-restart"]).expect_code(0);
     assert!(!lab.root.join("lease").exists());
 }
+
+/// (name, VM state size) of each internal snapshot of a qcow2 file.
+fn qcow2_snapshots(path: &Path) -> Vec<(String, u64)> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["name"].as_str().unwrap().to_owned(),
+                        s["vm-state-size"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn regression_a_new_data_disk_gets_its_own_init_snapshot_and_the_root_keeps_its_own() {
+    for (lab, power) in [
+        (Lab::new("t-rel-ddr"), ""),
+        (Lab::new("t-rel-dds"), "power = V.Power.Stopped"),
+    ] {
+        let a = lab.m("a");
+        lab.write(&[lab.machine("a", power)]);
+        lab.apply(&[]).expect_code(0);
+        let root = lab.root.join(format!("disks/{a}-root/disk.qcow2"));
+        let pristine = qcow2_snapshots(&root);
+        assert_eq!(pristine, [("vf-init".to_owned(), 0)], "{power}");
+        let with_data = format!(
+            "{power}{}dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]",
+            if power.is_empty() { "" } else { ", " }
+        );
+        lab.write(&[lab.machine("a", &with_data)]);
+        lab.apply(&["--allow-restart"]).expect_code(0);
+        // The root disk's pristine vf-init is untouched: still one, with
+        // no memory state (not a live checkpoint taken now).
+        assert_eq!(qcow2_snapshots(&root), pristine, "{power}");
+        let data = lab.root.join(format!("disks/{a}-data/disk.qcow2"));
+        assert_eq!(
+            qcow2_snapshots(&data),
+            [("vf-init".to_owned(), 0)],
+            "{power}"
+        );
+        lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    }
+}

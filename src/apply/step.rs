@@ -14,6 +14,7 @@ use crate::lock::fetch::{Expected, download};
 use crate::plan::planner::GIB;
 use crate::plan::{Action, Change};
 use crate::progress::Progress;
+use crate::resources::layout;
 use crate::resources::observed::DiskOwner;
 
 /// Everything a step may use on its host.
@@ -219,18 +220,30 @@ fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepErr
     Ok(())
 }
 
+/// A running guest's disks are checkpointed through libvirt (on Dir hosts
+/// QEMU owns their files); every other disk, including a new one not yet
+/// attached to the running guest, gets its own snapshot. So a new data
+/// disk's `vf-init` never re-takes, or shadows, the root disk's.
 fn take_snapshot(
     env: &StepEnv<'_>,
     m: &str,
     volumes: &[String],
     name: &str,
 ) -> Result<(), StepError> {
-    if env.storage.snapshots_via_domain() && env.lv.exists(m) {
-        env.lv.snapshot(m, name)?;
-    } else {
-        for v in volumes {
-            env.storage.snapshot(v, name)?;
+    let mut own: Vec<&String> = volumes.iter().collect();
+    if env.storage.snapshots_via_domain() && env.lv.exists(m) && env.lv.is_running(m)? {
+        let attached = env.lv.disk_paths(m)?;
+        let in_use = |v: &String| {
+            let file = format!("/{}", layout::dir_disk_file_rel(v));
+            attached.iter().any(|p| p.ends_with(&file))
+        };
+        if volumes.iter().any(in_use) {
+            env.lv.snapshot(m, name)?;
         }
+        own.retain(|v| !in_use(v));
+    }
+    for v in own {
+        env.storage.snapshot(v, name)?;
     }
     Ok(())
 }

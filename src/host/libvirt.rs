@@ -297,6 +297,21 @@ impl Libvirt {
             .map_err(self.err(format!("domain {name}: snapshot {snapshot}")))
     }
 
+    /// The disk paths the running (or defined) domain uses now, from its
+    /// live definition.
+    pub fn disk_paths(&self, name: &str) -> Result<Vec<String>, LibvirtError> {
+        let dom = self.lookup(name)?;
+        let what = format!("domain {name}: read live XML");
+        let xml = dom.xml_desc(0).map_err(self.err(what.clone()))?;
+        let spec = DomainSpec::from_xml(&xml).map_err(|message| LibvirtError {
+            uri: self.uri.clone(),
+            action: what,
+            message,
+            connecting: false,
+        })?;
+        Ok(spec.disks.into_iter().map(|d| d.path).collect())
+    }
+
     /// Deletes snapshot `snapshot` of a domain; returns false when libvirt
     /// does not know it (taken outside libvirt, e.g. before the domain existed).
     pub fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, LibvirtError> {
