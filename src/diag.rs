@@ -27,11 +27,37 @@ impl fmt::Display for Diagnostic {
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
+        // Values are clipped where they are formatted; this is the backstop
+        // so no single diagnostic can flood a terminal or a CI log.
+        let message = cut(&self.message, MAX_MESSAGE);
         if self.subject.is_empty() {
-            write!(f, ": {}", self.message)
+            write!(f, ": {message}")
         } else {
-            write!(f, ": {}: {}", self.subject, self.message)
+            write!(f, ": {}: {message}", cut(&self.subject, MAX_MESSAGE))
         }
+    }
+}
+
+/// Longest value quoted in a message, in characters.
+pub const MAX_VALUE: usize = 64;
+/// Longest subject or message shown, in characters.
+const MAX_MESSAGE: usize = 2000;
+
+/// `value` quoted as Rust debug text, cut to [`MAX_VALUE`] characters with
+/// its full length in bytes appended, so a runaway value (a 1 MiB name, a
+/// pasted file) is recognisable without being printed.
+pub fn clip(value: &str) -> String {
+    if value.chars().count() <= MAX_VALUE {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(MAX_VALUE).collect();
+    format!("{head:?}… ({} bytes)", value.len())
+}
+
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((i, _)) => format!("{}… ({} more bytes)", &text[..i], text.len() - i).into(),
     }
 }
 
@@ -53,10 +79,20 @@ impl fmt::Display for Diagnostics {
 /// Finds lines in a source text, best effort, so a diagnostic about a value
 /// built from a literal can point at that literal. Values produced by Dhall
 /// functions have no literal and get no line: the subject still names them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceIndex {
     file: PathBuf,
     lines: Vec<String>,
+}
+
+impl fmt::Debug for SourceIndex {
+    // The lines themselves would drown any Debug dump of a Fleet.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceIndex")
+            .field("file", &self.file)
+            .field("lines", &self.lines.len())
+            .finish()
+    }
 }
 
 impl SourceIndex {
@@ -149,6 +185,22 @@ fn contains_word(line: &str, word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clips_long_values_and_says_how_long_they_were() {
+        assert_eq!(clip("web"), "\"web\"");
+        let long = "x".repeat(1 << 20);
+        let shown = clip(&long);
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("… (1048576 bytes)"), "{shown}");
+        let d = Diagnostic {
+            file: "f".into(),
+            line: None,
+            subject: String::new(),
+            message: long,
+        };
+        assert!(d.to_string().len() < 2100);
+    }
 
     const SRC: &str = r#"
 let V = ./dhall/package.dhall

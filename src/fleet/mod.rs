@@ -1,6 +1,7 @@
 //! Loading `fleet.dhall`: guarded Dhall evaluation, then semantic validation
 //! into the typed [`Fleet`] model that the rest of virtfleet consumes.
 
+pub mod endpoints;
 mod eval;
 pub mod model;
 pub mod names;
