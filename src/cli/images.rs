@@ -6,7 +6,7 @@
 //! exactly as they were, and makes the command exit 1.
 
 use super::{Context, EXIT_ERROR, EXIT_OK, load_fleet};
-use crate::fleet::{Fleet, ImageName};
+use crate::fleet::{Fleet, ImageFormat, ImageName};
 use crate::lock::cache::Verdict;
 use crate::lock::fetch::{Expected, download};
 use crate::lock::{ImageLock, LockEntry};
@@ -134,10 +134,13 @@ fn repin(
         let image = &fleet.images[*name];
         match download(&image.url, None, &ctx.cache, name.as_str(), &progress) {
             Ok(got) => {
+                // Recorded for qcow2 only: a raw image's disk is its size.
+                let vsize = got.vsize.filter(|_| image.format == ImageFormat::Qcow2);
                 let old = lock.images.get(*name);
                 let same = old.is_some_and(|o| {
                     o.sha256 == got.sha256
                         && o.size == got.size
+                        && o.vsize == vsize
                         && o.url == image.url
                         && o.format == image.format
                 });
@@ -178,6 +181,7 @@ fn repin(
                             url: image.url.clone(),
                             sha256: got.sha256,
                             size: got.size,
+                            vsize,
                             format: image.format,
                             locked: now(),
                         },
