@@ -3,12 +3,13 @@
 
 pub mod endpoints;
 mod eval;
+mod imports;
 pub mod model;
 pub mod names;
 pub mod raw;
 mod validate;
 
-pub use eval::EvalError;
+pub use eval::{BUDGET_ENV, DEFAULT_BUDGET, EvalError, EvalOptions};
 pub use model::*;
 pub use names::{DiskName, FleetName, HostName, ImageName, NameError, VmName, check_name};
 pub use validate::{MAX_CPUS, MAX_DISK_GIB, MAX_MEMORY_MIB, MIN_MEMORY_MIB, check_url};
@@ -27,12 +28,29 @@ pub enum LoadError {
     Invalid(Diagnostics),
 }
 
-/// Evaluates and validates the fleet file at `path`.
+/// A loaded fleet and what loading it cost.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated fleet.
+    pub fleet: Fleet,
+    /// Wall time of the Dhall evaluation (validation is negligible next to it).
+    pub eval_time: std::time::Duration,
+}
+
+/// Evaluates and validates the fleet file at `path` with the default limits.
 pub fn load(path: &Path) -> Result<Fleet, LoadError> {
-    let raw = eval::evaluate(path)?;
-    let index = match std::fs::read_to_string(path) {
-        Ok(text) => SourceIndex::new(path, &text),
-        Err(_) => SourceIndex::empty(path),
-    };
-    validate::validate(raw, &index).map_err(|d| LoadError::Invalid(Diagnostics(d)))
+    load_with(path, &EvalOptions::default()).map(|l| l.fleet)
+}
+
+/// Evaluates and validates the fleet file at `path` within `opts`'s limits.
+/// The file is read once: the same text is evaluated and indexed for lines.
+pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
+    let evaluated = eval::evaluate(path, opts)?;
+    let index = SourceIndex::new(path, &evaluated.text);
+    let fleet = validate::validate(evaluated.fleet, &index)
+        .map_err(|d| LoadError::Invalid(Diagnostics(d)))?;
+    Ok(Loaded {
+        fleet,
+        eval_time: evaluated.elapsed,
+    })
 }
