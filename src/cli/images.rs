@@ -118,6 +118,40 @@ fn report_failure(name: &ImageName, err: &dyn std::fmt::Display) {
     }
 }
 
+/// Says what pinning `name` found: for `update` (`show_changes`) how the
+/// pin changed, otherwise just the new pin.
+fn report_pin(
+    name: &ImageName,
+    old: Option<&LockEntry>,
+    got: &crate::lock::fetch::Fetched,
+    same: bool,
+    show_changes: bool,
+) {
+    if !show_changes {
+        anstream::println!(
+            "{OK}{name}{OK:#}: pinned {} ({})",
+            got.sha256,
+            human_bytes(got.size)
+        );
+        return;
+    }
+    match old {
+        Some(o) if same => anstream::println!("{name}: unchanged ({})", o.sha256.short()),
+        Some(o) if o.sha256 == got.sha256 => anstream::println!(
+            "{name}: sha256 unchanged ({}); url, format or recorded disk size re-pinned",
+            got.sha256.short()
+        ),
+        Some(o) => anstream::println!(
+            "{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})",
+            o.sha256,
+            got.sha256,
+            o.size,
+            got.size
+        ),
+        None => anstream::println!("{name}: pinned {} ({})", got.sha256, human_bytes(got.size)),
+    }
+}
+
 /// Downloads `targets` unpinned and re-pins them; returns the exit code.
 /// `show_changes` prints old → new hashes (for `update`).
 fn repin(
@@ -144,35 +178,7 @@ fn repin(
                         && o.url == image.url
                         && o.format == image.format
                 });
-                if show_changes {
-                    match old {
-                        Some(o) if same => {
-                            anstream::println!("{name}: unchanged ({})", o.sha256.short())
-                        }
-                        Some(o) if o.sha256 == got.sha256 => anstream::println!(
-                            "{name}: sha256 unchanged ({}); url or format re-pinned",
-                            got.sha256.short()
-                        ),
-                        Some(o) => anstream::println!(
-                            "{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})",
-                            o.sha256,
-                            got.sha256,
-                            o.size,
-                            got.size
-                        ),
-                        None => anstream::println!(
-                            "{name}: pinned {} ({})",
-                            got.sha256,
-                            human_bytes(got.size)
-                        ),
-                    }
-                } else {
-                    anstream::println!(
-                        "{OK}{name}{OK:#}: pinned {} ({})",
-                        got.sha256,
-                        human_bytes(got.size)
-                    );
-                }
+                report_pin(name, old, &got, same, show_changes);
                 if !same {
                     changed += 1;
                     lock.images.insert(

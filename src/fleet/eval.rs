@@ -435,66 +435,72 @@ impl Walk<'_> {
                 }
                 Ok(None)
             }
-            Target::Path(written) => {
-                if site.mode == Mode::Location {
-                    return Ok(None);
-                }
-                let (shown, on_disk) = resolve(base, written);
-                let meta = match std::fs::metadata(&on_disk) {
-                    Ok(m) => m,
-                    Err(_) if site.guarded => return Ok(None),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let looked = std::path::absolute(&on_disk).unwrap_or(on_disk);
-                        let msg = format!(
-                            "imports {written}, which does not exist (looked for {})",
-                            looked.display()
-                        );
-                        return Err(fail(msg, &self.chain));
-                    }
-                    Err(e) => {
-                        return Err(fail(
-                            format!("imports {written}, which cannot be read: {e}"),
-                            &self.chain,
-                        ));
-                    }
-                };
-                if meta.is_dir() {
-                    return Err(fail(
-                        format!("imports {written}, which is a directory"),
-                        &self.chain,
-                    ));
-                }
-                if site.mode == Mode::Raw || site.guarded {
-                    return Ok(None);
-                }
-                let real = std::fs::canonicalize(&on_disk).unwrap_or(on_disk.clone());
-                if let Some(pos) = self.stack.iter().position(|p| *p == real) {
-                    let looped = &self.nodes[self.by_real[&self.stack[pos]]].shown;
-                    let msg = format!(
-                        "imports {written}, which is {} again: an import cycle (Dhall files cannot import themselves, directly or through others)",
-                        looped.display()
-                    );
-                    let mut chain = self.chain.clone();
-                    chain.push(here.to_owned());
-                    return Err(fail(msg, &chain));
-                }
-                if let Some(&idx) = self.by_real.get(&real) {
-                    return Ok(Some(idx));
-                }
-                self.chain.push(here.to_owned());
-                let (text, _) = read_input(&on_disk, self.opts.max_file_bytes, &self.chain)
-                    .map_err(|e| rename(e, &shown))?;
-                let dir = shown.parent().map(Path::to_owned).unwrap_or_default();
-                let dir = if written.starts_with('/') || written.starts_with("~/") {
-                    on_disk.parent().map(Path::to_owned).unwrap_or_default()
-                } else {
-                    dir
-                };
-                let idx = self.visit(shown, real, dir, text)?;
-                self.chain.pop();
-                Ok(Some(idx))
-            }
+            Target::Path(written) => self.import_path(written, base, site, here, &fail),
         }
+    }
+
+    /// Checks a path import; walks into it when it is Dhall code.
+    fn import_path(
+        &mut self,
+        written: &str,
+        base: &Path,
+        site: &Site,
+        here: &str,
+        fail: &dyn Fn(String, &[String]) -> EvalError,
+    ) -> Result<Option<usize>, EvalError> {
+        if site.mode == Mode::Location {
+            return Ok(None);
+        }
+        let (shown, on_disk) = resolve(base, written);
+        let meta = match std::fs::metadata(&on_disk) {
+            Ok(m) => m,
+            Err(_) if site.guarded => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let looked = std::path::absolute(&on_disk).unwrap_or(on_disk);
+                let msg = format!(
+                    "imports {written}, which does not exist (looked for {})",
+                    looked.display()
+                );
+                return Err(fail(msg, &self.chain));
+            }
+            Err(e) => {
+                return Err(fail(
+                    format!("imports {written}, which cannot be read: {e}"),
+                    &self.chain,
+                ));
+            }
+        };
+        if meta.is_dir() {
+            return Err(fail(
+                format!("imports {written}, which is a directory"),
+                &self.chain,
+            ));
+        }
+        if site.mode == Mode::Raw || site.guarded {
+            return Ok(None);
+        }
+        let real = std::fs::canonicalize(&on_disk).unwrap_or(on_disk.clone());
+        if let Some(pos) = self.stack.iter().position(|p| *p == real) {
+            let looped = &self.nodes[self.by_real[&self.stack[pos]]].shown;
+            let msg = format!(
+                "imports {written}, which is {} again: an import cycle (Dhall files cannot import themselves, directly or through others)",
+                looped.display()
+            );
+            let mut chain = self.chain.clone();
+            chain.push(here.to_owned());
+            return Err(fail(msg, &chain));
+        }
+        if let Some(&idx) = self.by_real.get(&real) {
+            return Ok(Some(idx));
+        }
+        self.chain.push(here.to_owned());
+        let (text, _) = read_input(&on_disk, self.opts.max_file_bytes, &self.chain)
+            .map_err(|e| rename(e, &shown))?;
+        // Its own imports resolve from its directory, as the evaluator does.
+        let dir = shown.parent().map(Path::to_owned).unwrap_or_default();
+        let idx = self.visit(shown, real, dir, text)?;
+        self.chain.pop();
+        Ok(Some(idx))
     }
 }
 

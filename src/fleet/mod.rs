@@ -37,6 +37,14 @@ pub struct Loaded {
     pub eval_time: std::time::Duration,
 }
 
+/// Validates a fleet already decoded into its raw form (from Dhall, or from
+/// JSON as the load benchmark's baseline does); `path` and `text` name the
+/// source in diagnostics.
+pub fn validate_raw(raw: raw::Fleet, path: &Path, text: &str) -> Result<Fleet, LoadError> {
+    let index = SourceIndex::new(path, text);
+    validate::validate(raw, &index).map_err(|d| LoadError::Invalid(Diagnostics(d)))
+}
+
 /// Evaluates and validates the fleet file at `path` with the default limits.
 pub fn load(path: &Path) -> Result<Fleet, LoadError> {
     load_with(path, &EvalOptions::default()).map(|l| l.fleet)
@@ -46,9 +54,7 @@ pub fn load(path: &Path) -> Result<Fleet, LoadError> {
 /// The file is read once: the same text is evaluated and indexed for lines.
 pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
     let evaluated = eval::evaluate(path, opts)?;
-    let index = SourceIndex::new(path, &evaluated.text);
-    let fleet = validate::validate(evaluated.fleet, &index)
-        .map_err(|d| LoadError::Invalid(Diagnostics(d)))?;
+    let fleet = validate_raw(evaluated.fleet, path, &evaluated.text)?;
     Ok(Loaded {
         fleet,
         eval_time: evaluated.elapsed,
