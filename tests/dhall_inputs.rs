@@ -345,3 +345,39 @@ fn evaluation_stops_at_its_budget_naming_the_file() {
     );
     assert!(e.contains("VIRTFLEET_EVAL_TIMEOUT"), "{e}");
 }
+
+#[test]
+fn a_large_text_imported_as_text_is_not_parsed_as_dhall() {
+    // The README's advice for big cloud-init documents: a 1 MiB literal
+    // would take tens of seconds to parse, an `as Text` import is read as is.
+    let t = Tree::new();
+    let user_data = format!("#cloud-config\n{}", "# padding line\n".repeat(70_000));
+    t.write("machines/web-user-data.yaml", &user_data);
+    t.write(
+        "machines/web.dhall",
+        &machine(
+            "web",
+            "cloudInit = Some V.CloudInit::{ userData = Some ./web-user-data.yaml as Text }",
+        ),
+    );
+    let started = std::time::Instant::now();
+    let fleet = load(&t.fleet()).unwrap();
+    let web = fleet
+        .machines
+        .values()
+        .find(|m| m.name.as_str() == "web")
+        .unwrap();
+    let got = web
+        .cloud_init
+        .as_ref()
+        .unwrap()
+        .user_data
+        .as_deref()
+        .unwrap();
+    assert_eq!(got.len(), user_data.len());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
