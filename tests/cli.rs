@@ -288,6 +288,15 @@ fn check_reports_an_unreadable_lock_together_with_the_fleets_problems() {
         "{}",
         out.stderr
     );
+
+    // A device as the lock is refused, not read until memory runs out.
+    let out = Outcome::of(&mut fleet.cmd(&["--lock", "/dev/zero", "check"])).expect_code(1);
+    assert!(
+        out.stderr
+            .contains("/dev/zero: cannot read: not a regular file or pipe"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -53,8 +53,22 @@ pub fn load(path: &Path) -> Result<Fleet, LoadError> {
 /// Evaluates and validates the fleet file at `path` within `opts`'s limits.
 /// The file is read once: the same text is evaluated and indexed for lines.
 pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
+    let started = std::time::Instant::now();
     let evaluated = eval::evaluate(path, opts)?;
+    let validating = std::time::Instant::now();
     let fleet = validate_raw(evaluated.fleet, path, &evaluated.text)?;
+    // Each step's cost, for `VIRTFLEET_LOG=debug` when a fleet is slow.
+    tracing::debug!(
+        file = %path.display(),
+        read_and_import_walk_ms = validating
+            .duration_since(started)
+            .saturating_sub(evaluated.elapsed)
+            .as_millis() as u64,
+        dhall_ms = evaluated.elapsed.as_millis() as u64,
+        validate_ms = validating.elapsed().as_millis() as u64,
+        machines = fleet.machines.len(),
+        "fleet loaded"
+    );
     Ok(Loaded {
         fleet,
         eval_time: evaluated.elapsed,

@@ -138,7 +138,7 @@ pub enum LockError {
 impl ImageLock {
     /// Reads `path`; a missing file is an empty lock (nothing pinned yet).
     pub fn read(path: &Path) -> Result<ImageLock, LockError> {
-        match std::fs::read_to_string(path) {
+        match read_bounded(path) {
             Ok(text) => {
                 ImageLock::parse(&text, path).map_err(|d| LockError::Invalid(Diagnostics(d)))
             }
@@ -457,6 +457,33 @@ impl Parser<'_> {
         }
         v
     }
+}
+
+/// Largest lockfile read: a pin is ~250 bytes, so this is tens of
+/// thousands of images, and `--lock /dev/zero` stops here.
+const MAX_LOCK_BYTES: u64 = 16 << 20;
+
+/// Reads a lockfile once, refusing directories and devices and stopping at
+/// [`MAX_LOCK_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let file = std::fs::File::open(path)?;
+    let ty = file.metadata()?.file_type();
+    if ty.is_dir() || ty.is_block_device() || ty.is_char_device() || ty.is_socket() {
+        return Err(std::io::Error::other(
+            "not a regular file or pipe (a lockfile is a text file)",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_LOCK_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_LOCK_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB; a lockfile holds a few hundred bytes per image",
+            MAX_LOCK_BYTES >> 20
+        )));
+    }
+    Ok(text)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
