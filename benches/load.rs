@@ -12,7 +12,9 @@
 //! * `helper`     – one file, a list of calls of a small helper function
 //!   (`m "vm-1" "hv1"`), as the README recommends;
 //! * `split`      – literal records split into imported files of 100
-//!   machines, joined with `#` (also README advice);
+//!   machines, joined with `#`;
+//! * `helper split` – helper calls in imported files of 100 machines: both
+//!   pieces of README advice together;
 //! * `generator`  – a builtins-only `Natural/fold` generator.
 //!
 //! Then one machine whose `cpus` is wrapped in 2..N levels of parentheses,
@@ -25,7 +27,7 @@
 //! Run with `cargo bench --bench load`. Environment:
 //! `VIRTFLEET_BENCH_SIZES=100,1000,5000` picks the sizes (default 100,1000;
 //! 5000 literal machines take minutes), `VIRTFLEET_BENCH_DEPTH=8` the deepest
-//! nesting (default 7), `VIRTFLEET_BENCH_RUN_BUDGET=120` the evaluation
+//! nesting (default 8), `VIRTFLEET_BENCH_RUN_BUDGET=120` the evaluation
 //! budget in seconds for one run (default 60).
 
 use std::fmt::Write as _;
@@ -36,7 +38,7 @@ use virtfleet::fleet::{EvalOptions, LoadError, load_with, raw, validate_raw};
 
 const PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dhall/package.dhall");
 const DEFAULT_SIZES: [usize; 2] = [100, 1000];
-const DEFAULT_DEPTH: usize = 7;
+const DEFAULT_DEPTH: usize = 8;
 const HOSTS: [&str; 2] = ["hv1", "hv2"];
 /// Machines per imported file in the `split` layout.
 const PER_FILE: usize = 100;
@@ -74,7 +76,7 @@ fn main() {
             &mut rows,
             Row::new("json (baseline)", n, json_runs, Some(json_best), json_best),
         );
-        let layouts: [(&str, String); 4] = [
+        let layouts: [(&str, String); 5] = [
             (
                 "dhall literal",
                 write(dir.path(), &format!("literal-{n}.dhall"), &literal_fleet(n)),
@@ -83,7 +85,11 @@ fn main() {
                 "dhall helper",
                 write(dir.path(), &format!("helper-{n}.dhall"), &helper_fleet(n)),
             ),
-            ("dhall split", split_fleet(dir.path(), n)),
+            ("dhall split", split_fleet(dir.path(), n, Layout::Literal)),
+            (
+                "dhall helper split",
+                split_fleet(dir.path(), n, Layout::Helper),
+            ),
             (
                 "dhall generator",
                 write(
@@ -257,36 +263,52 @@ fn literal_fleet(n: usize) -> String {
     s
 }
 
+/// The helper a fleet written the README's way defines once.
+const HELPER: &str = "let m =\n      \\(name : Text) ->\n      \\(host : Text) ->\n        V.Machine::{ name, host = Some host, image = \"debian-12\", cpus = 2, memoryMiB = 2048 }\n\n";
+
+/// Machine `i` as a call of [`HELPER`].
+fn helper_call(i: usize) -> String {
+    format!("m \"vm-{}\" \"{}\"", i + 1, host_of(i))
+}
+
 fn helper_fleet(n: usize) -> String {
     let mut s = dhall_prelude();
-    s.push_str(
-        "let m =\n      \\(name : Text) ->\n      \\(host : Text) ->\n        V.Machine::{ name, host = Some host, image = \"debian-12\", cpus = 2, memoryMiB = 2048 }\n\n",
-    );
-    let calls = (0..n).map(|i| format!("m \"vm-{}\" \"{}\"", i + 1, host_of(i)));
-    s.push_str(&dhall_fleet(&list(calls)));
+    s.push_str(HELPER);
+    s.push_str(&dhall_fleet(&list((0..n).map(helper_call))));
     s
 }
 
-/// Literal records in files of [`PER_FILE`] machines; returns the fleet path.
-fn split_fleet(dir: &Path, n: usize) -> String {
-    let sub = dir.join(format!("split-{n}"));
+/// How machines are written in the files of a split fleet.
+#[derive(Clone, Copy)]
+enum Layout {
+    Literal,
+    Helper,
+}
+
+/// Machines in files of [`PER_FILE`]; returns the fleet path.
+fn split_fleet(dir: &Path, n: usize, layout: Layout) -> String {
+    let (tag, helper, machine): (&str, &str, fn(usize) -> String) = match layout {
+        Layout::Literal => ("split", "", literal_machine),
+        Layout::Helper => ("helper-split", HELPER, helper_call),
+    };
+    let sub = dir.join(format!("{tag}-{n}"));
     std::fs::create_dir_all(&sub).expect("create split dir");
     let mut parts = Vec::new();
     for (k, start) in (0..n).step_by(PER_FILE).enumerate() {
         let end = (start + PER_FILE).min(n);
         let text = format!(
-            "let V = {PACKAGE}\n\nin  {}\n",
-            list((start..end).map(literal_machine))
+            "let V = {PACKAGE}\n\n{helper}in  {}\n",
+            list((start..end).map(machine))
         );
         std::fs::write(sub.join(format!("machines-{k}.dhall")), text).expect("write part");
-        parts.push(format!("./split-{n}/machines-{k}.dhall"));
+        parts.push(format!("./{tag}-{n}/machines-{k}.dhall"));
     }
     let mut s = dhall_prelude();
     s.push_str(&dhall_fleet(&format!(
         "\n        {}",
         parts.join("\n      # ")
     )));
-    write(dir, &format!("split-{n}.dhall"), &s)
+    write(dir, &format!("{tag}-{n}.dhall"), &s)
 }
 
 fn generator_fleet(n: usize) -> String {
@@ -429,14 +451,14 @@ impl Row {
 fn print_table(rows: &[Row], size: &str) {
     println!();
     println!(
-        "{:<16} {:>8} {:>5} {:>12} {:>10}",
+        "{:<18} {:>8} {:>5} {:>12} {:>10}",
         "case", size, "runs", "best (ms)", "x JSON"
     );
-    println!("{}", "-".repeat(16 + 9 + 6 + 13 + 11));
+    println!("{}", "-".repeat(18 + 9 + 6 + 13 + 11));
     for r in rows {
         let (best, ratio) = r.cells();
         println!(
-            "{:<16} {:>8} {:>5} {:>12} {:>10}",
+            "{:<18} {:>8} {:>5} {:>12} {:>10}",
             r.case, r.size, r.runs, best, ratio
         );
     }

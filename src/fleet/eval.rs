@@ -201,8 +201,8 @@ pub fn evaluate(path: &Path, opts: &EvalOptions) -> Result<Evaluated, EvalError>
     }
 }
 
-/// Reads `path` once, refusing what is not a file or pipe, what exceeds
-/// `limit` (checked while reading, so `/dev/zero` stops at the limit),
+/// Reads `path` once, refusing directories, devices and sockets, what
+/// exceeds `limit` (checked while reading, so an endless pipe stops there),
 /// non-UTF-8 text and a byte-order mark. Returns the text and whether the
 /// path is a regular file.
 fn read_input(path: &Path, limit: u64, chain: &[String]) -> Result<(String, bool), EvalError> {
