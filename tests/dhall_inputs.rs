@@ -79,10 +79,27 @@ fn machine(name: &str, extra: &str) -> String {
 }
 
 #[test]
-fn the_split_fleet_loads() {
+fn the_split_fleet_loads_and_lists_its_files() {
     let t = Tree::new();
-    let fleet = load(&t.fleet()).unwrap();
-    assert_eq!(fleet.machines.len(), 2);
+    let loaded = load_with(&t.fleet(), &EvalOptions::default()).unwrap();
+    assert_eq!(loaded.fleet.machines.len(), 2);
+    let prefix = format!("{}/", t.0.path().display());
+    let files: Vec<String> = loaded
+        .files
+        .iter()
+        .map(|f| f.display().to_string().replace(&prefix, ""))
+        .filter(|f| !f.contains("/dhall/"))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "fleet.dhall",
+            "hosts.dhall",
+            "machines/all.dhall",
+            "machines/web.dhall",
+            "machines/db.dhall"
+        ]
+    );
 }
 
 /// The first line of an error (the rest is the source snippet).

@@ -170,6 +170,9 @@ pub struct Evaluated {
     pub text: String,
     /// Wall time of the Dhall evaluation itself.
     pub elapsed: Duration,
+    /// Every Dhall file evaluated, the fleet file first, as shown to the
+    /// user: what a cache of the evaluation or a file watcher depends on.
+    pub files: Vec<PathBuf>,
 }
 
 /// Evaluates the fleet file at `path` into its raw form.
@@ -192,11 +195,15 @@ pub fn evaluate(path: &Path, opts: &EvalOptions) -> Result<Evaluated, EvalError>
     let outcome = run_with_budget(source, opts.budget, path)?;
     let elapsed = started.elapsed();
     match outcome {
-        Ok(fleet) => Ok(Evaluated {
-            fleet,
-            text: graph.nodes.into_iter().next().expect("root").text,
-            elapsed,
-        }),
+        Ok(fleet) => {
+            let files = graph.nodes.iter().map(|n| n.shown.clone()).collect();
+            Ok(Evaluated {
+                fleet,
+                text: graph.nodes.into_iter().next().expect("root").text,
+                elapsed,
+                files,
+            })
+        }
         Err(message) => Err(graph.attribute(&message)),
     }
 }

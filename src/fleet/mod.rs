@@ -35,6 +35,9 @@ pub struct Loaded {
     pub fleet: Fleet,
     /// Wall time of the Dhall evaluation (validation is negligible next to it).
     pub eval_time: std::time::Duration,
+    /// Every Dhall file the fleet was evaluated from, the fleet file first
+    /// (files behind `?` fallbacks and `as Text` imports are not included).
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// Validates a fleet already decoded into its raw form (from Dhall, or from
@@ -72,5 +75,6 @@ pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
     Ok(Loaded {
         fleet,
         eval_time: evaluated.elapsed,
+        files: evaluated.files,
     })
 }
