@@ -121,7 +121,7 @@ fn errors_inside_imported_files_name_that_file_its_line_and_the_chain() {
         // A type error in an expression.
         (
             "cpus = 1 + \"one\"",
-            "machines/db.dhall:4:14: Dhall error: BinOpTypeMismatch",
+            "machines/db.dhall:4:14: Dhall error: the operands do not have the types this operator needs (BinOpTypeMismatch)",
             "4 |     , cpus = 1 + \"one\"",
         ),
         // A field the schema does not have, reported at the record.

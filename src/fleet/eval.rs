@@ -695,9 +695,38 @@ fn install_quiet_panic_hook() {
 }
 
 /// One line for the user: a schema mismatch summarised to the fields that
-/// differ, else the evaluator's `detail`.
+/// differ, else the evaluator's `detail`, in words when it is one of the
+/// evaluator's error codes (the code stays, for searching).
 fn tidy(message: &str, detail: &str) -> String {
-    summarize_mismatch(message).unwrap_or_else(|| detail.replace("error: error", "error"))
+    if let Some(summary) = summarize_mismatch(message) {
+        return summary;
+    }
+    let detail = detail.replace("error: error", "error");
+    match explain(&detail) {
+        Some(words) => format!("{words} ({detail})"),
+        None => detail,
+    }
+}
+
+/// Plain words for the type checker's most common error codes.
+fn explain(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "BinOpTypeMismatch" => "the operands do not have the types this operator needs",
+        "InvalidListElement" => "this list element's type differs from the list's",
+        "InvalidListType" => "a list's element type must be a type",
+        "IfBranchMismatch" => "the `then` and `else` branches have different types",
+        "InvalidPredicate" => "an `if` condition must be a Bool",
+        "MissingRecordField" => "the record has no field of this name (misspelt?)",
+        "MissingUnionField" => "the union has no alternative of this name (misspelt?)",
+        "DuplicateFieldName" => "a field is given twice",
+        "NotARecord" => "only a record has fields",
+        "MustCombineRecord" => "`//` and `/\\` combine records only",
+        "InvalidTextInterpolation" => "only Text can be interpolated with ${...}",
+        "InvalidOptionalType" => "`Some` needs a value whose type is a type",
+        "MergeVariantMissingHandler" => "`merge` has no handler for an alternative",
+        "MergeHandlerMissingVariant" => "`merge` has a handler for no alternative",
+        _ => return None,
+    })
 }
 
 /// serde_dhall reports a schema mismatch as `annot mismatch: A != B` with
@@ -786,6 +815,10 @@ mod tests {
         assert_eq!(positions(syntax), [(3, 13)]);
         assert_eq!(detail(syntax), "expected expression");
         assert_eq!(positions("no position"), []);
+        assert_eq!(
+            tidy(msg, "MissingUnionField"),
+            "the union has no alternative of this name (misspelt?) (MissingUnionField)"
+        );
     }
 
     #[test]
