@@ -66,68 +66,8 @@ fn main() {
     };
 
     let dir = tempfile::tempdir().expect("create temp dir");
-    // Nesting: one machine, so the JSON floor is the 1-machine fleet.
-    let json1 = dir.path().join("fleet-1.json");
-    std::fs::write(&json1, json_fleet(1)).expect("write json fleet");
-    let (floor, _) = measure(JSON_RUNS, Duration::MAX, || load_json(&json1, 1));
-    let floor = floor.expect("json always finishes");
-    let mut nest_rows = Vec::new();
-    for d in 2..=depth {
-        let path = write(dir.path(), &format!("nested-{d}.dhall"), &nested_fleet(d));
-        let (best, runs) = measure(DHALL_RUNS, DHALL_CASE_BUDGET, || {
-            load_dhall(Path::new(&path), 1, &opts)
-        });
-        let mut row = Row::new("dhall nested", d, runs, best, floor);
-        row.unit = "depth";
-        push(&mut nest_rows, row);
-        if best.is_none() {
-            break;
-        }
-    }
-    let mut rows = Vec::new();
-    for &n in &sizes {
-        let json = dir.path().join(format!("fleet-{n}.json"));
-        std::fs::write(&json, json_fleet(n)).expect("write json fleet");
-        let (json_best, json_runs) = measure(JSON_RUNS, Duration::MAX, || load_json(&json, n));
-        let json_best = json_best.expect("json always finishes");
-        push(
-            &mut rows,
-            Row::new("json (baseline)", n, json_runs, Some(json_best), json_best),
-        );
-        let layouts: [(&str, String); 5] = [
-            (
-                "dhall helper",
-                write(dir.path(), &format!("helper-{n}.dhall"), &helper_fleet(n)),
-            ),
-            ("dhall split", split_fleet(dir.path(), n, Layout::Literal)),
-            (
-                "dhall helper split",
-                split_fleet(dir.path(), n, Layout::Helper),
-            ),
-            (
-                "dhall generator",
-                write(
-                    dir.path(),
-                    &format!("generator-{n}.dhall"),
-                    &generator_fleet(n),
-                ),
-            ),
-            // Last: if a run is abandoned at the budget, its evaluation keeps
-            // running in the background (a thread cannot be stopped) and
-            // would slow down every case measured after it.
-            (
-                "dhall literal",
-                write(dir.path(), &format!("literal-{n}.dhall"), &literal_fleet(n)),
-            ),
-        ];
-        for (case, path) in layouts {
-            let path = Path::new(&path);
-            let (best, runs) =
-                measure(DHALL_RUNS, DHALL_CASE_BUDGET, || load_dhall(path, n, &opts));
-            push(&mut rows, Row::new(case, n, runs, best, json_best));
-        }
-    }
-
+    let nest_rows = bench_nesting(dir.path(), depth, &opts);
+    let rows = bench_sizes(dir.path(), &sizes, &opts);
     print_table(&nest_rows, "depth");
     print_table(&rows, "machines");
     if rows.iter().chain(&nest_rows).any(|r| r.best.is_none()) {
@@ -139,6 +79,71 @@ fn main() {
         "best of N runs; \"x JSON\" = best time / best time of the same fleet as JSON decoded into the same model and validated the same way (measured in this run); \"> budget\" = abandoned at {} s",
         run_budget.as_secs()
     );
+}
+
+/// One machine with `cpus` inside 2..=`depth` levels of parentheses; stops
+/// at the first depth abandoned at the budget.
+fn bench_nesting(dir: &Path, depth: usize, opts: &EvalOptions) -> Vec<Row> {
+    // Nesting: one machine, so the JSON floor is the 1-machine fleet.
+    let json1 = dir.join("fleet-1.json");
+    std::fs::write(&json1, json_fleet(1)).expect("write json fleet");
+    let (floor, _) = measure(JSON_RUNS, Duration::MAX, || load_json(&json1, 1));
+    let floor = floor.expect("json always finishes");
+    let mut nest_rows = Vec::new();
+    for d in 2..=depth {
+        let path = write(dir, &format!("nested-{d}.dhall"), &nested_fleet(d));
+        let (best, runs) = measure(DHALL_RUNS, DHALL_CASE_BUDGET, || {
+            load_dhall(Path::new(&path), 1, opts)
+        });
+        let mut row = Row::new("dhall nested", d, runs, best, floor);
+        row.unit = "depth";
+        push(&mut nest_rows, row);
+        if best.is_none() {
+            break;
+        }
+    }
+    nest_rows
+}
+
+/// Every layout at every size, each after its JSON baseline.
+fn bench_sizes(dir: &Path, sizes: &[usize], opts: &EvalOptions) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let json = dir.join(format!("fleet-{n}.json"));
+        std::fs::write(&json, json_fleet(n)).expect("write json fleet");
+        let (json_best, json_runs) = measure(JSON_RUNS, Duration::MAX, || load_json(&json, n));
+        let json_best = json_best.expect("json always finishes");
+        push(
+            &mut rows,
+            Row::new("json (baseline)", n, json_runs, Some(json_best), json_best),
+        );
+        let layouts: [(&str, String); 5] = [
+            (
+                "dhall helper",
+                write(dir, &format!("helper-{n}.dhall"), &helper_fleet(n)),
+            ),
+            ("dhall split", split_fleet(dir, n, Layout::Literal)),
+            ("dhall helper split", split_fleet(dir, n, Layout::Helper)),
+            (
+                "dhall generator",
+                write(dir, &format!("generator-{n}.dhall"), &generator_fleet(n)),
+            ),
+            // Last: if a run is abandoned at the budget, its evaluation keeps
+            // running in the background (a thread cannot be stopped) and
+            // would slow down every case measured after it.
+            (
+                "dhall literal",
+                write(dir, &format!("literal-{n}.dhall"), &literal_fleet(n)),
+            ),
+        ];
+        for (case, path) in layouts {
+            let path = Path::new(&path);
+            let (best, runs) = measure(DHALL_RUNS, DHALL_CASE_BUDGET, || load_dhall(path, n, opts));
+            push(&mut rows, Row::new(case, n, runs, best, json_best));
+        }
+    }
+
+    rows
 }
 
 fn env_list(var: &str) -> Option<Vec<usize>> {
