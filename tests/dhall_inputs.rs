@@ -398,3 +398,29 @@ fn a_large_text_imported_as_text_is_not_parsed_as_dhall() {
         started.elapsed()
     );
 }
+
+#[test]
+fn semantic_problems_in_imported_files_name_those_files_and_lines() {
+    let t = Tree::new();
+    t.write("machines/db.dhall", &machine("db", "cpus = 0"));
+    t.write(
+        "machines/web.dhall",
+        &machine("web_1", "cpus = 2").replace("image = \"deb\"", "image = \"deb\", memoryMiB = 1"),
+    );
+    let prefix = format!("{}/", t.0.path().display());
+    let problems: Vec<String> = match load(&t.fleet()) {
+        Err(LoadError::Invalid(d)) => {
+            d.0.iter()
+                .map(|x| x.to_string().replace(&prefix, ""))
+                .collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        problems,
+        [
+            r#"machines/web.dhall:3: machine "web_1": invalid name: "web_1" contains '_'; names may only use a-z, 0-9 and '-'"#,
+            r#"machines/db.dhall:4: machine "db": cpus = 0 is too small (allowed 1..256)"#,
+        ]
+    );
+}

@@ -173,6 +173,11 @@ pub struct Evaluated {
     /// Every Dhall file evaluated, the fleet file first, as shown to the
     /// user: what a cache of the evaluation or a file watcher depends on.
     pub files: Vec<PathBuf>,
+    /// The imported files where the user's values may be written, with
+    /// their text: every imported file except those of an imported package
+    /// directory (a `package.dhall` and its siblings), whose documentation
+    /// quotes example names.
+    pub imported: Vec<(PathBuf, String)>,
 }
 
 /// Evaluates the fleet file at `path` into its raw form.
@@ -197,11 +202,29 @@ pub fn evaluate(path: &Path, opts: &EvalOptions) -> Result<Evaluated, EvalError>
     match outcome {
         Ok(fleet) => {
             let files = graph.nodes.iter().map(|n| n.shown.clone()).collect();
+            let packages: Vec<PathBuf> = graph
+                .nodes
+                .iter()
+                .skip(1)
+                .filter(|n| n.shown.file_name().is_some_and(|f| f == "package.dhall"))
+                .filter_map(|n| n.shown.parent().map(Path::to_owned))
+                .collect();
+            let mut nodes = graph.nodes.into_iter();
+            let text = nodes.next().expect("root").text;
+            let imported = nodes
+                .filter(|n| {
+                    !n.shown
+                        .parent()
+                        .is_some_and(|d| packages.iter().any(|p| p == d))
+                })
+                .map(|n| (n.shown, n.text))
+                .collect();
             Ok(Evaluated {
                 fleet,
-                text: graph.nodes.into_iter().next().expect("root").text,
+                text,
                 elapsed,
                 files,
+                imported,
             })
         }
         Err(message) => Err(graph.attribute(&message)),

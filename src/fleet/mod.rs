@@ -59,7 +59,9 @@ pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
     let started = std::time::Instant::now();
     let evaluated = eval::evaluate(path, opts)?;
     let validating = std::time::Instant::now();
-    let fleet = validate_raw(evaluated.fleet, path, &evaluated.text)?;
+    let index = SourceIndex::with_imports(path, &evaluated.text, &evaluated.imported);
+    let fleet = validate::validate(evaluated.fleet, &index)
+        .map_err(|d| LoadError::Invalid(Diagnostics(d)))?;
     // Each step's cost, for `VIRTFLEET_LOG=debug` when a fleet is slow.
     tracing::debug!(
         file = %path.display(),

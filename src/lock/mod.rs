@@ -247,18 +247,17 @@ impl ImageLock {
             if m.disk_gib.saturating_mul(GIB) >= need {
                 continue;
             }
-            out.push(Diagnostic {
-                file: fleet.source.clone(),
-                line: fleet.index.field(m.name.as_str(), "diskGiB"),
-                subject: format!("machine {:?}", m.name.as_str()),
-                message: format!(
+            out.push(fleet.index.at(
+                fleet.index.field(m.name.as_str(), "diskGiB"),
+                format!("machine {:?}", m.name.as_str()),
+                format!(
                     "diskGiB = {} is smaller than image {:?}, whose disk is {} ({need} bytes, pinned in images.lock); set diskGiB to at least {}",
                     m.disk_gib,
                     m.image.as_str(),
                     gib_text(need),
                     need.div_ceil(GIB)
                 ),
-            });
+            ));
         }
         out
     }
