@@ -27,11 +27,37 @@ impl fmt::Display for Diagnostic {
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
+        // Values are clipped where they are formatted; this is the backstop
+        // so no single diagnostic can flood a terminal or a CI log.
+        let message = cut(&self.message, MAX_MESSAGE);
         if self.subject.is_empty() {
-            write!(f, ": {}", self.message)
+            write!(f, ": {message}")
         } else {
-            write!(f, ": {}: {}", self.subject, self.message)
+            write!(f, ": {}: {message}", cut(&self.subject, MAX_MESSAGE))
         }
+    }
+}
+
+/// Longest value quoted in a message, in characters.
+pub const MAX_VALUE: usize = 64;
+/// Longest subject or message shown, in characters.
+const MAX_MESSAGE: usize = 2000;
+
+/// `value` quoted as Rust debug text, cut to [`MAX_VALUE`] characters with
+/// its full length in bytes appended, so a runaway value (a 1 MiB name, a
+/// pasted file) is recognisable without being printed.
+pub fn clip(value: &str) -> String {
+    if value.chars().count() <= MAX_VALUE {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(MAX_VALUE).collect();
+    format!("{head:?}… ({} bytes)", value.len())
+}
+
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((i, _)) => format!("{}… ({} more bytes)", &text[..i], text.len() - i).into(),
     }
 }
 
@@ -53,19 +79,51 @@ impl fmt::Display for Diagnostics {
 /// Finds lines in a source text, best effort, so a diagnostic about a value
 /// built from a literal can point at that literal. Values produced by Dhall
 /// functions have no literal and get no line: the subject still names them.
-#[derive(Debug, Clone)]
+///
+/// A fleet split over files is indexed as one sequence of lines, the fleet
+/// file first: a line number handed out by [`SourceIndex::record`] or
+/// [`SourceIndex::field`] is only meaningful to [`SourceIndex::at`], which
+/// turns it back into a file and a line in it.
+#[derive(Clone)]
 pub struct SourceIndex {
     file: PathBuf,
     lines: Vec<String>,
+    /// (index in `lines` of the file's first line, file), in order.
+    parts: Vec<(usize, PathBuf)>,
+}
+
+impl fmt::Debug for SourceIndex {
+    // The lines themselves would drown any Debug dump of a Fleet.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceIndex")
+            .field("file", &self.file)
+            .field("lines", &self.lines.len())
+            .field("files", &self.parts.len())
+            .finish()
+    }
 }
 
 impl SourceIndex {
     /// Indexes `text`, the contents of `file`.
     pub fn new(file: &Path, text: &str) -> Self {
-        SourceIndex {
+        Self::with_imports(file, text, &[])
+    }
+
+    /// Indexes the fleet file `file` (contents `text`) and the files it
+    /// imports, searched in this order.
+    pub fn with_imports(file: &Path, text: &str, imports: &[(PathBuf, String)]) -> Self {
+        let mut index = SourceIndex {
             file: file.to_owned(),
-            lines: text.lines().map(str::to_owned).collect(),
+            lines: Vec::new(),
+            parts: Vec::new(),
+        };
+        let files = std::iter::once((file, text))
+            .chain(imports.iter().map(|(f, t)| (f.as_path(), t.as_str())));
+        for (f, t) in files {
+            index.parts.push((index.lines.len(), f.to_owned()));
+            index.lines.extend(t.lines().map(str::to_owned));
         }
+        index
     }
 
     /// An index that locates nothing (the file could not be read).
@@ -73,12 +131,21 @@ impl SourceIndex {
         SourceIndex {
             file: file.to_owned(),
             lines: Vec::new(),
+            parts: vec![(0, file.to_owned())],
         }
     }
 
-    /// The file this index covers.
+    /// The fleet file this index covers.
     pub fn file(&self) -> &Path {
         &self.file
+    }
+
+    /// The file holding the 0-based index `i` into `lines`: its first and
+    /// one-past-last index and its path.
+    fn part(&self, i: usize) -> (usize, usize, &Path) {
+        let k = self.parts.partition_point(|(start, _)| *start <= i).max(1) - 1;
+        let end = self.parts.get(k + 1).map_or(self.lines.len(), |(s, _)| *s);
+        (self.parts[k].0, end, &self.parts[k].1)
     }
 
     /// Line of the record whose `name` is `name` (a line holding `"name"`
@@ -108,14 +175,17 @@ impl SourceIndex {
     }
 
     /// Line of `field` inside the record named `name`: the first line after
-    /// the record's name line that mentions `field`, before the next record.
+    /// the record's name line that mentions `field`, before the next record
+    /// and within the same file.
     pub fn field(&self, name: &str, field: &str) -> Option<usize> {
         let start = self.record(name)?;
         let same_line = &self.lines[start - 1];
         if contains_word(same_line, field) {
             return Some(start);
         }
-        for (i, l) in self.lines.iter().enumerate().skip(start) {
+        let (_, end, _) = self.part(start - 1);
+        for i in start..end {
+            let l = &self.lines[i];
             if contains_word(l, field) {
                 return Some(i + 1);
             }
@@ -126,10 +196,18 @@ impl SourceIndex {
         Some(start)
     }
 
-    /// A diagnostic about `subject`, placed on `line`.
+    /// A diagnostic about `subject`, placed on `line` (as handed out by
+    /// this index), in the file that line belongs to.
     pub fn at(&self, line: Option<usize>, subject: String, message: String) -> Diagnostic {
+        let (file, line) = match line.filter(|l| *l >= 1 && *l <= self.lines.len()) {
+            Some(l) => {
+                let (first, _, file) = self.part(l - 1);
+                (file.to_owned(), Some(l - first))
+            }
+            None => (self.file.clone(), None),
+        };
         Diagnostic {
-            file: self.file.clone(),
+            file,
             line,
             subject,
             message,
@@ -149,6 +227,22 @@ fn contains_word(line: &str, word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clips_long_values_and_says_how_long_they_were() {
+        assert_eq!(clip("web"), "\"web\"");
+        let long = "x".repeat(1 << 20);
+        let shown = clip(&long);
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("… (1048576 bytes)"), "{shown}");
+        let d = Diagnostic {
+            file: "f".into(),
+            line: None,
+            subject: String::new(),
+            message: long,
+        };
+        assert!(d.to_string().len() < 2100);
+    }
 
     const SRC: &str = r#"
 let V = ./dhall/package.dhall
@@ -171,5 +265,23 @@ in V.Fleet::{
         // cpus is not written for db: the record's own line is the best place.
         assert_eq!(idx.field("db", "cpus"), Some(8));
         assert_eq!(idx.record("nope"), None);
+    }
+
+    #[test]
+    fn places_lines_in_the_imported_file_they_are_in() {
+        let imports = [(
+            PathBuf::from("machines/app.dhall"),
+            "[ V.Machine::{ name = \"app\"\n  , cpus = 0\n  } ]\n".to_owned(),
+        )];
+        let idx = SourceIndex::with_imports(Path::new("f.dhall"), SRC, &imports);
+        let at = |line| idx.at(line, "s".into(), "m".into()).to_string();
+        assert_eq!(at(idx.field("app", "cpus")), "machines/app.dhall:2: s: m");
+        assert_eq!(at(idx.field("web", "memoryMiB")), "f.dhall:6: s: m");
+        // A field not written stays within its record's file.
+        assert_eq!(
+            at(idx.field("app", "memoryMiB")),
+            "machines/app.dhall:1: s: m"
+        );
+        assert_eq!(at(None), "f.dhall: s: m");
     }
 }

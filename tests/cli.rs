@@ -256,3 +256,99 @@ fn help_texts_have_examples() {
         assert!(out.stdout.contains("Example"), "{args:?}:\n{}", out.stdout);
     }
 }
+
+#[test]
+fn check_reports_an_unreadable_lock_together_with_the_fleets_problems() {
+    let fleet = FleetDir::new(&[("img0", "http://127.0.0.1:1/img0.qcow2")]);
+    let text = std::fs::read_to_string(fleet.fleet())
+        .unwrap()
+        .replace("qemu:///system", "qemu+ssh://root@hv1;id/system");
+    std::fs::write(fleet.fleet(), text).unwrap();
+    // A directory where the lock should be: it cannot be read.
+    std::fs::create_dir(fleet.lock()).unwrap();
+
+    let out = Outcome::of(&mut fleet.cmd(&["check"])).expect_code(1);
+    assert!(out.stderr.contains("2 problems found"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("host \"local\": uri \"qemu+ssh://root@hv1;id/system\""),
+        "the fleet's problem: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("images.lock: cannot read"),
+        "the lock's problem: {}",
+        out.stderr
+    );
+
+    // Every other command stops too, naming both.
+    let out = Outcome::of(&mut fleet.cmd(&["plan"])).expect_code(1);
+    assert!(
+        out.stderr.contains("uri") && out.stderr.contains("images.lock: cannot read"),
+        "{}",
+        out.stderr
+    );
+
+    // A device as the lock is refused, not read until memory runs out.
+    let out = Outcome::of(&mut fleet.cmd(&["--lock", "/dev/zero", "check"])).expect_code(1);
+    assert!(
+        out.stderr
+            .contains("/dev/zero: cannot read: not a regular file or pipe"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reads_a_fleet_from_a_pipe() {
+    let fleet = FleetDir::new(&[]);
+    let text = std::fs::read(fleet.fleet()).unwrap();
+    let pipe = fleet.dir.path().join("piped.dhall");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || std::fs::write(pipe, text))
+    };
+    let mut cmd = virtfleet(&pipe, &fleet.cache());
+    // The default lock sits beside the fleet file, which a pipe does not have.
+    cmd.arg("--lock").arg(fleet.lock()).arg("check");
+    let out = Outcome::of(&mut cmd).expect_code(0);
+    writer.join().unwrap().unwrap();
+    assert!(out.stdout.contains("(fleet \"test\")"), "{}", out.stdout);
+}
+
+#[test]
+fn evaluation_budget_comes_from_the_environment() {
+    let fleet = FleetDir::new(&[]);
+    let mut cmd = fleet.cmd(&["check"]);
+    cmd.env("VIRTFLEET_EVAL_TIMEOUT", "1ns");
+    let out = Outcome::of(&mut cmd).expect_code(1);
+    assert!(
+        out.stderr
+            .contains("fleet.dhall: evaluation did not finish within 1ns"),
+        "{}",
+        out.stderr
+    );
+
+    let mut cmd = fleet.cmd(&["check"]);
+    cmd.env("VIRTFLEET_EVAL_TIMEOUT", "soon");
+    let out = Outcome::of(&mut cmd).expect_code(0);
+    assert!(
+        out.stderr
+            .contains("VIRTFLEET_EVAL_TIMEOUT=\"soon\" is not a duration"),
+        "{}",
+        out.stderr
+    );
+    let help = Outcome::of(&mut fleet.cmd(&["check", "--help"])).expect_code(0);
+    assert!(
+        help.stdout.contains("VIRTFLEET_EVAL_TIMEOUT"),
+        "{}",
+        help.stdout
+    );
+}

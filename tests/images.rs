@@ -350,3 +350,47 @@ fn file_urls_are_refused_and_nothing_is_written() {
         "nothing besides the fleet (and the scratch HOME)"
     );
 }
+
+/// `n` bytes that start like a qcow2 image declaring a `virtual_gib` disk.
+fn qcow2_like(n: usize, virtual_gib: u64) -> Vec<u8> {
+    let mut bytes = b"QFI\xfb\0\0\0\x03".to_vec();
+    bytes.resize(24, 0);
+    bytes.extend_from_slice(&(virtual_gib << 30).to_be_bytes());
+    bytes.extend(payload(n - bytes.len(), 7));
+    bytes
+}
+
+#[test]
+fn lock_records_the_qcow2_disk_size_and_check_refuses_smaller_root_disks() {
+    let server = TestServer::with([("/big.qcow2", Behaviour::Ok(qcow2_like(SIZE, 20)))]);
+    let fleet = FleetDir::new(&[("big", &server.url("/big.qcow2"))]);
+    Outcome::of(&mut fleet.cmd(&["images", "lock"])).expect_code(0);
+    let lock = String::from_utf8(fleet.lock_bytes().unwrap()).unwrap();
+    assert!(
+        lock.lines()
+            .any(|l| l == format!("  vsize   {}", 20u64 << 30)),
+        "{lock}"
+    );
+
+    // The machine keeps the default 10 GiB root disk: too small for 20 GiB.
+    let out = Outcome::of(&mut fleet.cmd(&["check"])).expect_code(1);
+    assert!(
+        out.stderr.contains(
+            "machine \"vm-big\": diskGiB = 10 is smaller than image \"big\", whose disk is 20 GiB (21474836480 bytes, pinned in images.lock); set diskGiB to at least 20"
+        ),
+        "{}",
+        out.stderr
+    );
+    let line = out.stderr.lines().find(|l| l.contains("vm-big")).unwrap();
+    assert!(
+        line.trim_start()
+            .starts_with(&format!("{}:", fleet.fleet().display())),
+        "{line}"
+    );
+
+    let text = std::fs::read_to_string(fleet.fleet())
+        .unwrap()
+        .replace("image = \"big\" }", "image = \"big\", diskGiB = 20 }");
+    std::fs::write(fleet.fleet(), text).unwrap();
+    Outcome::of(&mut fleet.cmd(&["check"])).expect_code(0);
+}

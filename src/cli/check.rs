@@ -9,39 +9,54 @@ use crate::ui::{ERROR, OK, WARN};
 
 /// Validate fleet.dhall and images.lock (no host is contacted).
 ///
-/// Evaluates the Dhall (remote imports are refused), checks names, references,
-/// sizes, capacity and disk names, then checks that every image the fleet uses
-/// is pinned in images.lock with the same URL and format. Every problem is
-/// listed, each with its file, line when known, and the machine, host or image
-/// at fault. Exit status: 0 valid, 1 problems found.
+/// Evaluates the Dhall (remote imports are refused; every imported file is
+/// checked and named in errors with its import chain), checks names,
+/// references, sizes, capacity, disk names, host URIs, sshTarget and storage
+/// locations, then checks that every image the fleet uses is pinned in
+/// images.lock with the same URL and format and fits its machines' root
+/// disks. Every problem is listed, each with its file, line when known, and
+/// the machine, host or image at fault. Exit status: 0 valid, 1 problems found.
+///
+/// Evaluation is bounded: VIRTFLEET_EVAL_TIMEOUT (seconds or e.g. 5m,
+/// default 60) stops a pathological file with an error, and an evaluation
+/// over 2 s prints a note (see "Large fleets" in the README).
 ///
 /// Example:
-///   virtfleet check -f examples/homelab/fleet.dhall
+///   virtfleet check -f examples/homelab.dhall
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {}
 
 pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
-    let mut problems: Vec<Diagnostic> = Vec::new();
-    let fleet = match crate::fleet::load(&ctx.fleet) {
+    // Every problem at once: a fleet that cannot be evaluated and a lock
+    // that cannot be read are both reported, each as it is.
+    let mut problems: Vec<String> = Vec::new();
+    let fleet = match super::load_fleet_timed(ctx) {
         Ok(f) => Some(f),
         Err(LoadError::Invalid(d)) => {
-            problems.extend(d.0);
+            problems.extend(d.0.iter().map(Diagnostic::to_string));
             None
         }
-        Err(e) => return Err(e.into()),
+        Err(LoadError::Eval(e)) => {
+            problems.push(e.to_string());
+            None
+        }
     };
     let lock = match ImageLock::read(&ctx.lock) {
         Ok(l) => Some(l),
         Err(LockError::Invalid(d)) => {
-            problems.extend(d.0);
+            problems.extend(d.0.iter().map(Diagnostic::to_string));
             None
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
     };
     let mut warnings = Vec::new();
     if let (Some(fleet), Some(lock)) = (&fleet, &lock) {
-        problems.extend(lock.check_against(fleet, &ctx.lock));
+        let found = lock.check_against(fleet, &ctx.lock);
+        problems.extend(found.iter().map(Diagnostic::to_string));
         warnings.extend(lock.unused(fleet).map(|n| {
             format!(
                 "{}: image {:?} is pinned but no longer in the fleet (kept)",

@@ -6,7 +6,7 @@
 //! exactly as they were, and makes the command exit 1.
 
 use super::{Context, EXIT_ERROR, EXIT_OK, load_fleet};
-use crate::fleet::{Fleet, ImageName};
+use crate::fleet::{Fleet, ImageFormat, ImageName};
 use crate::lock::cache::Verdict;
 use crate::lock::fetch::{Expected, download};
 use crate::lock::{ImageLock, LockEntry};
@@ -115,6 +115,40 @@ fn report_failure(name: &ImageName, err: &dyn std::fmt::Display, hint: Option<&s
     }
 }
 
+/// Says what pinning `name` found: for `update` (`show_changes`) how the
+/// pin changed, otherwise just the new pin.
+fn report_pin(
+    name: &ImageName,
+    old: Option<&LockEntry>,
+    got: &crate::lock::fetch::Fetched,
+    same: bool,
+    show_changes: bool,
+) {
+    if !show_changes {
+        anstream::println!(
+            "{OK}{name}{OK:#}: pinned {} ({})",
+            got.sha256,
+            human_bytes(got.size)
+        );
+        return;
+    }
+    match old {
+        Some(o) if same => anstream::println!("{name}: unchanged ({})", o.sha256.short()),
+        Some(o) if o.sha256 == got.sha256 => anstream::println!(
+            "{name}: sha256 unchanged ({}); url, format or recorded disk size re-pinned",
+            got.sha256.short()
+        ),
+        Some(o) => anstream::println!(
+            "{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})",
+            o.sha256,
+            got.sha256,
+            o.size,
+            got.size
+        ),
+        None => anstream::println!("{name}: pinned {} ({})", got.sha256, human_bytes(got.size)),
+    }
+}
+
 /// Downloads `targets` unpinned and re-pins them; returns the exit code.
 /// `show_changes` prints old → new hashes (for `update`).
 fn repin(
@@ -131,42 +165,17 @@ fn repin(
         let image = &fleet.images[*name];
         match download(&image.url, None, &ctx.cache, name.as_str(), &progress) {
             Ok(got) => {
+                // Recorded for qcow2 only: a raw image's disk is its size.
+                let vsize = got.vsize.filter(|_| image.format == ImageFormat::Qcow2);
                 let old = lock.images.get(*name);
                 let same = old.is_some_and(|o| {
                     o.sha256 == got.sha256
                         && o.size == got.size
+                        && o.vsize == vsize
                         && o.url == image.url
                         && o.format == image.format
                 });
-                if show_changes {
-                    match old {
-                        Some(o) if same => {
-                            anstream::println!("{name}: unchanged ({})", o.sha256.short())
-                        }
-                        Some(o) if o.sha256 == got.sha256 => anstream::println!(
-                            "{name}: sha256 unchanged ({}); url or format re-pinned",
-                            got.sha256.short()
-                        ),
-                        Some(o) => anstream::println!(
-                            "{WARN}{name}: sha256 changed{WARN:#} {} -> {} (size {} -> {})",
-                            o.sha256,
-                            got.sha256,
-                            o.size,
-                            got.size
-                        ),
-                        None => anstream::println!(
-                            "{name}: pinned {} ({})",
-                            got.sha256,
-                            human_bytes(got.size)
-                        ),
-                    }
-                } else {
-                    anstream::println!(
-                        "{OK}{name}{OK:#}: pinned {} ({})",
-                        got.sha256,
-                        human_bytes(got.size)
-                    );
-                }
+                report_pin(name, old, &got, same, show_changes);
                 if !same {
                     changed += 1;
                     lock.images.insert(
@@ -175,6 +184,7 @@ fn repin(
                             url: image.url.clone(),
                             sha256: got.sha256,
                             size: got.size,
+                            vsize,
                             format: image.format,
                             locked: now(),
                         },

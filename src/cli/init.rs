@@ -42,6 +42,9 @@ pub const PACKAGE: &[(&str, &str)] = &[
 ];
 
 const TEMPLATE: &str = r#"-- A virtfleet fleet. Field reference: dhall/*.dhall, or the README.
+-- Growing past a few dozen machines? Stamp them out with a helper function
+-- and keep them in several imported files: one big file of literal records
+-- parses slowly (README: "Large fleets", example: examples/large/ there).
 let V = ./dhall/package.dhall
 
 in  V.Fleet::{

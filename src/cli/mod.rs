@@ -149,8 +149,14 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
-/// `name` in the directory of `file`.
+/// `name` in the directory of `file`; in the working directory when `file`
+/// is not a regular file (a fleet from a pipe, `-f <(...)`, lives in
+/// `/dev/fd/`, where no lockfile can be).
 fn beside(file: &Path, name: &str) -> PathBuf {
+    let regular = std::fs::metadata(file).is_ok_and(|m| m.is_file());
+    if !regular && file.exists() {
+        return PathBuf::from(name);
+    }
     match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
         _ => PathBuf::from(name),
@@ -194,16 +200,54 @@ pub fn main() -> ExitCode {
 
 /// Loads and validates the fleet, with the file named in any error.
 pub fn load_fleet(ctx: &Context) -> anyhow::Result<crate::fleet::Fleet> {
-    Ok(crate::fleet::load(&ctx.fleet)?)
+    Ok(load_fleet_timed(ctx)?)
+}
+
+/// Evaluations slower than this get a note saying how long they took.
+const SLOW_EVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Loads the fleet within the evaluation budget ([`crate::fleet::BUDGET_ENV`])
+/// and notes on stderr when evaluation was slow, so a fleet that grew into
+/// the slow case says so instead of looking hung.
+pub fn load_fleet_timed(ctx: &Context) -> Result<crate::fleet::Fleet, crate::fleet::LoadError> {
+    let opts = match crate::fleet::EvalOptions::from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            anstream::eprintln!(
+                "{}warning{:#}: {e}; using the default",
+                crate::ui::WARN,
+                crate::ui::WARN
+            );
+            crate::fleet::EvalOptions::default()
+        }
+    };
+    let loaded = crate::fleet::load_with(&ctx.fleet, &opts)?;
+    if loaded.eval_time >= SLOW_EVAL {
+        anstream::eprintln!(
+            "{}note{:#}: evaluating {} took {:.1} s; large literal files are slow to parse: build machines with a function or split them into imported files (README: \"Large fleets\")",
+            crate::ui::HINT,
+            crate::ui::HINT,
+            ctx.fleet.display(),
+            loaded.eval_time.as_secs_f64()
+        );
+    }
+    Ok(loaded.fleet)
 }
 
 /// Loads the fleet and the lock, and checks that every image the fleet uses
-/// is pinned: planning needs both, consistent.
+/// is pinned: planning needs both, consistent. Both are read before either
+/// error is returned, so a broken lock does not hide the fleet's problems.
 pub fn load_fleet_and_lock(
     ctx: &Context,
 ) -> anyhow::Result<(crate::fleet::Fleet, crate::lock::ImageLock)> {
-    let fleet = load_fleet(ctx)?;
-    let lock = crate::lock::ImageLock::read(&ctx.lock)?;
+    let fleet = load_fleet(ctx);
+    let lock = crate::lock::ImageLock::read(&ctx.lock);
+    let (fleet, lock) = match (fleet, lock) {
+        (Ok(f), Ok(l)) => (f, l),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(_), Err(e)) => return Err(e.into()),
+        (Err(f), Err(l)) => return Err(anyhow::anyhow!("{f:#}\nand {l}")),
+    };
     let problems = lock.check_against(&fleet, &ctx.lock);
     if !problems.is_empty() {
         return Err(crate::diag::Diagnostics(problems).into());

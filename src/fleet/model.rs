@@ -10,9 +10,11 @@ pub use super::raw::{
     Capacity, CloudInit, CpuMode, DomainType, ImageFormat, Network, Power, Settings, Snapshots,
     Storage,
 };
+use crate::diag::SourceIndex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A validated fleet.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +23,10 @@ pub struct Fleet {
     /// The fleet file this was loaded from.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Where the fleet's literals are in that file, so problems found after
+    /// loading (against images.lock) can name a line too.
+    #[serde(skip)]
+    pub index: Arc<SourceIndex>,
     pub name: FleetName,
     pub settings: Settings,
     pub hosts: BTreeMap<HostName, Host>,

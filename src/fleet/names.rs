@@ -15,14 +15,16 @@ pub enum NameError {
     /// The empty string.
     #[error("name is empty")]
     Empty,
-    /// Longer than 63 characters.
-    #[error("{0:?} is {1} characters long; the limit is 63")]
+    /// Longer than 63 bytes. Names are ASCII when valid, but a too-long
+    /// name may not be, so the unit is bytes (what the limit counts) and
+    /// the name itself is cut: a megabyte name must not flood the terminal.
+    #[error("{} is {} bytes long; the limit is 63 bytes", crate::diag::clip(.0), .1)]
     TooLong(String, usize),
     /// Starts with a hyphen.
-    #[error("{0:?} must start with a lowercase letter or digit")]
+    #[error("{} must start with a lowercase letter or digit", crate::diag::clip(.0))]
     BadStart(String),
     /// Contains a character outside `[a-z0-9-]`.
-    #[error("{0:?} contains {1:?}; names may only use a-z, 0-9 and '-'")]
+    #[error("{} contains {:?}; names may only use a-z, 0-9 and '-'", crate::diag::clip(.0), .1)]
     BadChar(String, char),
 }
 
@@ -30,7 +32,7 @@ pub enum NameError {
 pub fn check_name(s: &str) -> Result<(), NameError> {
     let first = s.chars().next().ok_or(NameError::Empty)?;
     if s.len() > 63 {
-        return Err(NameError::TooLong(s.to_owned(), s.chars().count()));
+        return Err(NameError::TooLong(s.to_owned(), s.len()));
     }
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
         return Err(NameError::BadStart(s.to_owned()));
@@ -127,6 +129,12 @@ mod tests {
         assert_eq!(
             VmName::new(&"a".repeat(64)).unwrap_err(),
             NameError::TooLong("a".repeat(64), 64)
+        );
+        // 40 characters, 80 bytes: the limit counts bytes, and so does the message.
+        let wide = "é".repeat(40);
+        assert_eq!(
+            VmName::new(&wide).unwrap_err().to_string(),
+            format!("{wide:?} is 80 bytes long; the limit is 63 bytes")
         );
     }
 }

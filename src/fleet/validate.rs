@@ -6,10 +6,13 @@
 //! together, each naming the file, the line when a literal can be found,
 //! and the host/image/machine/field at fault.
 
+use super::endpoints::{
+    Reach, SUPPORTED_URIS, check_dataset, check_dir_path, check_ssh_target, check_uri,
+};
 use super::model::{DataDisk, Fleet, Host, Image, Machine};
 use super::names::{DiskName, FleetName, HostName, ImageName, VmName, check_name};
 use super::raw;
-use crate::diag::{Diagnostic, SourceIndex};
+use crate::diag::{Diagnostic, SourceIndex, clip};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Upper bound on vCPUs per machine (libvirt's QEMU driver accepts more, but
@@ -34,6 +37,9 @@ pub const MAX_TRASH_DAYS: u64 = 3650;
 struct Checker<'a> {
     src: &'a SourceIndex,
     errors: Vec<Diagnostic>,
+    /// (kind, raw name) of declarations refused for their name: references
+    /// to them are not reported again as unknown (the cause is reported).
+    rejected: BTreeSet<(&'static str, String)>,
 }
 
 impl Checker<'_> {
@@ -52,11 +58,8 @@ impl Checker<'_> {
             Ok(n) => Some(n),
             Err(e) => {
                 let line = self.src.record(raw);
-                self.err(
-                    line,
-                    format!("{kind} {raw:?}"),
-                    format!("invalid name: {e}"),
-                );
+                let subject = format!("{kind} {}", clip(raw));
+                self.err(line, subject, format!("invalid name: {e}"));
                 None
             }
         }
@@ -79,7 +82,7 @@ impl Checker<'_> {
             };
             self.err(
                 line,
-                format!("{kind} {name:?}"),
+                format!("{kind} {}", clip(name)),
                 format!("{field} = {value} is {why} (allowed {min}..{max}{unit})"),
             );
             return false;
@@ -101,71 +104,156 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
     let mut c = Checker {
         src,
         errors: Vec::new(),
+        rejected: BTreeSet::new(),
     };
-
     let fleet_name = c.name("fleet", &raw.name, FleetName::new);
-    if raw.settings.trash_retention_days > MAX_TRASH_DAYS {
-        let line = src.field(&raw.name, "trashRetentionDays");
-        c.err(
-            line,
-            "settings".into(),
-            format!(
-                "trashRetentionDays = {} is too large (allowed 0..{MAX_TRASH_DAYS})",
-                raw.settings.trash_retention_days
-            ),
-        );
+    c.settings(&raw);
+    let hosts = c.hosts(&raw.hosts);
+    let images = c.images(&raw.images);
+    let machines = c.machines(&raw, &hosts, &images);
+    for host in hosts.values() {
+        let on_host: Vec<&Machine> = machines.values().filter(|m| m.host == host.name).collect();
+        c.capacity(host, &on_host);
+        c.volume_collisions(host, &on_host);
+    }
+    match fleet_name {
+        Some(name) if c.errors.is_empty() => Ok(Fleet {
+            source: src.file().to_owned(),
+            index: std::sync::Arc::new(src.clone()),
+            name,
+            settings: raw.settings,
+            hosts,
+            images,
+            machines,
+        }),
+        _ => Err(c.errors),
+    }
+}
+
+impl Checker<'_> {
+    fn settings(&mut self, raw: &raw::Fleet) {
+        if raw.settings.trash_retention_days > MAX_TRASH_DAYS {
+            let line = self.src.field(&raw.name, "trashRetentionDays");
+            self.err(
+                line,
+                "settings".into(),
+                format!(
+                    "trashRetentionDays = {} is too large (allowed 0..{MAX_TRASH_DAYS})",
+                    raw.settings.trash_retention_days
+                ),
+            );
+        }
     }
 
-    let mut hosts = BTreeMap::new();
-    for h in &raw.hosts {
-        let Some(name) = c.name("host", &h.name, HostName::new) else {
-            continue;
+    /// Hosts with valid, unique names; each one's fields are checked.
+    fn hosts(&mut self, raw: &[raw::Host]) -> BTreeMap<HostName, Host> {
+        let mut hosts = BTreeMap::new();
+        for h in raw {
+            let Some(name) = self.declared("host", &h.name, HostName::new, &hosts) else {
+                continue;
+            };
+            self.host_fields(h);
+            hosts.insert(
+                name.clone(),
+                Host {
+                    name,
+                    uri: h.uri.clone(),
+                    storage: h.storage.clone(),
+                    domain_type: h.domain_type,
+                    cpu_mode: h.cpu_mode.clone(),
+                    network: h.network.clone(),
+                    capacity: h.capacity,
+                    ssh_target: h.ssh_target.clone(),
+                },
+            );
+        }
+        hosts
+    }
+
+    /// The name of a declared host, image or machine when it is valid and
+    /// new; otherwise reports why. A name refused for its spelling is
+    /// remembered, so references to it do not echo the same problem.
+    fn declared<T: Ord, V>(
+        &mut self,
+        kind: &'static str,
+        raw: &str,
+        new: fn(&str) -> Result<T, super::NameError>,
+        seen: &BTreeMap<T, V>,
+    ) -> Option<T> {
+        let Some(name) = self.name(kind, raw, new) else {
+            self.rejected.insert((kind, raw.to_owned()));
+            return None;
         };
-        let subject = format!("host {:?}", h.name);
-        if hosts.contains_key(&name) {
-            c.err(
-                src.record_nth(&h.name, 1).or(src.record(&h.name)),
-                subject.clone(),
+        if seen.contains_key(&name) {
+            let line = self.src.record_nth(raw, 1).or(self.src.record(raw));
+            self.err(
+                line,
+                format!("{kind} {}", clip(raw)),
                 "declared more than once".into(),
             );
-            continue;
+            return None;
         }
-        if !h.uri.contains(':') || h.uri.trim() != h.uri || h.uri.is_empty() {
-            c.err(src.field(&h.name, "uri"), subject.clone(), format!("uri {:?} is not a libvirt URI (e.g. qemu:///system, qemu+ssh://root@hv1/system)", h.uri));
-        }
-        match &h.storage {
-            raw::Storage::Zfs { parent } => {
-                if let Err(why) = check_dataset(parent) {
-                    c.err(
-                        src.field(&h.name, "storage"),
-                        subject.clone(),
-                        format!("storage Zfs parent {parent:?} {why}"),
-                    );
+        Some(name)
+    }
+
+    /// URI, sshTarget and storage: where the host is and where its disks live.
+    fn host_fields(&mut self, h: &raw::Host) {
+        let subject = format!("host {}", clip(&h.name));
+        let reach = match check_uri(&h.uri) {
+            Ok(reach) => Some(reach),
+            Err(why) => {
+                let msg = format!(
+                    "uri {} {why}; virtfleet supports {SUPPORTED_URIS}",
+                    clip(&h.uri)
+                );
+                self.err(self.src.field(&h.name, "uri"), subject.clone(), msg);
+                None
+            }
+        };
+        match &h.ssh_target {
+            Some(t) => {
+                if let Err(why) = check_ssh_target(t) {
+                    let msg = format!("sshTarget {} {why}; expected [user@]host[:port]", clip(t));
+                    self.err(self.src.field(&h.name, "sshTarget"), subject.clone(), msg);
                 }
             }
+            None if reach == Some(Reach::Network) => {
+                let msg = format!(
+                    "uri {} reaches libvirt over TLS/TCP, but virtfleet manages disks over SSH: set sshTarget = Some \"root@host\"",
+                    clip(&h.uri)
+                );
+                self.err(self.src.field(&h.name, "uri"), subject.clone(), msg);
+            }
+            None => {}
+        }
+        let storage = match &h.storage {
+            raw::Storage::Zfs { parent } => check_dataset(parent)
+                .map_err(|why| format!("storage Zfs parent {} {why}", clip(parent))),
             raw::Storage::Dir { path } => {
-                if !path.starts_with('/')
-                    || path.contains('\n')
-                    || path.split('/').any(|p| p == "..")
-                {
-                    c.err(
-                        src.field(&h.name, "storage"),
-                        subject.clone(),
-                        format!("storage Dir path {path:?} must be an absolute path without '..'"),
-                    );
-                }
+                check_dir_path(path).map_err(|why| format!("storage Dir path {} {why}", clip(path)))
             }
+        };
+        if let Err(msg) = storage {
+            self.err(self.src.field(&h.name, "storage"), subject.clone(), msg);
         }
+        self.host_settings(h, &subject);
+    }
+
+    /// Network, CPU model and capacity of a host.
+    fn host_settings(&mut self, h: &raw::Host, subject: &str) {
         if let raw::Network::Libvirt(net) | raw::Network::Bridge(net) = &h.network
             && (net.is_empty()
                 || net
                     .chars()
-                    .any(|ch| ch.is_whitespace() || ch == '/' || ch == '\'' || ch == '"'))
+                    .any(|ch| ch.is_whitespace() || ch.is_control() || "/'\"".contains(ch)))
         {
-            c.err(
-                src.field(&h.name, "network"),
-                subject.clone(),
-                format!("network name {net:?} is not a valid libvirt network or bridge name"),
+            self.err(
+                self.src.field(&h.name, "network"),
+                subject.to_owned(),
+                format!(
+                    "network name {} is not a valid libvirt network or bridge name",
+                    clip(net)
+                ),
             );
         }
         if let raw::CpuMode::Model(m) = &h.cpu_mode
@@ -174,285 +262,272 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
                     .chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)))
         {
-            c.err(
-                src.field(&h.name, "cpuMode"),
-                subject.clone(),
-                format!("CPU model {m:?} is not a QEMU model name"),
+            self.err(
+                self.src.field(&h.name, "cpuMode"),
+                subject.to_owned(),
+                format!("CPU model {} is not a QEMU model name", clip(m)),
             );
         }
         if let Some(cap) = &h.capacity {
-            c.range(
-                ("host", &h.name),
-                "cpus",
-                cap.cpus,
-                (1, 65536, " CPUs of capacity"),
-            );
-            c.range(
-                ("host", &h.name),
-                "memoryMiB",
-                cap.memory_mib,
-                (MIN_MEMORY_MIB, 1 << 40, " MiB of capacity"),
-            );
+            let who = ("host", h.name.as_str());
+            self.range(who, "cpus", cap.cpus, (1, 65536, " CPUs of capacity"));
+            let mem = (MIN_MEMORY_MIB, 1 << 40, " MiB of capacity");
+            self.range(who, "memoryMiB", cap.memory_mib, mem);
         }
-        if let Some(t) = &h.ssh_target
-            && (t.is_empty() || t.starts_with('-') || t.chars().any(|ch| ch.is_whitespace()))
-        {
-            c.err(
-                src.field(&h.name, "sshTarget"),
-                subject.clone(),
-                format!("sshTarget {t:?} must look like user@host[:port]"),
-            );
-        }
-        hosts.insert(
-            name.clone(),
-            Host {
-                name,
-                uri: h.uri.clone(),
-                storage: h.storage.clone(),
-                domain_type: h.domain_type,
-                cpu_mode: h.cpu_mode.clone(),
-                network: h.network.clone(),
-                capacity: h.capacity,
-                ssh_target: h.ssh_target.clone(),
-            },
-        );
     }
 
-    let mut images = BTreeMap::new();
-    for i in &raw.images {
-        let Some(name) = c.name("image", &i.name, ImageName::new) else {
-            continue;
-        };
-        let subject = format!("image {:?}", i.name);
-        if images.contains_key(&name) {
-            c.err(
-                src.record_nth(&i.name, 1).or(src.record(&i.name)),
-                subject,
-                "declared more than once".into(),
-            );
-            continue;
-        }
-        if let Err(why) = check_url(&i.url) {
-            c.err(src.field(&i.name, "url"), subject, why);
-        }
-        images.insert(
-            name.clone(),
-            Image {
-                name,
-                url: i.url.clone(),
-                format: i.format,
-            },
-        );
-    }
-
-    let mut machines = BTreeMap::new();
-    let only_host = if hosts.len() == 1 {
-        hosts.keys().next().cloned()
-    } else {
-        None
-    };
-    for m in &raw.machines {
-        let Some(name) = c.name("machine", &m.name, VmName::new) else {
-            continue;
-        };
-        let subject = format!("machine {:?}", m.name);
-        if machines.contains_key(&name) {
-            c.err(
-                src.record_nth(&m.name, 1).or(src.record(&m.name)),
-                subject,
-                "declared more than once".into(),
-            );
-            continue;
-        }
-        let mut ok = true;
-        let host = match &m.host {
-            Some(h) => match HostName::new(h).ok().filter(|h| hosts.contains_key(h)) {
-                Some(h) => Some(h),
-                None => {
-                    let known = join_names(hosts.keys());
-                    c.err(
-                        src.field(&m.name, "host"),
-                        subject.clone(),
-                        format!("unknown host {h:?} (hosts: {known})"),
-                    );
-                    None
-                }
-            },
-            None if only_host.is_some() => only_host.clone(),
-            None => {
-                c.err(
-                    src.record(&m.name),
-                    subject.clone(),
-                    format!("no host given and the fleet has {} hosts; set `host` (automatic placement is not available yet)", hosts.len()),
-                );
-                None
-            }
-        };
-        let image = match ImageName::new(&m.image)
-            .ok()
-            .filter(|i| images.contains_key(i))
-        {
-            Some(i) => Some(i),
-            None => {
-                let known = join_names(images.keys());
-                c.err(
-                    src.field(&m.name, "image"),
-                    subject.clone(),
-                    format!("unknown image {:?} (images: {known})", m.image),
-                );
-                None
-            }
-        };
-        ok &= c.range(("machine", &m.name), "cpus", m.cpus, (1, MAX_CPUS, ""));
-        ok &= c.range(
-            ("machine", &m.name),
-            "memoryMiB",
-            m.memory_mib,
-            (MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB"),
-        );
-        ok &= c.range(
-            ("machine", &m.name),
-            "diskGiB",
-            m.disk_gib,
-            (1, MAX_DISK_GIB, " GiB"),
-        );
-        c.snapshots("machine", &m.name, &m.snapshots);
-
-        let mut data_disks = Vec::new();
-        let mut seen_disks = BTreeSet::new();
-        for d in &m.data_disks {
-            let dsub = format!("machine {:?} disk {:?}", m.name, d.name);
-            let Ok(dname) = DiskName::new(&d.name) else {
-                let e = check_name(&d.name).unwrap_err();
-                c.err(
-                    src.field(&m.name, "dataDisks"),
-                    dsub,
-                    format!("invalid disk name: {e}"),
-                );
-                ok = false;
+    /// Images with valid, unique names and supported URLs.
+    fn images(&mut self, raw: &[raw::Image]) -> BTreeMap<ImageName, Image> {
+        let mut images = BTreeMap::new();
+        for i in raw {
+            let Some(name) = self.declared("image", &i.name, ImageName::new, &images) else {
                 continue;
             };
-            if d.name == "root" {
-                c.err(
-                    src.field(&m.name, "dataDisks"),
-                    dsub,
-                    "the name `root` is reserved for the root disk".into(),
-                );
-                ok = false;
-                continue;
+            if let Err(why) = check_url(&i.url) {
+                let line = self.src.field(&i.name, "url");
+                self.err(line, format!("image {}", clip(&i.name)), why);
             }
-            if !seen_disks.insert(d.name.clone()) {
-                c.err(
-                    src.field(&m.name, "dataDisks"),
-                    dsub,
-                    "declared more than once in this machine".into(),
-                );
-                ok = false;
+            images.insert(
+                name.clone(),
+                Image {
+                    name,
+                    url: i.url.clone(),
+                    format: i.format,
+                },
+            );
+        }
+        images
+    }
+
+    /// Machines whose every field is valid and whose host and image resolve.
+    fn machines(
+        &mut self,
+        raw: &raw::Fleet,
+        hosts: &BTreeMap<HostName, Host>,
+        images: &BTreeMap<ImageName, Image>,
+    ) -> BTreeMap<VmName, Machine> {
+        let mut machines = BTreeMap::new();
+        for m in &raw.machines {
+            let Some(name) = self.declared("machine", &m.name, VmName::new, &machines) else {
                 continue;
+            };
+            let host = self.placement(m, raw.hosts.len(), hosts);
+            let image = self.image_ref(m, images);
+            let mut ok = self.machine_sizes(m);
+            let data_disks = self.data_disks(m, &mut ok);
+            self.cloud_init(m);
+            let (Some(host), Some(image), true) = (host, image, ok) else {
+                continue;
+            };
+            machines.insert(
+                name.clone(),
+                Machine {
+                    name,
+                    host,
+                    image,
+                    cpus: m.cpus as u32,
+                    memory_mib: m.memory_mib,
+                    disk_gib: m.disk_gib,
+                    data_disks,
+                    autostart: m.autostart,
+                    power: m.power,
+                    cloud_init: m.cloud_init.clone(),
+                    snapshots: m.snapshots,
+                    protect: m.protect,
+                },
+            );
+        }
+        machines
+    }
+
+    /// The machine's host: the one it names, or the fleet's only host.
+    /// A host whose declaration was already reported is not reported again.
+    fn placement(
+        &mut self,
+        m: &raw::Machine,
+        declared: usize,
+        hosts: &BTreeMap<HostName, Host>,
+    ) -> Option<HostName> {
+        let subject = format!("machine {}", clip(&m.name));
+        match &m.host {
+            Some(h) => {
+                let found = HostName::new(h).ok().filter(|h| hosts.contains_key(h));
+                if found.is_none() && !self.rejected.contains(&("host", h.clone())) {
+                    let known = join_names(hosts.keys());
+                    let msg = format!("unknown host {} (hosts: {known})", clip(h));
+                    self.err(self.src.field(&m.name, "host"), subject, msg);
+                }
+                found
             }
+            None if hosts.len() == 1 && declared == 1 => hosts.keys().next().cloned(),
+            // The only declared host was refused: its problem is the one to fix.
+            None if declared == 1 => None,
+            None => {
+                let msg = format!(
+                    "no host given and the fleet has {declared} hosts; set `host` (automatic placement is not available yet)"
+                );
+                self.err(self.src.record(&m.name), subject, msg);
+                None
+            }
+        }
+    }
+
+    /// The machine's image, when it names a declared one.
+    fn image_ref(
+        &mut self,
+        m: &raw::Machine,
+        images: &BTreeMap<ImageName, Image>,
+    ) -> Option<ImageName> {
+        let found = ImageName::new(&m.image)
+            .ok()
+            .filter(|i| images.contains_key(i));
+        if found.is_none() && !self.rejected.contains(&("image", m.image.clone())) {
+            let known = join_names(images.keys());
+            self.err(
+                self.src.field(&m.name, "image"),
+                format!("machine {}", clip(&m.name)),
+                format!("unknown image {} (images: {known})", clip(&m.image)),
+            );
+        }
+        found
+    }
+
+    /// CPU, memory, root disk and snapshot counts; false if any is out of range.
+    fn machine_sizes(&mut self, m: &raw::Machine) -> bool {
+        let who = ("machine", m.name.as_str());
+        let mut ok = self.range(who, "cpus", m.cpus, (1, MAX_CPUS, ""));
+        let mem = (MIN_MEMORY_MIB, MAX_MEMORY_MIB, " MiB");
+        ok &= self.range(who, "memoryMiB", m.memory_mib, mem);
+        ok &= self.range(who, "diskGiB", m.disk_gib, (1, MAX_DISK_GIB, " GiB"));
+        self.snapshots("machine", &m.name, &m.snapshots);
+        ok
+    }
+
+    /// Validated data disks; clears `ok` if any is invalid.
+    fn data_disks(&mut self, m: &raw::Machine, ok: &mut bool) -> Vec<DataDisk> {
+        let mut data_disks = Vec::new();
+        let mut seen = BTreeSet::new();
+        for d in &m.data_disks {
+            let dsub = format!("machine {} disk {}", clip(&m.name), clip(&d.name));
+            let line = self.src.field(&m.name, "dataDisks");
+            let name = match DiskName::new(&d.name) {
+                Err(e) => Err(format!("invalid disk name: {e}")),
+                Ok(_) if d.name == "root" => {
+                    Err("the name `root` is reserved for the root disk".to_owned())
+                }
+                Ok(_) if !seen.insert(d.name.clone()) => {
+                    Err("declared more than once in this machine".to_owned())
+                }
+                Ok(name) => Ok(name),
+            };
+            let name = match name {
+                Ok(name) => name,
+                Err(msg) => {
+                    self.err(line, dsub, msg);
+                    *ok = false;
+                    continue;
+                }
+            };
             if d.size_gib == 0 || d.size_gib > MAX_DISK_GIB {
                 let why = if d.size_gib == 0 {
                     "too small"
                 } else {
                     "too large"
                 };
-                c.err(
-                    src.field(&m.name, "sizeGiB"),
-                    dsub,
-                    format!(
-                        "sizeGiB = {} is {why} (allowed 1..{MAX_DISK_GIB} GiB)",
-                        d.size_gib
-                    ),
+                let msg = format!(
+                    "sizeGiB = {} is {why} (allowed 1..{MAX_DISK_GIB} GiB)",
+                    d.size_gib
                 );
-                ok = false;
+                self.err(self.src.field(&m.name, "sizeGiB"), dsub, msg);
+                *ok = false;
             }
             if let Some(s) = &d.snapshots {
-                c.snapshots("machine", &m.name, s);
+                self.snapshots("machine", &m.name, s);
             }
             data_disks.push(DataDisk {
-                name: dname,
+                name,
                 size_gib: d.size_gib,
                 snapshots: d.snapshots.unwrap_or(m.snapshots),
             });
         }
-        if let Some(ci) = &m.cloud_init {
-            if let Some(h) = &ci.hostname
-                && (h.is_empty() || h.len() > 253 || !h.split('.').all(|l| check_name(l).is_ok()))
-            {
-                c.err(
-                    src.field(&m.name, "hostname"),
-                    subject.clone(),
-                    format!("cloudInit hostname {h:?} is not a valid lowercase DNS name"),
-                );
-            }
-            for key in &ci.ssh_authorized_keys {
-                if key.contains('\n') || key.split_whitespace().count() < 2 {
-                    c.err(
-                        src.field(&m.name, "sshAuthorizedKeys"),
-                        subject.clone(),
-                        format!(
-                            "ssh key {:?} is not an OpenSSH public key line",
-                            truncate(key, 40)
-                        ),
-                    );
-                }
-            }
-        }
-        let (Some(host), Some(image), true) = (host, image, ok) else {
-            continue;
-        };
-        machines.insert(
-            name.clone(),
-            Machine {
-                name,
-                host,
-                image,
-                cpus: m.cpus as u32,
-                memory_mib: m.memory_mib,
-                disk_gib: m.disk_gib,
-                data_disks,
-                autostart: m.autostart,
-                power: m.power,
-                cloud_init: m.cloud_init.clone(),
-                snapshots: m.snapshots,
-                protect: m.protect,
-            },
-        );
+        data_disks
     }
 
-    // Per-host checks need every machine placed first.
-    for host in hosts.values() {
-        let on_host: Vec<&Machine> = machines.values().filter(|m| m.host == host.name).collect();
-        if let Some(cap) = &host.capacity {
-            for m in &on_host {
-                if u64::from(m.cpus) > cap.cpus {
-                    c.err(
-                        src.field(m.name.as_str(), "cpus"),
-                        format!("machine {:?}", m.name.as_str()),
-                        format!(
-                            "cpus = {} exceeds host {:?}'s capacity of {} CPUs",
-                            m.cpus,
-                            host.name.as_str(),
-                            cap.cpus
-                        ),
-                    );
-                }
-            }
-            let total: u64 = on_host.iter().map(|m| m.memory_mib).sum();
-            if total > cap.memory_mib {
-                let names = join_names(on_host.iter().map(|m| &m.name));
-                c.err(src.record(host.name.as_str()), format!("host {:?}", host.name.as_str()), format!("machines {names} need {total} MiB of memory together, over the capacity of {} MiB", cap.memory_mib));
+    fn cloud_init(&mut self, m: &raw::Machine) {
+        let Some(ci) = &m.cloud_init else {
+            return;
+        };
+        let subject = format!("machine {}", clip(&m.name));
+        if let Some(h) = &ci.hostname
+            && (h.is_empty() || h.len() > 253 || !h.split('.').all(|l| check_name(l).is_ok()))
+        {
+            self.err(
+                self.src.field(&m.name, "hostname"),
+                subject.clone(),
+                format!(
+                    "cloudInit hostname {} is not a valid lowercase DNS name",
+                    clip(h)
+                ),
+            );
+        }
+        for key in &ci.ssh_authorized_keys {
+            if key.contains('\n') || key.split_whitespace().count() < 2 {
+                self.err(
+                    self.src.field(&m.name, "sshAuthorizedKeys"),
+                    subject.clone(),
+                    format!("ssh key {} is not an OpenSSH public key line", clip(key)),
+                );
             }
         }
+    }
+
+    /// No machine above the host's CPUs; all of them within its memory.
+    fn capacity(&mut self, host: &Host, on_host: &[&Machine]) {
+        let Some(cap) = &host.capacity else {
+            return;
+        };
+        for m in on_host {
+            if u64::from(m.cpus) > cap.cpus {
+                self.err(
+                    self.src.field(m.name.as_str(), "cpus"),
+                    format!("machine {:?}", m.name.as_str()),
+                    format!(
+                        "cpus = {} exceeds host {:?}'s capacity of {} CPUs",
+                        m.cpus,
+                        host.name.as_str(),
+                        cap.cpus
+                    ),
+                );
+            }
+        }
+        let total: u64 = on_host.iter().map(|m| m.memory_mib).sum();
+        if total > cap.memory_mib {
+            let names = join_names(on_host.iter().map(|m| &m.name));
+            self.err(
+                self.src.record(host.name.as_str()),
+                format!("host {:?}", host.name.as_str()),
+                format!(
+                    "machines {names} need {total} MiB of memory together, over the capacity of {} MiB",
+                    cap.memory_mib
+                ),
+            );
+        }
+    }
+
+    /// Two disks on one host must not map to the same volume name.
+    fn volume_collisions(&mut self, host: &Host, on_host: &[&Machine]) {
         let mut volumes: BTreeMap<String, (String, String)> = BTreeMap::new();
-        for m in &on_host {
+        for m in on_host {
             for (disk, _) in m.disks() {
                 let vol = m.volume_name(&disk);
                 if let Some((other_m, other_d)) = volumes.get(&vol) {
-                    c.err(
-                        src.record(m.name.as_str()),
+                    self.err(
+                        self.src.record(m.name.as_str()),
                         format!("machine {:?} disk {disk:?}", m.name.as_str()),
-                        format!("its volume {vol:?} on host {:?} is also claimed by machine {other_m:?} disk {other_d:?}; rename one of them", host.name.as_str()),
+                        format!(
+                            "its volume {vol:?} on host {:?} is also claimed by machine {other_m:?} disk {other_d:?}; rename one of them",
+                            host.name.as_str()
+                        ),
                     );
                 } else {
                     volumes.insert(vol, (m.name.to_string(), disk));
@@ -460,41 +535,6 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
             }
         }
     }
-
-    let Some(name) = fleet_name else {
-        return Err(c.errors);
-    };
-    if !c.errors.is_empty() {
-        return Err(c.errors);
-    }
-    Ok(Fleet {
-        source: src.file().to_owned(),
-        name,
-        settings: raw.settings,
-        hosts,
-        images,
-        machines,
-    })
-}
-
-/// Checks a ZFS dataset path like `tank/vms`.
-fn check_dataset(p: &str) -> Result<(), String> {
-    if p.is_empty() || p.starts_with('/') || p.ends_with('/') {
-        return Err("must be a dataset path like tank/vms (no leading or trailing '/')".into());
-    }
-    for comp in p.split('/') {
-        if comp.is_empty()
-            || !comp
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.:".contains(ch))
-            || comp.starts_with('-')
-        {
-            return Err(format!(
-                "has an invalid component {comp:?} (use letters, digits, '-', '_', '.', ':')"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Checks an image source URL: only http(s), no whitespace.
@@ -502,14 +542,19 @@ pub fn check_url(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map(|(s, _)| s);
     match scheme {
         Some("http" | "https")
-            if !url.chars().any(char::is_whitespace) && url.len() > "http://x".len() - 1 =>
+            if !url.chars().any(|c| c.is_whitespace() || c.is_control())
+                && url.len() > "http://x".len() - 1 =>
         {
             Ok(())
         }
         Some("file") => Err(format!(
-            "url {url:?}: file:// sources are not supported; serve the image over http(s) (e.g. `python3 -m http.server`)"
+            "url {}: file:// sources are not supported; serve the image over http(s) (e.g. `python3 -m http.server`)",
+            clip(url)
         )),
-        _ => Err(format!("url {url:?} must be an http:// or https:// URL")),
+        _ => Err(format!(
+            "url {} must be an http:// or https:// URL",
+            clip(url)
+        )),
     }
 }
 
@@ -519,13 +564,5 @@ fn join_names<T: std::fmt::Display>(names: impl Iterator<Item = T>) -> String {
         "none".into()
     } else {
         v.join(", ")
-    }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
     }
 }

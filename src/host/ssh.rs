@@ -29,6 +29,9 @@ pub struct SshTarget {
 impl SshTarget {
     /// Parses `user@host:port` (as in the fleet's `sshTarget`).
     pub fn parse(s: &str) -> Result<SshTarget, String> {
+        // The same rule `check` applies to the fleet's sshTarget: one rule.
+        crate::fleet::endpoints::check_ssh_target(s)
+            .map_err(|e| format!("{s:?} is not a valid SSH target (user@host[:port]): {e}"))?;
         let (user, rest) = match s.split_once('@') {
             Some((u, r)) => (Some(u.to_owned()), r),
             None => (None, s),

@@ -21,7 +21,7 @@
 pub mod cache;
 pub mod fetch;
 
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::diag::{Diagnostic, Diagnostics, clip};
 use crate::fleet::{Fleet, ImageFormat, ImageName, check_url};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -81,10 +81,35 @@ pub struct LockEntry {
     pub sha256: Sha256Hex,
     /// Its size in bytes.
     pub size: u64,
+    /// The size of the disk it holds, in bytes, when recorded: qcow2 images
+    /// carry it in their header (`vsize` in the file); for raw images it is
+    /// `size`. A root disk smaller than this cannot be created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsize: Option<u64>,
     /// Its format.
     pub format: ImageFormat,
     /// When it was pinned (RFC 3339, UTC, seconds).
     pub locked: String,
+}
+
+impl LockEntry {
+    /// The size of the disk this image holds, when known: the recorded
+    /// virtual size, or for raw images the file size itself.
+    pub fn disk_size(&self) -> Option<u64> {
+        match self.format {
+            ImageFormat::Raw => Some(self.size),
+            ImageFormat::Qcow2 => self.vsize,
+        }
+    }
+}
+
+/// `bytes` in GiB for messages: whole when exact, else one decimal.
+fn gib_text(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    }
 }
 
 /// The whole lockfile.
@@ -113,7 +138,7 @@ pub enum LockError {
 impl ImageLock {
     /// Reads `path`; a missing file is an empty lock (nothing pinned yet).
     pub fn read(path: &Path) -> Result<ImageLock, LockError> {
-        match std::fs::read_to_string(path) {
+        match read_bounded(path) {
             Ok(text) => {
                 ImageLock::parse(&text, path).map_err(|d| LockError::Invalid(Diagnostics(d)))
             }
@@ -128,148 +153,31 @@ impl ImageLock {
 
     /// Parses lockfile text; `path` is only used in diagnostics.
     pub fn parse(text: &str, path: &Path) -> Result<ImageLock, Vec<Diagnostic>> {
-        let mut errors = Vec::new();
-        let diag = |line: usize, subject: &str, message: String| Diagnostic {
-            file: path.to_owned(),
-            line: Some(line),
-            subject: subject.to_owned(),
-            message,
+        let mut p = Parser {
+            path,
+            errors: Vec::new(),
+            images: BTreeMap::new(),
+            saw_format: false,
+            current: None,
         };
-        let mut images = BTreeMap::new();
-        let mut saw_format = false;
-        // (line, name, fields) of the entry being read.
-        // The block being read: (line of `image NAME`, NAME, key → (line, value)).
-        type Block = (usize, String, BTreeMap<String, (usize, String)>);
-        let mut current: Option<Block> = None;
-        let mut finish = |cur: Option<Block>, errors: &mut Vec<Diagnostic>| {
-            let Some((line, name, fields)) = cur else {
-                return;
-            };
-            let subject = format!("image {name:?}");
-            let image = match ImageName::new(&name) {
-                Ok(n) => n,
-                Err(e) => return errors.push(diag(line, &subject, format!("invalid name: {e}"))),
-            };
-            if images.contains_key(&image) {
-                return errors.push(diag(line, &subject, "listed more than once".into()));
-            }
-            let mut get = |key: &str| match fields.get(key) {
-                Some(v) => Some(v.clone()),
-                None => {
-                    errors.push(diag(line, &subject, format!("missing `{key}`")));
-                    None
-                }
-            };
-            let (url, sha, size, format, locked) = (
-                get("url"),
-                get("sha256"),
-                get("size"),
-                get("format"),
-                get("locked"),
-            );
-            let (Some(url), Some(sha), Some(size), Some(format), Some(locked)) =
-                (url, sha, size, format, locked)
-            else {
-                return;
-            };
-            let mut ok = true;
-            if let Err(e) = check_url(&url.1) {
-                errors.push(diag(url.0, &subject, e));
-                ok = false;
-            }
-            let sha256 = Sha256Hex::parse(&sha.1)
-                .map_err(|e| errors.push(diag(sha.0, &subject, e)))
-                .ok();
-            let size_v = size.1.parse::<u64>().ok().filter(|s| *s > 0);
-            if size_v.is_none() {
-                errors.push(diag(
-                    size.0,
-                    &subject,
-                    format!("size {:?} must be a positive number of bytes", size.1),
-                ));
-            }
-            let format_v = match format.1.as_str() {
-                "qcow2" => Some(ImageFormat::Qcow2),
-                "raw" => Some(ImageFormat::Raw),
-                other => {
-                    errors.push(diag(
-                        format.0,
-                        &subject,
-                        format!("format {other:?} must be qcow2 or raw"),
-                    ));
-                    None
-                }
-            };
-            if humantime::parse_rfc3339(&locked.1).is_err() {
-                errors.push(diag(
-                    locked.0,
-                    &subject,
-                    format!(
-                        "locked {:?} must be an RFC 3339 time like 2026-01-31T12:00:00Z",
-                        locked.1
-                    ),
-                ));
-                ok = false;
-            }
-            if let (Some(sha256), Some(size), Some(format), true) = (sha256, size_v, format_v, ok) {
-                images.insert(
-                    image,
-                    LockEntry {
-                        url: url.1,
-                        sha256,
-                        size,
-                        format,
-                        locked: locked.1,
-                    },
-                );
-            }
-        };
-        for (i, raw_line) in text.lines().enumerate() {
-            let n = i + 1;
-            let line = raw_line.trim_end();
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            let indented = line.starts_with(char::is_whitespace);
-            let mut parts = line.split_whitespace();
-            let key = parts.next().unwrap_or("");
-            let value = parts.next();
-            let extra = parts.next().is_some();
-            match (indented, key, value, extra) {
-                (false, "format", Some(v), false) => {
-                    saw_format = true;
-                    if v != FORMAT.to_string() {
-                        errors.push(diag(n, "", format!("lock format {v} is not supported by this virtfleet (it reads format {FORMAT}); upgrade virtfleet")));
-                    }
-                }
-                (false, "image", Some(name), false) => {
-                    finish(current.take(), &mut errors);
-                    current = Some((n, name.to_owned(), BTreeMap::new()));
-                }
-                (true, k @ ("url" | "sha256" | "size" | "format" | "locked"), Some(v), false) => match current.as_mut() {
-                    Some((_, name, fields)) => {
-                        if fields.insert(k.to_owned(), (n, v.to_owned())).is_some() {
-                            errors.push(diag(n, &format!("image {name:?}"), format!("`{k}` given twice")));
-                        }
-                    }
-                    None => errors.push(diag(n, "", format!("`{k}` outside an `image` block"))),
-                },
-                _ => errors.push(diag(n, "", format!("cannot read line {:?}: expected `format N`, `image NAME` or an indented `url|sha256|size|format|locked VALUE`", line.trim()))),
-            }
+        // An editor's byte-order mark is invisible and harmless here.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        for (i, line) in text.lines().enumerate() {
+            p.line(i + 1, line.trim_end());
         }
-        finish(current.take(), &mut errors);
-        if !saw_format && !text.trim().is_empty() && errors.is_empty() {
-            errors.push(Diagnostic {
+        p.finish_block();
+        if !p.saw_format && !text.trim().is_empty() && p.errors.is_empty() {
+            p.errors.push(Diagnostic {
                 file: path.to_owned(),
                 line: None,
                 subject: String::new(),
                 message: format!("missing `format {FORMAT}` line"),
             });
         }
-        if errors.is_empty() {
-            Ok(ImageLock { images })
+        if p.errors.is_empty() {
+            Ok(ImageLock { images: p.images })
         } else {
-            Err(errors)
+            Err(p.errors)
         }
     }
 
@@ -280,10 +188,15 @@ impl ImageLock {
         for (name, e) in &self.images {
             let _ = write!(
                 out,
-                "\nimage {name}\n  url     {}\n  sha256  {}\n  size    {}\n  format  {}\n  locked  {}\n",
-                e.url,
-                e.sha256,
-                e.size,
+                "\nimage {name}\n  url     {}\n  sha256  {}\n  size    {}\n",
+                e.url, e.sha256, e.size,
+            );
+            if let Some(v) = e.vsize {
+                let _ = writeln!(out, "  vsize   {v}");
+            }
+            let _ = write!(
+                out,
+                "  format  {}\n  locked  {}\n",
                 e.format.as_str(),
                 e.locked
             );
@@ -302,9 +215,56 @@ impl ImageLock {
     }
 
     /// Problems between the fleet and this lock: images the fleet uses that
-    /// are not pinned, or pinned with another URL or format. `lock_path`
-    /// names the lockfile in the diagnostics.
+    /// are not pinned, or pinned with another URL or format, and root disks
+    /// smaller than their pinned image. `lock_path` names the lockfile in
+    /// the diagnostics.
     pub fn check_against(&self, fleet: &Fleet, lock_path: &Path) -> Vec<Diagnostic> {
+        let mut out = self.check_pins(fleet, lock_path);
+        out.extend(self.check_root_disks(fleet));
+        out
+    }
+
+    /// The pin of `image` when it matches the fleet's URL and format.
+    fn current_pin(&self, fleet: &Fleet, image: &ImageName) -> Option<&LockEntry> {
+        let declared = fleet.images.get(image)?;
+        self.images
+            .get(image)
+            .filter(|e| e.url == declared.url && e.format == declared.format)
+    }
+
+    /// Each machine's root disk must hold its image: a clone or overlay
+    /// smaller than its base cannot be created.
+    fn check_root_disks(&self, fleet: &Fleet) -> Vec<Diagnostic> {
+        const GIB: u64 = 1 << 30;
+        let mut out = Vec::new();
+        for m in fleet.machines.values() {
+            let Some(need) = self
+                .current_pin(fleet, &m.image)
+                .and_then(LockEntry::disk_size)
+            else {
+                continue;
+            };
+            if m.disk_gib.saturating_mul(GIB) >= need {
+                continue;
+            }
+            out.push(fleet.index.at(
+                fleet.index.field(m.name.as_str(), "diskGiB"),
+                format!("machine {:?}", m.name.as_str()),
+                format!(
+                    "diskGiB = {} is smaller than image {:?}, whose disk is {} ({need} bytes, pinned in images.lock); set diskGiB to at least {}",
+                    m.disk_gib,
+                    m.image.as_str(),
+                    gib_text(need),
+                    need.div_ceil(GIB)
+                ),
+            ));
+        }
+        out
+    }
+
+    /// Images the fleet uses that are missing from the lock or pinned from
+    /// another URL or in another format.
+    fn check_pins(&self, fleet: &Fleet, lock_path: &Path) -> Vec<Diagnostic> {
         let mut out = Vec::new();
         for (name, image) in &fleet.images {
             let d = |message: String| Diagnostic {
@@ -338,6 +298,193 @@ impl ImageLock {
     }
 }
 
+/// Keys of an `image` block; `vsize` is optional (qcow2 images only).
+const KEYS: [&str; 6] = ["url", "sha256", "size", "vsize", "format", "locked"];
+
+/// The `image NAME` block being read: its line, name, and key → (line, value).
+struct Block {
+    line: usize,
+    name: String,
+    fields: BTreeMap<String, (usize, String)>,
+}
+
+/// Line-by-line lockfile reader that collects every problem.
+struct Parser<'a> {
+    path: &'a Path,
+    errors: Vec<Diagnostic>,
+    images: BTreeMap<ImageName, LockEntry>,
+    saw_format: bool,
+    current: Option<Block>,
+}
+
+impl Parser<'_> {
+    fn diag(&mut self, line: usize, subject: &str, message: String) {
+        self.errors.push(Diagnostic {
+            file: self.path.to_owned(),
+            line: Some(line),
+            subject: subject.to_owned(),
+            message,
+        });
+    }
+
+    /// One line: `format N`, `image NAME`, an indented `KEY VALUE`, a
+    /// comment or a blank.
+    fn line(&mut self, n: usize, line: &str) {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            return;
+        }
+        let indented = line.starts_with(char::is_whitespace);
+        let mut parts = line.split_whitespace();
+        let key = parts.next().unwrap_or("");
+        let value = parts.next();
+        let extra = parts.next().is_some();
+        match (indented, key, value, extra) {
+            (false, "format", Some(v), false) => {
+                self.saw_format = true;
+                if v != FORMAT.to_string() {
+                    self.diag(n, "", format!("lock format {v} is not supported by this virtfleet (it reads format {FORMAT}); upgrade virtfleet"));
+                }
+            }
+            (false, "image", Some(name), false) => {
+                self.finish_block();
+                self.current = Some(Block {
+                    line: n,
+                    name: name.to_owned(),
+                    fields: BTreeMap::new(),
+                });
+            }
+            (true, k, Some(v), false) if KEYS.contains(&k) => match self.current.as_mut() {
+                Some(b) => {
+                    if b.fields.insert(k.to_owned(), (n, v.to_owned())).is_some() {
+                        let subject = format!("image {}", clip(&b.name));
+                        self.diag(n, &subject, format!("`{k}` given twice"));
+                    }
+                }
+                None => self.diag(n, "", format!("`{k}` outside an `image` block")),
+            },
+            _ => self.diag(n, "", format!("cannot read line {}: expected `format N`, `image NAME` or an indented `url|sha256|size|vsize|format|locked VALUE`", clip(line.trim()))),
+        }
+    }
+
+    /// Turns the block being read into an entry, or reports why not.
+    fn finish_block(&mut self) {
+        let Some(b) = self.current.take() else {
+            return;
+        };
+        let subject = format!("image {}", clip(&b.name));
+        let image = match ImageName::new(&b.name) {
+            Ok(n) => n,
+            Err(e) => return self.diag(b.line, &subject, format!("invalid name: {e}")),
+        };
+        if self.images.contains_key(&image) {
+            return self.diag(b.line, &subject, "listed more than once".into());
+        }
+        let missing: Vec<&str> = ["url", "sha256", "size", "format", "locked"]
+            .into_iter()
+            .filter(|k| !b.fields.contains_key(*k))
+            .collect();
+        for k in &missing {
+            self.diag(b.line, &subject, format!("missing `{k}`"));
+        }
+        if missing.is_empty()
+            && let Some(entry) = self.entry(&b.fields, &subject)
+        {
+            self.images.insert(image, entry);
+        }
+    }
+
+    /// Checks each value of a complete block; None if any is invalid.
+    fn entry(
+        &mut self,
+        fields: &BTreeMap<String, (usize, String)>,
+        subject: &str,
+    ) -> Option<LockEntry> {
+        let get = |k: &str| fields[k].clone();
+        let (url, sha, size, format, locked) = (
+            get("url"),
+            get("sha256"),
+            get("size"),
+            get("format"),
+            get("locked"),
+        );
+        let mut ok = true;
+        if let Err(e) = check_url(&url.1) {
+            self.diag(url.0, subject, e);
+            ok = false;
+        }
+        let sha256 = Sha256Hex::parse(&sha.1)
+            .map_err(|e| self.diag(sha.0, subject, e))
+            .ok();
+        let size_v = self.bytes(&size, "size", subject);
+        let vsize = fields.get("vsize").map(|v| self.bytes(v, "vsize", subject));
+        let format_v = match format.1.as_str() {
+            "qcow2" => Some(ImageFormat::Qcow2),
+            "raw" => Some(ImageFormat::Raw),
+            other => {
+                let msg = format!("format {} must be qcow2 or raw", clip(other));
+                self.diag(format.0, subject, msg);
+                None
+            }
+        };
+        if humantime::parse_rfc3339(&locked.1).is_err() {
+            let msg = format!(
+                "locked {} must be an RFC 3339 time like 2026-01-31T12:00:00Z",
+                clip(&locked.1)
+            );
+            self.diag(locked.0, subject, msg);
+            ok = false;
+        }
+        if vsize == Some(None) {
+            ok = false;
+        }
+        Some(LockEntry {
+            url: url.1,
+            sha256: sha256?,
+            size: size_v?,
+            vsize: vsize.flatten(),
+            format: format_v?,
+            locked: ok.then_some(locked.1)?,
+        })
+    }
+
+    /// A positive byte count, or a diagnostic on its line.
+    fn bytes(&mut self, (line, value): &(usize, String), key: &str, subject: &str) -> Option<u64> {
+        let v = value.parse::<u64>().ok().filter(|s| *s > 0);
+        if v.is_none() {
+            let msg = format!("{key} {} must be a positive number of bytes", clip(value));
+            self.diag(*line, subject, msg);
+        }
+        v
+    }
+}
+
+/// Largest lockfile read: a pin is ~250 bytes, so this is tens of
+/// thousands of images, and `--lock /dev/zero` stops here.
+const MAX_LOCK_BYTES: u64 = 16 << 20;
+
+/// Reads a lockfile once, refusing directories and devices and stopping at
+/// [`MAX_LOCK_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let file = std::fs::File::open(path)?;
+    let ty = file.metadata()?.file_type();
+    if ty.is_dir() || ty.is_block_device() || ty.is_char_device() || ty.is_socket() {
+        return Err(std::io::Error::other(
+            "not a regular file or pipe (a lockfile is a text file)",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_LOCK_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_LOCK_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB; a lockfile holds a few hundred bytes per image",
+            MAX_LOCK_BYTES >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (same filesystem, so the rename is atomic), fsynced before the rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -369,6 +516,7 @@ mod tests {
             url: url.into(),
             sha256: Sha256Hex::parse(&c.to_string().repeat(64)).unwrap(),
             size: 1234,
+            vsize: Some(5 << 30),
             format: ImageFormat::Qcow2,
             locked: "2026-11-22T10:00:00Z".into(),
         }

@@ -402,6 +402,8 @@ pub struct LockFields {
     pub size: u64,
     pub format: String,
     pub locked: String,
+    /// qcow2 images: the disk size the header declares.
+    pub vsize: Option<u64>,
 }
 
 /// Reads the `image NAME` blocks of lockfile text.
@@ -435,6 +437,7 @@ pub fn parse_lock(text: &str) -> BTreeMap<String, LockFields> {
             "size" => f.size = value.parse().expect("numeric size"),
             "format" => f.format = value,
             "locked" => f.locked = value,
+            "vsize" => f.vsize = Some(value.parse().expect("numeric vsize")),
             other => panic!("unknown lock field {other:?}"),
         }
     }
