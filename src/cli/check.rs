@@ -31,6 +31,7 @@ pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
     // Every problem at once: a fleet that cannot be evaluated and a lock
     // that cannot be read are both reported, each as it is.
     let mut problems: Vec<String> = Vec::new();
+    let mut hints: Vec<&str> = Vec::new();
     let fleet = match super::load_fleet_timed(ctx) {
         Ok(f) => Some(f),
         Err(LoadError::Invalid(d)) => {
@@ -39,6 +40,7 @@ pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
         }
         Err(LoadError::Eval(e)) => {
             problems.push(e.to_string());
+            hints.extend(crate::ui::fleet_hint(&e));
             None
         }
     };
@@ -76,6 +78,9 @@ pub fn run(ctx: &Context, _args: Args) -> anyhow::Result<u8> {
         );
         for p in &problems {
             anstream::eprintln!("  {p}");
+        }
+        for h in hints {
+            crate::ui::print_hint(h);
         }
         return Ok(EXIT_ERROR);
     }

@@ -182,7 +182,7 @@ fn hints(err: &anyhow::Error) -> Vec<String> {
 }
 
 /// The remedy for a fleet file that cannot be read because it is missing.
-fn fleet_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
+pub fn fleet_hint(e: &crate::fleet::EvalError) -> Option<&'static str> {
     match e {
         crate::fleet::EvalError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound =>
