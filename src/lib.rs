@@ -1,9 +1,13 @@
 //! virtfleet: keep a fleet of libvirt virtual machines in the state a Dhall
 //! file describes.
 //!
-//! Data flows one way: `fleet` loads and validates `fleet.dhall`, `lock`
-//! reads `images.lock` and resolves images into the cache, and the CLI in
-//! `cli` ties them together. Library code never prints; `ui` does.
+//! Data flows one way, through layers that import only those below them
+//! (`tests/layers.rs` checks it): `fleet` loads and validates `fleet.dhall`,
+//! `lock` reads `images.lock` and resolves images into the cache, `observe`
+//! asks each `host` what exists, the pure `plan` computes the changes, and
+//! `apply` executes them through `host`; `cli` ties them together. Below
+//! them all, `resources`, `text`, `diag` and `progress` are pure pieces any
+//! layer may share. Library code never prints; `ui` does.
 
 pub mod apply;
 pub mod cli;
