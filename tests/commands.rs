@@ -7,25 +7,9 @@
 
 mod common;
 
-use common::lab::{Lab, SYSTEM, virsh_ok};
-use std::path::{Path, PathBuf};
+use common::lab::{Lab, SYSTEM, qemu_io, virsh_ok};
+use std::path::PathBuf;
 use std::process::Command;
-
-/// `write`s 4 KiB of `pattern` at 512 MiB of a qcow2 file, or `read`s and
-/// verifies them.
-fn qemu_io(file: &Path, op: &str, pattern: u8) -> bool {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", &format!("{op} -P {pattern} 512M 4k")])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.success() && !text.contains("failed")
-}
 
 /// Makes a file immutable (even root cannot open it for writing) until dropped.
 struct Immutable(PathBuf);

@@ -162,30 +162,36 @@ fn regression_an_unreadable_disk_size_is_an_error_not_a_grow_from_zero() {
     assert!(out.all().contains(&format!("{a}-root")), "{}", out.all());
 }
 
-#[test]
-fn a_second_apply_of_the_same_fleet_is_refused_at_once() {
-    let lab = Lab::new("t-rel-lock");
-    let a = lab.m("a");
+/// Runs `a` (a running guest that ignores ACPI), then, in the background,
+/// an apply that stops it: that run holds its locks for `seconds`, the
+/// whole shutdown timeout. Returns it once it holds them.
+fn busy_apply(lab: &Lab, seconds: u32) -> std::process::Child {
     lab.write(&[lab.machine("a", "")]);
     lab.apply(&[]).expect_code(0);
-    // Stopping a guest that ignores ACPI keeps the first run busy for the
-    // whole shutdown timeout.
     lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
-    let first = lab
+    let timeout = format!("{seconds}s");
+    let child = lab
         .vf_command(&[
             "apply",
             "--auto-approve",
             "--allow-restart",
             "--shutdown-timeout",
-            "6s",
+            &timeout,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The first run takes the lock within a second (load, observe, plan),
-    // then waits 6 s for the guest.
+    // It takes its locks within a second (load, observe, plan).
     std::thread::sleep(std::time::Duration::from_secs(2));
+    child
+}
+
+#[test]
+fn a_second_apply_of_the_same_fleet_is_refused_at_once() {
+    let lab = Lab::new("t-rel-lock");
+    let a = lab.m("a");
+    let first = busy_apply(&lab, 6);
     let started = std::time::Instant::now();
     let second = lab.apply(&["--allow-restart"]);
     assert_eq!(second.code, Some(1), "{}", second.all());
@@ -207,14 +213,15 @@ fn a_second_apply_of_the_same_fleet_is_refused_at_once() {
     );
     // `plan` never waits for the lock.
     lab.vf(&["plan"]).expect_code(0);
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
+    finished_and_stopped(first, &a);
+}
+
+/// Waits for the busy run: it succeeded, and the guest is off.
+fn finished_and_stopped(run: std::process::Child, machine: &str) {
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", machine]).trim(), "shut off");
 }
 
 /// A lease as another controller would leave it on a Dir host.
@@ -273,22 +280,7 @@ fn a_host_leased_by_another_controller_is_left_alone_until_broken() {
 fn two_controllers_never_change_one_host_at_once() {
     let lab = Lab::new("t-rel-two");
     let a = lab.m("a");
-    lab.write(&[lab.machine("a", "")]);
-    lab.apply(&[]).expect_code(0);
-    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
-    let first = lab
-        .vf_command(&[
-            "apply",
-            "--auto-approve",
-            "--allow-restart",
-            "--shutdown-timeout",
-            "6s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let first = busy_apply(&lab, 6);
     // Another controller: its own state directory, so no shared run lock;
     // only the host's lease stands between them.
     let other = tempfile::tempdir().unwrap();
@@ -314,36 +306,14 @@ fn two_controllers_never_change_one_host_at_once() {
         "{}",
         second.all()
     );
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(virsh_ok(SYSTEM, &["domstate", &a]).trim(), "shut off");
+    finished_and_stopped(first, &a);
     assert!(!lab.root.join("lease").exists(), "released");
 }
 
 #[test]
 fn a_killed_run_leaves_no_lease_that_blocks_this_controller() {
     let lab = Lab::new("t-rel-kill");
-    lab.write(&[lab.machine("a", "")]);
-    lab.apply(&[]).expect_code(0);
-    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
-    let mut first = lab
-        .vf_command(&[
-            "apply",
-            "--auto-approve",
-            "--allow-restart",
-            "--shutdown-timeout",
-            "30s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut first = busy_apply(&lab, 30);
     assert!(lab.root.join("lease").exists(), "the run holds the lease");
     first.kill().unwrap(); // SIGKILL: no chance to release anything
     first.wait().unwrap();

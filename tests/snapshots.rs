@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::lab::{Lab, SYSTEM, virsh, virsh_ok};
+use common::lab::{Lab, SYSTEM, qemu_io, virsh, virsh_ok};
 use std::process::Command;
 
 fn qemu_snapshots(file: &std::path::Path) -> Vec<String> {
@@ -25,21 +25,6 @@ fn qemu_snapshots(file: &std::path::Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// `write`s 4 KiB of `pattern` at 512 MiB, or `read`s and verifies them.
-fn qemu_io(file: &std::path::Path, op: &str, pattern: u8) -> bool {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", &format!("{op} -P {pattern} 512M 4k")])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.status.success() && !text.contains("verification failed") && !text.contains("failed")
 }
 
 #[test]
@@ -108,14 +93,7 @@ fn qcow2_snapshots_policy_rollback_and_reinit() {
 
     // A guest that ignores ACPI: rollback refuses without --force.
     let manual = lab.vf(&["snapshot", &s, "--label", "pre"]).expect_code(0);
-    // The result line follows the command's plan: `snapshot NAME of MACHINE`.
-    let result = manual.stdout.lines().find(|l| l.starts_with("snapshot "));
-    let name = result
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let name = common::lab::taken_snapshot(&manual);
     assert!(name.starts_with("vf-manual-pre-"), "{name}");
     let out = lab
         .vf(&[

@@ -391,14 +391,7 @@ fn snapshots_on_zfs(lab: &Lab, host: &ZfsHost) {
 
     // Rollback: a marker written while the guest is stopped is gone after it.
     let manual = lab.vf(&["snapshot", &a, "--label", "pre"]).expect_code(0);
-    // The result line follows the command's plan: `snapshot NAME of MACHINE`.
-    let result = manual.stdout.lines().find(|l| l.starts_with("snapshot "));
-    let name = result
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let name = common::lab::taken_snapshot(&manual);
     zfs_fleet(
         lab,
         host,

@@ -262,3 +262,30 @@ impl Drop for Lab {
         self.clean();
     }
 }
+
+/// Through `qemu-io`, `write`s 4 KiB of `pattern` at 512 MiB of a qcow2
+/// file, or `read`s and verifies them; true when it succeeded.
+pub fn qemu_io(file: &Path, op: &str, pattern: u8) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", &format!("{op} -P {pattern} 512M 4k")])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success() && !text.contains("failed")
+}
+
+/// The snapshot name in `virtfleet snapshot`'s result line, which follows
+/// the command's plan: `snapshot NAME of MACHINE`.
+pub fn taken_snapshot(out: &Outcome) -> String {
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with("snapshot "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no snapshot line in {}", out.all()))
+        .to_owned()
+}
