@@ -27,10 +27,15 @@ pub struct Fleet {
     /// loading (against images.lock) can name a line too.
     #[serde(skip)]
     pub index: Arc<SourceIndex>,
+    /// The fleet's name: the ownership marker on everything it makes.
     pub name: FleetName,
+    /// Fleet-wide permissions and retention.
     pub settings: Settings,
+    /// Hosts by name.
     pub hosts: BTreeMap<HostName, Host>,
+    /// Base image declarations by name (pins are in images.lock).
     pub images: BTreeMap<ImageName, Image>,
+    /// Machines by name, each placed on one of `hosts`.
     pub machines: BTreeMap<VmName, Machine>,
 }
 
@@ -38,13 +43,21 @@ pub struct Fleet {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Host {
+    /// The host's name in the fleet.
     pub name: HostName,
+    /// Its libvirt URI (a supported form: see `fleet::endpoints`).
     pub uri: String,
+    /// Where its disks live: a directory or a ZFS parent dataset.
     pub storage: Storage,
+    /// `kvm`, or `qemu` (TCG) where KVM cannot boot guests.
     pub domain_type: DomainType,
+    /// The guest CPU model its domains get.
     pub cpu_mode: CpuMode,
+    /// How its guests are networked.
     pub network: Network,
+    /// What the machines placed on it may use, when declared.
     pub capacity: Option<Capacity>,
+    /// Where storage commands run over SSH, when not the URI's host.
     pub ssh_target: Option<String>,
 }
 
@@ -52,28 +65,46 @@ pub struct Host {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Image {
+    /// The image's name, as machines refer to it.
     pub name: ImageName,
+    /// Where it is downloaded from (http or https).
     pub url: String,
+    /// `qcow2` or `raw`.
     pub format: ImageFormat,
 }
 
-/// A validated machine, placed on a host.
+/// A validated machine, placed on a host. Its fields mirror
+/// `raw::Machine` (the Dhall schema) on purpose: this is the same machine
+/// after validation, with names as checked newtypes, the host resolved and
+/// the data disks' policies inherited.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
+    /// The machine's (and its domain's) name.
     pub name: VmName,
+    /// The host it is placed on.
     pub host: HostName,
+    /// The base image its root disk is cloned from.
     pub image: ImageName,
+    /// vCPUs.
     pub cpus: u32,
+    /// Memory in MiB.
     #[serde(rename = "memoryMiB")]
     pub memory_mib: u64,
+    /// Root disk size in GiB (disks only grow).
     #[serde(rename = "diskGiB")]
     pub disk_gib: u64,
+    /// Extra disks, attached after the root disk.
     pub data_disks: Vec<DataDisk>,
+    /// Started with the host.
     pub autostart: bool,
+    /// Running or stopped, as apply keeps it.
     pub power: Power,
+    /// Cloud-init user data and keys (validated; not attached yet).
     pub cloud_init: Option<CloudInit>,
+    /// The root disk's (and, on Dir hosts, the machine's) snapshot policy.
     pub snapshots: Snapshots,
+    /// Never destroyed by virtfleet, even when removed from the fleet.
     pub protect: bool,
 }
 
@@ -82,9 +113,12 @@ pub struct Machine {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataDisk {
+    /// The disk's name within the machine (`root` is reserved).
     pub name: DiskName,
+    /// Size in GiB (disks only grow).
     #[serde(rename = "sizeGiB")]
     pub size_gib: u64,
+    /// Its own policy, or the machine's when the fleet gave none.
     pub snapshots: Snapshots,
 }
 
