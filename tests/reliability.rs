@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::lab::{Lab, SYSTEM, virsh_ok};
+use common::lab::{Lab, SYSTEM, virsh, virsh_ok};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -384,4 +384,67 @@ fn regression_a_new_data_disk_gets_its_own_init_snapshot_and_the_root_keeps_its_
         );
         lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
     }
+}
+
+#[test]
+fn regression_an_edited_saved_plan_is_refused() {
+    let lab = Lab::new("t-rel-edit");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    // Something this fleet does not own, in its storage.
+    let foreign = lab.root.join("disks/foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    // Outside the storage root: a new file there is a change of the host.
+    let dir = tempfile::tempdir().unwrap();
+    let plan_file = dir.path().join("p.plan");
+    let p = plan_file.to_str().unwrap();
+    lab.vf(&["plan", "--out", p]).expect_code(0);
+    // By hand: trash the foreign directory too.
+    let mut plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_file).unwrap()).unwrap();
+    plan["changes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "address": "local/foreign", "host": "local", "machine": a,
+            "action": { "type": "trashDisk", "volume": "foreign" },
+            "disruption": "destructive", "reason": "edited",
+        }));
+    std::fs::write(&plan_file, plan.to_string()).unwrap();
+    let out = lab.apply(&[p]).expect_code(1);
+    assert!(out.stderr.contains("--allow-destroy"), "{}", out.all());
+    let out = lab.apply(&[p, "--allow-destroy"]).expect_code(1);
+    assert!(out.stderr.contains("was it edited?"), "{}", out.all());
+    assert!(foreign.exists(), "nothing foreign was touched");
+    assert!(lab.entries("trash").is_empty());
+    assert!(!virsh(SYSTEM, &["domstate", &a]).0, "nothing was made");
+    // The plan as made is applied.
+    lab.vf(&["plan", "--out", p]).expect_code(0);
+    lab.apply(&[p]).expect_code(0);
+}
+
+#[test]
+fn apply_names_the_hosts_it_could_not_check() {
+    let lab = Lab::new("t-rel-gone");
+    let hosts = [
+        lab.host("local", SYSTEM, &lab.root),
+        lab.host(
+            "gone",
+            "qemu+unix:///system?socket=/run/virtfleet-tests-none/sock",
+            &lab.root.join("gone"),
+        ),
+    ];
+    let machine = lab.machine("a", "power = V.Power.Stopped, host = Some \"local\"");
+    lab.write_hosts(&hosts, &[machine], "");
+    let out = lab.apply(&[]).expect_code(3);
+    assert!(
+        out.stdout.contains("not observed, so not checked: gone"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !out.stdout.contains("re-observed every host"),
+        "{}",
+        out.all()
+    );
 }

@@ -6,10 +6,10 @@ use super::execute;
 use super::plan::{Format, PlanArgs, plan_loaded, render_plan};
 use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
 use crate::apply::{OnFailure, Outcome, Report};
-use crate::plan::Plan;
+use crate::plan::{Disruption, Plan};
 use crate::ui::{ERROR, OK, WARN};
 use anyhow::{Context as _, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Apply the plan: create, update, grow, start/stop and destroy machines.
@@ -18,14 +18,17 @@ use std::time::Duration;
 /// (type `yes`), applies it, then observes again and plans again: anything
 /// left over is reported and the exit status is 1. With PLANFILE (from
 /// `plan --out`): applies exactly that plan, and refuses it if the fleet, the
-/// lock or any host changed since it was made.
+/// lock or any host changed since it was made, or if its changes are not
+/// what virtfleet plans from them (an edited file); its destroys and restarts
+/// need --allow-destroy / --allow-restart here too.
 ///
 /// Restart-class changes need --allow-restart and destroys --allow-destroy (or
 /// the fleet's settings); without them they stay pending and the rest is
 /// applied. Destroyed disks go to the trash (`virtfleet restore NAME`).
 /// Without a terminal, --auto-approve is required.
 ///
-/// Exit status: 0 converged, 1 error / not converged, 3 some host unreachable.
+/// Exit status: 0 converged, 1 error / not converged, 3 some host unreachable
+/// (named after the apply).
 ///
 /// Examples:
 ///   virtfleet apply
@@ -66,7 +69,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             let plan = plan_loaded(&fleet, &lock, &args.common)?;
             (fleet, lock, plan, run)
         }
-        Some(path) => load_saved(ctx, path)?,
+        Some(path) => load_saved(ctx, path, &args.common)?,
     };
     execute::show(&plan);
     if !plan.refused.is_empty() {
@@ -100,10 +103,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     if !summarise(&report) {
         return Ok(EXIT_ERROR);
     }
-    if !converged(&fleet, &lock, &args.common, plan.inputs.now) {
-        return Ok(EXIT_ERROR);
+    match converged(&fleet, &lock, &args.common, plan.inputs.now) {
+        EXIT_OK => Ok(incomplete),
+        code => Ok(code),
     }
-    Ok(incomplete)
 }
 
 /// Prints failures and one line per host; false when a step failed.
@@ -137,19 +140,20 @@ fn summarise(report: &Report) -> bool {
 /// The convergence check: a fresh observation must plan nothing more. It
 /// is planned for the applied plan's `now`: a period boundary passing
 /// during the apply must not make a new snapshot look like a failure.
+/// Returns the exit status: 0 converged, 1 not, 3 some host not observed.
 fn converged(
     fleet: &crate::fleet::Fleet,
     lock: &crate::lock::ImageLock,
     args: &PlanArgs,
     planned_for: u64,
-) -> bool {
+) -> u8 {
     let obs = crate::observe::observe(fleet, now());
     let opts = super::plan::options(fleet, args, planned_for);
     let after = crate::plan::plan(fleet, lock, &obs, opts);
     if !after.changes.is_empty() || !after.refused.is_empty() {
         anstream::eprintln!("{ERROR}error{ERROR:#}: the fleet did not converge; still to do:");
         print!("{}", render_plan(&after, Format::Human));
-        return false;
+        return EXIT_ERROR;
     }
     if !after.pending.is_empty() {
         anstream::println!(
@@ -157,14 +161,24 @@ fn converged(
             after.pending.len()
         );
     }
-    anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
-    true
+    if after.is_incomplete() {
+        let hosts: Vec<&str> = after.unreachable.keys().map(String::as_str).collect();
+        anstream::println!(
+            "{WARN}converged on the hosts observed{WARN:#}; not observed, so not checked: {}",
+            hosts.join(", ")
+        );
+        EXIT_INCOMPLETE
+    } else {
+        anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
+        EXIT_OK
+    }
 }
 
 /// Reads a saved plan and checks that everything it was computed from is unchanged.
 fn load_saved(
     ctx: &Context,
     path: &PathBuf,
+    args: &PlanArgs,
 ) -> anyhow::Result<(
     crate::fleet::Fleet,
     crate::lock::ImageLock,
@@ -210,5 +224,58 @@ fn load_saved(
             _ => return Err(stale(format!("host {host}"))),
         }
     }
+    check_contents(path, &plan, &fleet, &lock, &obs, args)?;
     Ok((fleet, lock, plan, run))
+}
+
+/// A saved plan is executed only if it is exactly what the planner makes
+/// from the same inputs, and only with the permissions its changes need
+/// given now: a hand-edited plan (an added destroy, a `trashDisk` of
+/// something foreign, a pending change moved into the changes) is refused.
+fn check_contents(
+    path: &Path,
+    plan: &Plan,
+    fleet: &crate::fleet::Fleet,
+    lock: &crate::lock::ImageLock,
+    obs: &crate::resources::observed::Observation,
+    args: &PlanArgs,
+) -> anyhow::Result<()> {
+    let granted = super::plan::options(fleet, args, plan.inputs.now);
+    let needs = |d: Disruption| plan.changes.iter().any(|c| c.disruption == d);
+    for (disruption, allowed, flag) in [
+        (
+            Disruption::Destructive,
+            granted.allow_destroy,
+            "--allow-destroy",
+        ),
+        (
+            Disruption::Restart,
+            granted.allow_restart,
+            "--allow-restart",
+        ),
+    ] {
+        if needs(disruption) && !allowed {
+            bail!(
+                "{}: the plan has {} changes; apply it with {flag} (or the fleet's setting). Nothing was changed.",
+                path.display(),
+                disruption.as_str()
+            );
+        }
+    }
+    // Re-planned with the permissions the saved changes use, the same
+    // inputs must give the same changes.
+    let opts = crate::plan::Options {
+        now: plan.inputs.now,
+        allow_destroy: needs(Disruption::Destructive),
+        allow_restart: needs(Disruption::Restart),
+        source: crate::plan::Source::Live,
+    };
+    let again = crate::plan::plan(fleet, lock, obs, opts);
+    if again.changes != plan.changes || again.refused != plan.refused {
+        bail!(
+            "{}: its changes are not what virtfleet plans from the same inputs (was it edited?); run `virtfleet plan --out` again. Nothing was changed.",
+            path.display()
+        );
+    }
+    Ok(())
 }
