@@ -10,11 +10,11 @@ use virtfleet::plan::commands::{
     Basis, CommandRefusal, DiskSnapshots, RollbackOptions, destroy_plan, restore_plan,
     rollback_plan, snapshot_plan,
 };
-use virtfleet::plan::planner::{GIB, desired_domain, fleet_digest, host_digest, lock_digest};
+use virtfleet::plan::expected::converged_state;
+use virtfleet::plan::planner::{fleet_digest, host_digest, lock_digest};
 use virtfleet::plan::{Action, Disruption, Plan};
 use virtfleet::resources::observed::{
-    DiskOwner, HostObservation, HostState, Observation, ObservedDomain, OwnedDisk, PowerState,
-    TrashEntry,
+    DiskOwner, HostObservation, HostState, Observation, PowerState, TrashEntry,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -50,36 +50,10 @@ fn lock() -> ImageLock {
 
 /// hv1 right after `fleet` was applied, every guest in `state`.
 fn converged(fleet: &Fleet, state: PowerState) -> HostState {
-    let h = fleet.hosts.values().next().unwrap();
-    let mut s = HostState::default();
-    s.images.insert(SHA.to_owned());
-    for m in fleet.machines.values() {
-        let config = desired_domain(fleet, h, m, SHA);
-        for ((disk, gib), r) in m.disks().into_iter().zip(&config.disks) {
-            let owner = DiskOwner {
-                fleet: "test".into(),
-                machine: m.name.to_string(),
-                disk: disk.clone(),
-            };
-            s.disks.insert(
-                m.volume_name(&disk),
-                OwnedDisk {
-                    owner,
-                    path: r.path.clone(),
-                    size_bytes: gib * GIB,
-                    snapshots: Vec::new(),
-                },
-            );
-        }
-        let d = ObservedDomain {
-            config,
-            state,
-            autostart: true,
-            live: None,
-            disk_sizes: BTreeMap::new(),
-            addresses: Vec::new(),
-        };
-        s.domains.insert(m.name.to_string(), d);
+    let host = fleet.hosts.values().next().unwrap();
+    let mut s = converged_state(fleet, &lock(), host);
+    for d in s.domains.values_mut() {
+        d.state = state;
     }
     s
 }
@@ -117,12 +91,7 @@ fn destroy_plans_one_destroy_with_real_digests() {
     let o = obs(converged(&full, PowerState::Running));
     let f = without(full, "web");
     let l = lock();
-    let basis = Basis {
-        fleet: &f,
-        lock: &l,
-        obs: &o,
-        now: NOW,
-    };
+    let basis = at_now(&f, &l, &o);
     let p = destroy_plan(basis, &vm("web"), false).unwrap();
     assert_eq!(
         summary(&p),
@@ -244,12 +213,7 @@ fn restore_brings_back_the_newest_entry_and_never_overwrites() {
         );
     }
     let o = obs(s.clone());
-    let basis = Basis {
-        fleet: &f,
-        lock: &l,
-        obs: &o,
-        now: NOW,
-    };
+    let basis = at_now(&f, &l, &o);
     let p = restore_plan(basis, &vm("web")).unwrap();
     assert_eq!(
         summary(&p),
@@ -306,12 +270,7 @@ fn snapshot_covers_every_owned_disk_and_refuses_foreign_ones() {
     let l = lock();
     let s = converged(&f, PowerState::Running);
     let o = obs(s.clone());
-    let basis = Basis {
-        fleet: &f,
-        lock: &l,
-        obs: &o,
-        now: NOW,
-    };
+    let basis = at_now(&f, &l, &o);
     let p = snapshot_plan(basis, &vm("web"), "pre").unwrap();
     assert_eq!(
         summary(&p),
@@ -381,17 +340,22 @@ fn snaps(root: &[&str], d: &[&str], newer: &[&str]) -> BTreeMap<String, DiskSnap
     ])
 }
 
+/// What a command plans from: `f`, `l` and `o`, at [`NOW`].
+fn at_now<'a>(f: &'a Fleet, l: &'a ImageLock, o: &'a Observation) -> Basis<'a> {
+    Basis {
+        fleet: f,
+        lock: l,
+        obs: o,
+        now: NOW,
+    }
+}
+
 #[test]
 fn rollback_stops_rolls_each_disk_back_and_starts_again() {
     let f = fleet();
     let l = lock();
     let o = obs(converged(&f, PowerState::Running));
-    let basis = Basis {
-        fleet: &f,
-        lock: &l,
-        obs: &o,
-        now: NOW,
-    };
+    let basis = at_now(&f, &l, &o);
     let force = RollbackOptions {
         force: true,
         destroy_newer: false,
@@ -439,12 +403,7 @@ fn rollback_refuses_unknown_snapshots_and_unannounced_losses() {
     let f = fleet();
     let l = lock();
     let o = obs(converged(&f, PowerState::Stopped));
-    let basis = Basis {
-        fleet: &f,
-        lock: &l,
-        obs: &o,
-        now: NOW,
-    };
+    let basis = at_now(&f, &l, &o);
     let err = rollback_plan(
         basis,
         &vm("web"),
