@@ -203,9 +203,7 @@ impl<'a> DirStorage<'a> {
 
     /// Virtual size in bytes of a disk, read with `qemu-img info`.
     pub fn virtual_size(&self, volume: &str) -> Result<u64, StorageError> {
-        self.info(volume)?["virtual-size"]
-            .as_u64()
-            .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+        virtual_size_of(&self.info(volume)?)
     }
 
     /// `qemu-img info` of a disk; `-U` makes it safe while a guest uses it.
@@ -241,16 +239,19 @@ impl<'a> DirStorage<'a> {
         with_snapshots: &BTreeSet<String>,
     ) -> Result<OwnedDisk, StorageError> {
         let path = self.file_path(volume);
+        // One `qemu-img info` gives both the size and the snapshots: it is
+        // read at most once, and only when one of them is needed.
+        let mut info = None;
         // An unreadable size is an error, never 0: a zero would plan a
         // bogus "grow 0 → N GiB".
         let size_bytes = match attached.get(&path) {
             Some(s) if *s > 0 => *s,
-            _ => self.virtual_size(volume)?,
+            _ => virtual_size_of(info.insert(self.info(volume)?))?,
         };
-        let snapshots = if with_snapshots.contains(volume) {
-            self.snapshot_names(volume)?
-        } else {
-            Vec::new()
+        let snapshots = match (&info, with_snapshots.contains(volume)) {
+            (_, false) => Vec::new(),
+            (Some(v), true) => snapshot_names_of(v),
+            (None, true) => self.snapshot_names(volume)?,
         };
         Ok(OwnedDisk {
             owner: owner.clone(),
@@ -562,16 +563,27 @@ impl StorageBackend for DirStorage<'_> {
 impl DirStorage<'_> {
     /// Internal snapshot names of a disk (read with `-U`: safe while in use).
     pub fn snapshot_names(&self, volume: &str) -> Result<Vec<String>, StorageError> {
-        let v = self.info(volume)?;
-        let mut names: Vec<String> = v["snapshots"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        Ok(names)
+        Ok(snapshot_names_of(&self.info(volume)?))
     }
+}
+
+/// The virtual size in `qemu-img info` JSON.
+fn virtual_size_of(info: &serde_json::Value) -> Result<u64, StorageError> {
+    info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+}
+
+/// The internal snapshot names in `qemu-img info` JSON, sorted.
+fn snapshot_names_of(info: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = info["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
