@@ -91,6 +91,7 @@ fn main() {
             fleet: "bench".into(),
             machine: format!("vm-{i}"),
             disk: "root".into(),
+            protect: false,
         };
         let volume = format!("vm-{i}-root");
         zfs.create_disk(&NewDisk {

@@ -7,11 +7,13 @@
 //! asks each `host` what exists, the pure `plan` computes the changes, and
 //! `apply` executes them through `host`; `cli` ties them together. Below
 //! them all, `resources`, `text`, `diag` and `progress` are pure pieces any
-//! layer may share. Library code never prints; `ui` does.
+//! layer may share, and `fault` holds the crash-test hooks every layer may
+//! call. Library code never prints; `ui` does.
 
 pub mod apply;
 pub mod cli;
 pub mod diag;
+pub mod fault;
 pub mod fleet;
 pub mod host;
 pub mod lock;

@@ -197,6 +197,7 @@ fn restore_brings_back_the_newest_entry_and_never_overwrites() {
         fleet: "test".into(),
         machine: "web".into(),
         disk: disk.into(),
+        protect: false,
     };
     for (entry, vol, disk, at) in [
         ("web-root@100", "web-root", "root", 100),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules from the bottom up: each may use only those before it.
 const LAYERS: &[&str] = &[
+    "fault",
     "text",
     "diag",
     "progress",

@@ -146,6 +146,7 @@ fn kind(a: &Action) -> &'static str {
         Action::Stop => "stop",
         Action::Destroy { .. } => "destroy",
         Action::TrashDisk { .. } => "trashDisk",
+        Action::ProtectDisk { .. } => "protectDisk",
         Action::PurgeTrash { .. } => "purgeTrash",
         Action::RestoreDisk { .. } => "restoreDisk",
         Action::Shutdown { .. } => "shutdown",
@@ -831,6 +832,7 @@ fn trash_expires_at_the_retention_boundary() {
             fleet: "test".into(),
             machine: "gone".into(),
             disk: "root".into(),
+            protect: false,
         };
         s.trash.insert(
             entry.clone(),
@@ -1001,6 +1003,7 @@ fn regression_far_future_trash_stamp_neither_panics_nor_purges() {
         fleet: "test".into(),
         machine: "gone".into(),
         disk: "root".into(),
+        protect: false,
     };
     s.trash.insert(
         format!("gone-root@{}", u64::MAX),

@@ -448,3 +448,128 @@ fn apply_names_the_hosts_it_could_not_check() {
         out.all()
     );
 }
+
+#[test]
+fn saved_plans_observations_and_host_files_are_private() {
+    let lab = Lab::new("t-rel-priv");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, obs) = (dir.path().join("p.plan"), dir.path().join("o.json"));
+    lab.vf(&["plan", "--out", plan.to_str().unwrap()])
+        .expect_code(0);
+    lab.vf(&["observe", "--out", obs.to_str().unwrap()])
+        .expect_code(0);
+    // The test runs under umask 022: without care these would be 0644.
+    assert_eq!(mode(&plan), 0o600);
+    assert_eq!(mode(&obs), 0o600);
+    let owner = lab.root.join(format!("disks/{a}-root/owner.json"));
+    assert_eq!(mode(&owner), 0o600);
+    // The lockfile is shared: it follows the umask.
+    let lock = lab.fleet().with_file_name("images.lock");
+    assert_eq!(mode(&lock), 0o644);
+}
+
+/// Runs `plan`'s changes through the executor directly (as a hand-edited
+/// or aged plan would reach it), with `permits`.
+fn execute(
+    lab: &Lab,
+    plan: &virtfleet::plan::Plan,
+    permits: virtfleet::apply::Permits,
+) -> virtfleet::apply::Report {
+    let fleet = virtfleet::fleet::load(&lab.fleet()).unwrap();
+    let lock = virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
+    let cache = virtfleet::lock::cache::Cache::new(lab.fleet().with_file_name("cache"));
+    let settings = virtfleet::apply::Settings {
+        now: plan.inputs.now,
+        shutdown_grace: std::time::Duration::from_secs(1),
+        on_failure: virtfleet::apply::OnFailure::Stop,
+        break_lock: false,
+        permits,
+    };
+    virtfleet::apply::apply(plan, &fleet, &lock, &cache, settings, &virtfleet::apply::NoEvents)
+}
+
+#[test]
+fn the_executor_checks_permission_and_ownership_right_before_it_destroys() {
+    let lab = Lab::new("t-rel-recheck");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    // Removed from the fleet: the plan destroys it (with permission).
+    lab.write(&[]);
+    let fleet = virtfleet::fleet::load(&lab.fleet()).unwrap();
+    let lock = virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
+    let obs = virtfleet::observe::observe(&fleet, 1_900_000_000);
+    let opts = virtfleet::plan::Options {
+        now: 1_900_000_000,
+        allow_destroy: true,
+        ..Default::default()
+    };
+    let plan = virtfleet::plan::plan(&fleet, &lock, &obs, opts);
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| matches!(c.action, virtfleet::plan::Action::Destroy { .. })),
+        "{plan:?}"
+    );
+    let failure = |r: &virtfleet::apply::Report| {
+        r.failures()
+            .map(|(_, s)| format!("{:?}", s.outcome))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let untouched = || {
+        assert!(virsh(SYSTEM, &["domstate", &a]).0, "the domain is still defined");
+        assert!(lab.root.join(format!("disks/{a}-root/disk.qcow2")).exists());
+    };
+    // Without the permission the executor refuses, whatever the plan holds.
+    let no = virtfleet::apply::Permits {
+        destroy: false,
+        restart: true,
+    };
+    let r = execute(&lab, &plan, no);
+    assert!(failure(&r).contains("was not permitted"), "{}", failure(&r));
+    untouched();
+    // The disk changed hands since the plan was made: refused on the host.
+    let owner = lab.root.join(format!("disks/{a}-root/owner.json"));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&owner).unwrap()).unwrap();
+    v["fleet"] = "someone-else".into();
+    std::fs::write(&owner, v.to_string()).unwrap();
+    let r = execute(&lab, &plan, virtfleet::apply::Permits::ALL);
+    assert!(
+        failure(&r).contains("not owned by fleet") && failure(&r).contains("someone-else"),
+        "{}",
+        failure(&r)
+    );
+    untouched();
+}
+
+#[test]
+fn regression_a_protected_machine_keeps_its_disks_when_its_domain_vanishes() {
+    let lab = Lab::new("t-rel-prot");
+    let a = lab.m("a");
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped, protect = True")]);
+    lab.apply(&[]).expect_code(0);
+    let owner = lab.root.join(format!("disks/{a}-root/owner.json"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&owner).unwrap()).unwrap();
+    assert_eq!(v["protect"], true, "recorded on the disk: {v}");
+    // Someone undefines the domain by hand, and the machine leaves the fleet.
+    virsh_ok(SYSTEM, &["undefine", &a]);
+    lab.write(&[]);
+    let out = lab.apply(&["--allow-destroy"]).expect_code(1);
+    assert!(
+        out.stdout.contains(&format!("belongs to protected machine {a}")),
+        "{}",
+        out.all()
+    );
+    assert!(lab.root.join(format!("disks/{a}-root/disk.qcow2")).exists());
+    assert!(lab.entries("trash").is_empty());
+    // Protection lifted in the fleet is lifted from the disk, in a plan.
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    let out = lab.apply(&[]).expect_code(0);
+    assert!(out.stdout.contains("unmark disk"), "{}", out.stdout);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&owner).unwrap()).unwrap();
+    assert!(v.get("protect").is_none(), "{v}");
+}

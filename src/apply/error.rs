@@ -88,6 +88,29 @@ pub enum StepError {
         /// How long it was given.
         waited: Duration,
     },
+    /// The object a step would move or delete is not this fleet's (any
+    /// more): checked on the host right before the change, whatever the
+    /// plan says.
+    #[error("{what} is not owned by fleet {fleet:?} ({owner}); nothing was changed")]
+    NotOwned {
+        /// The object (path or domain).
+        what: String,
+        /// This fleet.
+        fleet: String,
+        /// Who owns it, as far as the host tells.
+        owner: String,
+    },
+    /// A destructive or restarting change without the permission it needs
+    /// (a hand-edited plan, or a caller that did not ask).
+    #[error("{address}: {what} is {class} and was not permitted; nothing was changed")]
+    NotPermitted {
+        /// The change's address.
+        address: String,
+        /// What it does.
+        what: String,
+        /// Its disruption class.
+        class: String,
+    },
     /// A disk was to be rolled back while its guest runs.
     #[error("{machine} is running; {volume} is only rolled back while no guest uses it")]
     GuestRunning {
@@ -124,6 +147,12 @@ impl StepError {
             StepError::Libvirt(e) => e.hint().map(str::to_owned),
             StepError::ShutdownTimeout { .. } => Some(
                 "the guest may not listen to ACPI; --force powers it off (like pulling the plug) after the timeout".into(),
+            ),
+            StepError::NotOwned { .. } => Some(
+                "virtfleet never changes what it does not own; plan again to see the host as it is now".into(),
+            ),
+            StepError::NotPermitted { .. } => Some(
+                "pass --allow-destroy or --allow-restart as the plan says, or plan again".into(),
             ),
             StepError::SnapshotNotInLibvirt { .. } => {
                 Some("stop the guest, then apply again".into())

@@ -27,7 +27,7 @@ use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
 use crate::lock::cache::Cache;
-use crate::plan::{Change, Plan};
+use crate::plan::{Change, Disruption, Plan};
 use crate::resources::observed::Lease;
 use runlock::Holder;
 use std::collections::BTreeMap;
@@ -64,6 +64,35 @@ pub struct Settings {
     pub on_failure: OnFailure,
     /// Break a host's lease held by another run (`--break-lock`).
     pub break_lock: bool,
+    /// The disruption classes this run may carry out.
+    pub permits: Permits,
+}
+
+/// Which disruptive changes a run was permitted, checked again by the
+/// executor before each change: whatever the plan holds, a destroy or a
+/// restart without its permission is never carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permits {
+    /// Destructive changes (`--allow-destroy`, or a command like `destroy`).
+    pub destroy: bool,
+    /// Restarts (`--allow-restart`, or a command like `rollback`).
+    pub restart: bool,
+}
+
+impl Permits {
+    /// A command whose whole point is the change (and which asked for it).
+    pub const ALL: Permits = Permits {
+        destroy: true,
+        restart: true,
+    };
+
+    fn allow(&self, d: Disruption) -> bool {
+        match d {
+            Disruption::Destructive => self.destroy,
+            Disruption::Restart => self.restart,
+            Disruption::None | Disruption::Live => true,
+        }
+    }
 }
 
 /// How long a host lease lasts unless renewed: long enough for one slow
@@ -200,6 +229,10 @@ pub fn apply(
         by_host.entry(c.host.as_str()).or_default().push(c);
     }
     let abort = AtomicBool::new(false);
+    // One span per run, one per host thread under it, one per step under
+    // that: `VIRTFLEET_LOG=debug` shows every libvirt and host command in
+    // its place.
+    let span = tracing::info_span!("apply", fleet = %fleet.name, changes = plan.changes.len());
     let run = Run {
         fleet,
         lock,
@@ -214,7 +247,9 @@ pub fn apply(
             .map(|(h, changes)| {
                 let run = &run;
                 let mine = changes.clone();
-                (h.to_owned(), s.spawn(move || run.host(h, &mine)), changes)
+                let span = tracing::info_span!(parent: &span, "host", host = h);
+                let work = move || span.in_scope(|| run.host(h, &mine));
+                (h.to_owned(), s.spawn(work), changes)
             })
             .collect();
         handles
@@ -373,16 +408,35 @@ impl Run<'_> {
                 what: what.clone(),
             });
             let started = Instant::now();
-            let r = step(c, env);
+            let span = tracing::info_span!("step", address = %c.address, action = %what);
+            let _in_step = span.enter();
+            tracing::info!("started");
+            let r = if self.settings.permits.allow(c.disruption) {
+                step(c, env)
+            } else {
+                Err(StepError::NotPermitted {
+                    address: c.address.clone(),
+                    what: what.clone(),
+                    class: c.disruption.as_str().into(),
+                })
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            match &r {
+                Ok(()) => tracing::info!(seconds, "done"),
+                Err(e) => tracing::warn!(seconds, error = %e, "failed"),
+            }
             self.events.event(Event::StepFinished {
                 host: name.into(),
                 address: c.address.clone(),
                 what,
                 error: r.as_ref().err().map(|e| e.to_string()),
-                seconds: started.elapsed().as_secs_f64(),
+                seconds,
             });
             match r {
-                Ok(()) => results.push(report(c, Outcome::Done)),
+                Ok(()) => {
+                    results.push(report(c, Outcome::Done));
+                    crate::fault::point("step");
+                }
                 Err(e) => {
                     failed_here = true;
                     self.abort.store(true, Ordering::SeqCst);

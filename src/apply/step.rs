@@ -7,7 +7,7 @@ use super::error::StepError;
 use super::{Events, Settings};
 use crate::fleet::{Fleet, ImageName};
 use crate::host::libvirt::Libvirt;
-use crate::host::storage::{BaseImage, NewDisk, StorageBackend};
+use crate::host::storage::{BaseImage, NewDisk, Ownership, StorageBackend};
 use crate::lock::ImageLock;
 use crate::lock::cache::{Cache, Verdict};
 use crate::lock::fetch::{Expected, download};
@@ -45,17 +45,27 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
             size,
             format,
         } => ensure_image(c, env, image, sha256, format.as_str(), *size),
-        Action::RemoveIncomplete { path } => Ok(storage.remove_incomplete(path)?),
+        Action::RemoveIncomplete { path } => {
+            owned(env, path)?;
+            Ok(storage.remove_incomplete(path)?)
+        }
         Action::CreateDisk {
             volume,
             disk,
             size_gib,
             base,
         } => {
+            let m = machine(c)?;
+            let protect = env
+                .fleet
+                .machines
+                .values()
+                .any(|x| x.name.as_str() == m && x.protect);
             let owner = DiskOwner {
                 fleet: env.fleet.name.to_string(),
-                machine: machine(c)?.into(),
+                machine: m.into(),
                 disk: disk.clone(),
+                protect,
             };
             let base = base
                 .as_ref()
@@ -87,12 +97,62 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
         }
         Action::Shutdown { force: false } => shutdown(env, machine(c)?),
         Action::Destroy { volumes } => destroy(env, machine(c)?, volumes),
-        Action::TrashDisk { volume } => Ok(storage.trash(volume, s.now)?),
-        Action::PurgeTrash { entry } => Ok(storage.purge(entry)?),
-        Action::RestoreDisk { entry, volume } => Ok(storage.restore(entry, volume)?),
+        Action::TrashDisk { volume } => {
+            owned(env, &layout::disk_rel(volume))?;
+            Ok(storage.trash(volume, s.now)?)
+        }
+        Action::ProtectDisk { volume, protect } => {
+            owned(env, &layout::disk_rel(volume))?;
+            Ok(storage.set_protect(volume, *protect)?)
+        }
+        Action::PurgeTrash { entry } => {
+            owned(env, &layout::trash_entry_rel(entry))?;
+            Ok(storage.purge(entry)?)
+        }
+        Action::RestoreDisk { entry, volume } => {
+            owned(env, &layout::trash_entry_rel(entry))?;
+            Ok(storage.restore(entry, volume)?)
+        }
         Action::Snapshot { volumes, name } => take_snapshot(env, machine(c)?, volumes, name),
         Action::PruneSnapshot { volumes, name } => prune_snapshot(env, machine(c)?, volumes, name),
         Action::RollbackDisk { volume, name } => rollback_disk(env, machine(c)?, volume, name),
+    }
+}
+
+/// Checks, on the host and right before it is moved or deleted, that the
+/// object at `rel` is this fleet's (or already gone). A saved plan, an
+/// observation that aged, or another run may all say otherwise.
+fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
+    let fleet = env.fleet.name.as_str();
+    let now = env.storage.ownership(rel)?;
+    if now.allows(fleet) {
+        return Ok(());
+    }
+    Err(StepError::NotOwned {
+        what: rel.into(),
+        fleet: fleet.into(),
+        owner: match now {
+            Ownership::Fleet(o) => format!("it belongs to fleet {:?}", o.fleet),
+            _ => "it carries no virtfleet ownership marker".into(),
+        },
+    })
+}
+
+/// Checks that domain `m` is this fleet's (or gone) before it is undefined
+/// or has its disks changed.
+fn owned_domain(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
+    let fleet = env.fleet.name.as_str();
+    match env.lv.owner_fleet(m)? {
+        None => Ok(()),
+        Some(Some(f)) if f == fleet => Ok(()),
+        Some(other) => Err(StepError::NotOwned {
+            what: format!("domain {m}"),
+            fleet: fleet.into(),
+            owner: match other {
+                Some(f) => format!("it belongs to fleet {f:?}"),
+                None => "it carries no virtfleet ownership marker".into(),
+            },
+        }),
     }
 }
 
@@ -168,10 +228,13 @@ fn grow_disk(
 ) -> Result<(), StepError> {
     let running = env.lv.is_running(m)?;
     env.storage.grow(volume, to_gib, running)?;
+    crate::fault::point("grow-untold");
     if running {
         // Tell QEMU (and through it the guest) about the new size.
         env.lv.block_resize(m, target, to_gib * GIB)?;
     }
+    // A stopped guest sees the size when it boots.
+    env.storage.grow_told(volume)?;
     Ok(())
 }
 
@@ -210,12 +273,19 @@ fn shutdown(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
 }
 
 fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepError> {
+    owned_domain(env, m)?;
+    for v in volumes {
+        owned(env, &layout::disk_rel(v))?;
+    }
     env.lv.stop(m, env.settings.shutdown_grace)?;
+    crate::fault::point("destroy-stopped");
     // Undefined before the disks move: a crash in between leaves owned
     // disks without a domain, which the planner then trashes.
     env.lv.undefine(m)?;
+    crate::fault::point("destroy-undefined");
     for v in volumes {
         env.storage.trash(v, env.settings.now)?;
+        crate::fault::point("destroy-trashed-one");
     }
     Ok(())
 }
@@ -244,6 +314,7 @@ fn take_snapshot(
     }
     for v in own {
         env.storage.snapshot(v, name)?;
+        crate::fault::point("snapshot-one");
     }
     Ok(())
 }
@@ -272,6 +343,8 @@ fn prune_snapshot(
 }
 
 fn rollback_disk(env: &StepEnv<'_>, m: &str, volume: &str, name: &str) -> Result<(), StepError> {
+    owned_domain(env, m)?;
+    owned(env, &layout::disk_rel(volume))?;
     // The plan stops the guest first; one started since must not have a
     // disk changed under it (ZFS would let that happen).
     if env.lv.is_running(m)? {

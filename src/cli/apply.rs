@@ -92,6 +92,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         "apply",
         "--auto-approve",
     )?;
+    let granted = super::plan::options(&fleet, &args.common, plan.inputs.now);
     let report = execute::execute(
         ctx,
         &plan,
@@ -99,6 +100,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         &lock,
         args.shutdown_timeout,
         args.on_failure,
+        crate::apply::Permits {
+            destroy: granted.allow_destroy,
+            restart: granted.allow_restart,
+        },
     );
     if !summarise(&report) {
         return Ok(EXIT_ERROR);

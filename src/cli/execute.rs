@@ -8,7 +8,7 @@
 use super::Context;
 use super::plan::{Format, render_plan};
 use crate::apply::runlock::{FleetLock, Holder, lock_fleet};
-use crate::apply::{OnFailure, Outcome, Report, Settings};
+use crate::apply::{OnFailure, Outcome, Permits, Report, Settings};
 use crate::fleet::Fleet;
 use crate::lock::ImageLock;
 use crate::plan::Plan;
@@ -77,6 +77,8 @@ impl MachineRun {
     /// Runs `plan`; other hosts stop at the first failure.
     pub fn execute(&self, ctx: &Context, plan: &Plan, shutdown_grace: Duration) -> Report {
         let on_failure = OnFailure::Stop;
+        // The command names its change and was confirmed: that is its
+        // permission.
         execute(
             ctx,
             plan,
@@ -84,6 +86,7 @@ impl MachineRun {
             &self.lock,
             shutdown_grace,
             on_failure,
+            Permits::ALL,
         )
     }
 }
@@ -108,12 +111,14 @@ pub fn execute(
     lock: &ImageLock,
     shutdown_grace: Duration,
     on_failure: OnFailure,
+    permits: Permits,
 ) -> Report {
     let settings = Settings {
         now: plan.inputs.now,
         shutdown_grace,
         on_failure,
         break_lock: ctx.break_lock,
+        permits,
     };
     let progress = ApplyProgress::new();
     let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &progress);

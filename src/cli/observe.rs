@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let obs = crate::observe::observe(&fleet, now());
     let json = serde_json::to_string_pretty(&obs)? + "\n";
     match &args.out {
-        Some(p) => crate::lock::write_atomic(p, json.as_bytes())
+        Some(p) => crate::lock::write_private(p, json.as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?,
         None => print!("{json}"),
     }

@@ -158,7 +158,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     print!("{}", render_plan(&plan, format));
     if let Some(out) = &args.out {
         let json = serde_json::to_string_pretty(&plan)?;
-        crate::lock::write_atomic(out, json.as_bytes())
+        crate::lock::write_private(out, json.as_bytes())
             .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!(
             "plan saved to {}; apply exactly it with `virtfleet apply {}`",

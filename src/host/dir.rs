@@ -27,7 +27,7 @@
 //! `libvirt-qemu`, must traverse them; nobody may list them) and disk files
 //! 0600 (libvirt hands them to QEMU's user while a guest runs).
 
-use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
+use super::storage::{BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
@@ -57,6 +57,9 @@ fn trash_entry(name: &str, owner: Option<&DiskOwner>) -> Option<TrashEntry> {
         trashed_at: stamp.parse().ok()?,
     })
 }
+
+/// Prefix of a trash entry being purged.
+const PURGING: &str = ".purge-";
 
 /// Suffix of a base image's verification record.
 const VERIFIED: &str = ".verified";
@@ -254,6 +257,8 @@ impl<'a> DirStorage<'a> {
             (None, true) => self.snapshot_names(volume)?,
         };
         Ok(OwnedDisk {
+            // libvirt grows a running guest's qcow2 and tells QEMU in one call.
+            grow_untold: false,
             owner: owner.clone(),
             path,
             size_bytes,
@@ -278,7 +283,24 @@ impl<'a> DirStorage<'a> {
                 why: "not a trash entry or an incomplete disk",
             });
         }
-        self.t.run_ok(&["rm", "-rf", "--", &self.path(rel)])?;
+        let dir = self.path(rel);
+        if !self.t.run(&["test", "-e", &dir])?.success {
+            return Ok(());
+        }
+        // Everything but the marker first: until the very end, what is
+        // left is still recognisably this fleet's.
+        self.t.run_ok(&[
+            "find",
+            &dir,
+            "-mindepth",
+            "1",
+            "-not",
+            "-path",
+            &format!("{dir}/owner.json"),
+            "-delete",
+        ])?;
+        crate::fault::point("remove-marker-left");
+        self.t.run_ok(&["rm", "-rf", "--", &dir])?;
         Ok(())
     }
 }
@@ -326,6 +348,21 @@ impl StorageBackend for DirStorage<'_> {
                     }
                     None => state.unmanaged_files.push(rel.clone()),
                 },
+                // A purge that was interrupted: finish it while it is
+                // still marked as this fleet's. Once its owner.json is gone
+                // only an empty directory can be left (rm removes the files
+                // before the directory), which `rmdir` removes safely.
+                ("trash", Some(n), None) if *is_dir && n.starts_with(PURGING) => {
+                    let empty = !listing
+                        .entries
+                        .keys()
+                        .any(|k| k.starts_with(&format!("{rel}/")));
+                    if owner.is_some() || empty {
+                        state.incomplete.push(rel.clone());
+                    } else {
+                        state.unmanaged_files.push(rel.clone());
+                    }
+                }
                 ("trash", Some(n), None) if *is_dir => match trash_entry(n, owner) {
                     Some(t) => {
                         state.trash.insert(n.to_owned(), t);
@@ -367,11 +404,13 @@ impl StorageBackend for DirStorage<'_> {
         self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
         let tmp = self.path(&format!("images/.tmp-{sha256}.{format}"));
         copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        crate::fault::point("image-copied");
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
         // Replacing a changed image is a repair: overlays name it by path,
         // and the bytes that arrive are the pinned ones.
         self.t.run_ok(&["mv", "-f", &tmp, &dest])?;
+        crate::fault::point("image-unrecorded");
         // The record comes last: a crash before it leaves an image that is
         // not trusted, so it is copied again.
         let stat = self
@@ -398,6 +437,7 @@ impl StorageBackend for DirStorage<'_> {
         if !made.success {
             return Err(StorageError::Exists(tmp_dir));
         }
+        crate::fault::point("disk-dir-made");
         let owner_json = serde_json::to_string(disk.owner).expect("owner serialises");
         let owner_path = format!("{tmp_dir}/owner.json");
         self.t
@@ -412,6 +452,7 @@ impl StorageBackend for DirStorage<'_> {
         }
         argv.extend([file.as_str(), size.as_str()]);
         self.t.run_ok(&argv)?;
+        crate::fault::point("disk-file-made");
         // Guest data: readable by nobody but its owner (libvirt gives the
         // file to QEMU's user while the guest runs).
         self.t.run_ok(&["chmod", "0600", &file])?;
@@ -473,8 +514,22 @@ impl StorageBackend for DirStorage<'_> {
         Ok(())
     }
 
+    /// Renamed out of the trash first (one atomic step), then deleted: a
+    /// crash mid-delete leaves `trash/.purge-<entry>`, still recognisably
+    /// this fleet's while its `owner.json` exists, which the next plan
+    /// removes; never a half-deleted entry that looks unmanaged.
     fn purge(&self, entry: &str) -> Result<(), StorageError> {
-        self.remove_dir(&layout::trash_entry_rel(entry))
+        let rel = layout::trash_entry_rel(entry);
+        let doomed = format!("trash/{PURGING}{entry}");
+        if self.t.run(&["test", "-d", &self.path(&rel)])?.success {
+            self.t
+                .run_ok(&["mv", "-T", &self.path(&rel), &self.path(&doomed)])?;
+            crate::fault::point("purge-renamed");
+        } else if !self.t.run(&["test", "-d", &self.path(&doomed)])?.success {
+            // Already gone: purged by an earlier attempt.
+            return Ok(());
+        }
+        self.remove_dir(&doomed)
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
@@ -531,6 +586,7 @@ impl StorageBackend for DirStorage<'_> {
         if !self.t.run(&["mkdir", "-m", "0700", &dir])?.success {
             return Err(StorageError::Exists(dir));
         }
+        crate::fault::point("lease-made");
         self.write_lease(lease)
     }
 
@@ -549,6 +605,50 @@ impl StorageBackend for DirStorage<'_> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The marker is rewritten whole (atomically, 0600).
+    fn set_protect(&self, volume: &str, protect: bool) -> Result<(), StorageError> {
+        let path = self.path(&format!("{}/owner.json", layout::disk_rel(volume)));
+        let text = self.t.run_ok(&["cat", &path])?;
+        let mut owner: DiskOwner =
+            serde_json::from_str(&text).map_err(|e| StorageError::Parse(e.to_string()))?;
+        owner.protect = protect;
+        let json = serde_json::to_string(&owner).expect("owner serialises");
+        self.t.write_file(&path, format!("{json}\n").as_bytes())?;
+        Ok(())
+    }
+
+    fn grow_told(&self, _volume: &str) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn ownership(&self, rel: &str) -> Result<Ownership, StorageError> {
+        let dir = self.path(rel);
+        if !self.t.run(&["test", "-e", &dir])?.success {
+            return Ok(Ownership::Absent);
+        }
+        let marker = self.t.run(&["cat", &format!("{dir}/owner.json")])?;
+        if marker.success {
+            return Ok(serde_json::from_str(&marker.stdout)
+                .map(Ownership::Fleet)
+                .unwrap_or(Ownership::Unmarked));
+        }
+        let inside = self.t.run_ok(&[
+            "find",
+            &dir,
+            "-mindepth",
+            "1",
+            "-maxdepth",
+            "1",
+            "-print",
+            "-quit",
+        ])?;
+        Ok(if inside.trim().is_empty() {
+            Ownership::Empty
+        } else {
+            Ownership::Unmarked
+        })
     }
 
     fn snapshots_after(&self, _volume: &str, _name: &str) -> Result<Vec<String>, StorageError> {

@@ -49,6 +49,7 @@ fn quiet() {
 impl Libvirt {
     /// Connects to `uri`.
     pub fn open(uri: &str) -> Result<Libvirt, LibvirtError> {
+        tracing::debug!(uri, "libvirt: connect");
         quiet();
         let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError {
             uri: uri.into(),
@@ -189,6 +190,7 @@ impl Libvirt {
 
     /// Defines (or redefines) a domain from XML.
     pub fn define(&self, xml: &str) -> Result<(), LibvirtError> {
+        tracing::debug!(uri = %self.uri, bytes = xml.len(), "libvirt: define domain");
         self.conn
             .define_domain_xml(xml)
             .map(|_| ())
@@ -197,6 +199,7 @@ impl Libvirt {
 
     /// Starts a defined domain; already running is fine.
     pub fn start(&self, name: &str) -> Result<(), LibvirtError> {
+        tracing::debug!(uri = %self.uri, domain = name, "libvirt: start");
         let dom = self.lookup(name)?;
         if dom
             .is_active()
@@ -211,6 +214,7 @@ impl Libvirt {
     /// Stops a domain: ACPI shutdown, then power off after `grace`.
     /// Returns true when the guest shut down by itself.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {
+        tracing::debug!(uri = %self.uri, domain = name, ?grace, "libvirt: stop");
         if self.shutdown_wait(name, grace)? {
             return Ok(true);
         }
@@ -246,8 +250,28 @@ impl Libvirt {
         Ok(false)
     }
 
+    /// Whose domain `name` is, read from its definition now: `None` when
+    /// it does not exist, `Some(None)` when it carries no virtfleet marker.
+    pub fn owner_fleet(&self, name: &str) -> Result<Option<Option<String>>, LibvirtError> {
+        let Ok(dom) = self.conn.lookup_domain_by_name(name) else {
+            return Ok(None);
+        };
+        let what = format!("domain {name}: read XML");
+        let xml = dom
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(self.err(what.clone()))?;
+        let spec = DomainSpec::from_xml(&xml).map_err(|m| LibvirtError {
+            uri: self.uri.clone(),
+            action: what,
+            message: m,
+            connecting: false,
+        })?;
+        Ok(Some(spec.owner.map(|o| o.fleet)))
+    }
+
     /// Removes a stopped domain's definition (its disks are not touched).
     pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
+        tracing::debug!(uri = %self.uri, domain = name, "libvirt: undefine");
         let dom = match self.conn.lookup_domain_by_name(name) {
             Ok(d) => d,
             Err(_) => return Ok(()),
@@ -276,6 +300,7 @@ impl Libvirt {
 
     /// Grows a running guest's disk so the guest sees the new size at once.
     pub fn block_resize(&self, name: &str, target: &str, bytes: u64) -> Result<(), LibvirtError> {
+        tracing::debug!(uri = %self.uri, domain = name, target, bytes, "libvirt: block resize");
         let dom = self.lookup(name)?;
         dom.block_resize(target, bytes, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
             .map_err(self.err(format!("domain {name}: resize {target}")))
@@ -285,6 +310,7 @@ impl Libvirt {
     /// guest's memory when it runs: QEMU requires that for internal
     /// checkpoints). Exists already is fine.
     pub fn snapshot(&self, name: &str, snapshot: &str) -> Result<(), LibvirtError> {
+        tracing::debug!(uri = %self.uri, domain = name, snapshot, "libvirt: snapshot");
         let dom = self.lookup(name)?;
         if Domain::lookup_snapshot_by_name(&dom, snapshot, 0).is_ok() {
             return Ok(());

@@ -117,7 +117,36 @@ pub fn remote_command(argv: &[&str]) -> String {
 /// A host reached over SSH.
 pub struct Ssh {
     target: SshTarget,
-    control_dir: PathBuf,
+    /// Where master connections live; `None` when no safe private
+    /// directory could be had (then every command connects afresh).
+    control_dir: Option<PathBuf>,
+}
+
+/// `dir` as a private directory of user `uid`: made 0700 if missing, and
+/// used only if it is a real directory (not a symlink) owned by `uid` that
+/// nobody else can enter. Anyone can pre-create a name in a shared /tmp;
+/// a socket there would let them ride on our SSH sessions.
+pub fn private_dir(dir: &std::path::Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create it: {e}")),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot read it: {e}"))?;
+    if !m.file_type().is_dir() {
+        return Err("it is not a directory".into());
+    }
+    if m.uid() != uid {
+        return Err(format!("it belongs to uid {}, not {uid}", m.uid()));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "its mode is {:o}; others may enter it",
+            m.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 impl Ssh {
@@ -131,12 +160,18 @@ impl Ssh {
         let uid = std::fs::metadata("/proc/self")
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
             .unwrap_or(0);
-        let control_dir = base.join(format!("virtfleet-ssh-{uid}"));
-        let _ = std::fs::create_dir_all(&control_dir);
-        let _ = std::fs::set_permissions(
-            &control_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        );
+        let dir = base.join(format!("virtfleet-ssh-{uid}"));
+        let control_dir = match private_dir(&dir, uid) {
+            Ok(()) => Some(dir),
+            Err(why) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    why,
+                    "not sharing SSH connections: the control directory is not private"
+                );
+                None
+            }
+        };
         Ssh {
             target,
             control_dir,
@@ -154,16 +189,21 @@ impl Ssh {
             "ServerAliveInterval=15",
             "-o",
             "ServerAliveCountMax=3",
-            "-o",
-            "ControlMaster=auto",
-            "-o",
-            "ControlPersist=60",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        a.push("-o".into());
-        a.push(format!("ControlPath={}/%C", self.control_dir.display()));
+        match &self.control_dir {
+            Some(dir) => a.extend([
+                "-o".into(),
+                "ControlMaster=auto".into(),
+                "-o".into(),
+                "ControlPersist=60".into(),
+                "-o".into(),
+                format!("ControlPath={}/%C", dir.display()),
+            ]),
+            None => a.extend(["-o".into(), "ControlMaster=no".into()]),
+        }
         if let Some(k) = &self.target.keyfile {
             a.extend([
                 "-i".into(),
@@ -234,6 +274,7 @@ impl Ssh {
                 }
                 stdin.write_all(&buf[..n])?;
                 progress.advance(n as u64);
+                crate::fault::point("copy-chunk");
             }
         })();
         drop(stdin);
@@ -258,6 +299,7 @@ impl Ssh {
 
 impl Transport for Ssh {
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
+        tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "run over ssh");
         let out = self
             .command(argv)
             .stdin(Stdio::null())
@@ -283,12 +325,14 @@ impl Transport for Ssh {
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
+        // The path and size only: never the content.
+        tracing::debug!(host = %self.describe(), path, bytes = bytes.len(), "write file over ssh");
         let tmp = format!("{path}.virtfleet-tmp");
         self.run_with_input(
             &[
                 "sh",
                 "-c",
-                "cat > \"$1\" && mv -f \"$1\" \"$2\"",
+                "umask 077 && cat > \"$1\" && chmod 0600 \"$1\" && mv -f \"$1\" \"$2\"",
                 "sh",
                 &tmp,
                 path,
@@ -314,6 +358,39 @@ impl Transport for Ssh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_directory_someone_else_can_enter_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path().join("fresh");
+        assert_eq!(private_dir(&fresh, uid), Ok(()));
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            private_dir(&open, uid)
+                .unwrap_err()
+                .contains("others may enter")
+        );
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(
+            private_dir(&link, uid)
+                .unwrap_err()
+                .contains("not a directory")
+        );
+        assert!(
+            private_dir(&fresh, uid + 1)
+                .unwrap_err()
+                .contains("belongs to uid")
+        );
+    }
 
     #[test]
     fn quoting_keeps_every_argument_one_word() {

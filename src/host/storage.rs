@@ -94,6 +94,43 @@ pub trait StorageBackend {
     fn write_lease(&self, lease: &Lease) -> Result<(), StorageError>;
     /// Removes the lease if it is still `id`'s; gone already is fine.
     fn remove_lease(&self, id: &str) -> Result<(), StorageError>;
+    /// Who owns the object at `rel` (a disk, trash entry or half-made
+    /// object, relative to the storage root) now: read by the executor
+    /// right before it moves or deletes anything.
+    fn ownership(&self, rel: &str) -> Result<Ownership, StorageError>;
+    /// Records (or lifts) its machine's protection on an owned disk.
+    fn set_protect(&self, volume: &str, protect: bool) -> Result<(), StorageError>;
+    /// Records that a disk's guest now sees its grown size (the marker the
+    /// grow left, if any, is cleared).
+    fn grow_told(&self, volume: &str) -> Result<(), StorageError>;
+}
+
+/// The owner of an object on a host, read just before it is changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Nothing is there.
+    Absent,
+    /// It carries a fleet's ownership marker.
+    Fleet(DiskOwner),
+    /// virtfleet's, shared by every fleet on the host (a base image).
+    Shared,
+    /// An empty directory (what an interrupted purge can leave): removing
+    /// it cannot lose anything.
+    Empty,
+    /// It carries no virtfleet marker.
+    Unmarked,
+}
+
+impl Ownership {
+    /// True when `fleet` may move or delete the object (absent counts: the
+    /// operations are idempotent).
+    pub fn allows(&self, fleet: &str) -> bool {
+        match self {
+            Ownership::Absent | Ownership::Shared | Ownership::Empty => true,
+            Ownership::Fleet(o) => o.fleet == fleet,
+            Ownership::Unmarked => false,
+        }
+    }
 }
 
 /// Copies the controller's `cached` image to `dest` on the host and checks

@@ -70,7 +70,9 @@ pub trait Transport: Send + Sync {
     /// Runs `argv`; a non-zero exit is returned, not an error.
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError>;
 
-    /// Writes `bytes` to `path` on the host (replacing it).
+    /// Writes `bytes` to `path` on the host (replacing it atomically),
+    /// readable by its owner only (0600): everything virtfleet keeps on a
+    /// host (ownership markers, leases, records) is its own business.
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError>;
 
     /// Copies the controller's file `local` to `remote` on the host.
@@ -98,6 +100,7 @@ pub struct Local;
 impl Transport for Local {
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
         let (prog, args) = argv.split_first().expect("argv is never empty");
+        tracing::debug!(argv = %argv.join(" "), "run locally");
         let out = Command::new(prog)
             .args(args)
             .stdin(Stdio::null())
@@ -115,7 +118,9 @@ impl Transport for Local {
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
-        crate::lock::write_atomic(Path::new(path), bytes).map_err(|source| ExecError::Io {
+        // The path and size only: never the content.
+        tracing::debug!(path, bytes = bytes.len(), "write file locally");
+        crate::lock::write_private(Path::new(path), bytes).map_err(|source| ExecError::Io {
             path: path.into(),
             source,
         })
@@ -138,6 +143,7 @@ impl Transport for Local {
             }
             dst.write_all(&buf[..n]).map_err(io(remote))?;
             progress.advance(n as u64);
+            crate::fault::point("copy-chunk");
         }
         dst.sync_all().map_err(io(remote))
     }

@@ -13,15 +13,21 @@
 //! creates the dataset, so nothing exists half-owned. One `zfs list -Hp`
 //! observes everything; its parser is a pure function tested on real output.
 
-use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
+use super::storage::{BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Set on the disks of a protected machine.
+const PROTECT: &str = "virtfleet:protect";
+
+/// Set on a disk grown under a running guest until the guest is told.
+const GROW_UNTOLD: &str = "virtfleet:grow-untold";
+
 /// Properties read by one listing, after name, type, volsize and origin.
-pub const PROPS: [&str; 7] = [
+pub const PROPS: [&str; 9] = [
     "virtfleet:managed",
     "virtfleet:fleet",
     "virtfleet:machine",
@@ -29,6 +35,8 @@ pub const PROPS: [&str; 7] = [
     "virtfleet:sha256",
     "virtfleet:image",
     "virtfleet:trashed-at",
+    GROW_UNTOLD,
+    PROTECT,
 ];
 
 /// One row of `zfs list -Hp -o name,type,volsize,origin,<PROPS>`.
@@ -165,6 +173,7 @@ fn owned_disk(r: &Row, fleet: &str, all_snapshots: &[&str]) -> OwnedDisk {
         .collect();
     snapshots.sort();
     OwnedDisk {
+        grow_untold: r.props.contains_key(GROW_UNTOLD),
         owner: owner_of(r, fleet),
         path: format!("/dev/zvol/{}", r.name),
         size_bytes: r.volsize.unwrap_or(0),
@@ -195,6 +204,7 @@ fn owner_of(r: &Row, fleet: &str) -> DiskOwner {
         fleet: fleet.to_owned(),
         machine: get("virtfleet:machine"),
         disk: get("virtfleet:disk"),
+        protect: r.props.get(PROTECT).is_some_and(|v| v == "on"),
     }
 }
 
@@ -276,7 +286,7 @@ impl<'a> ZfsStorage<'a> {
     }
 
     fn owner_props(owner: &DiskOwner) -> Vec<String> {
-        vec![
+        let mut props = vec![
             "-o".into(),
             "virtfleet:managed=true".into(),
             "-o".into(),
@@ -285,7 +295,11 @@ impl<'a> ZfsStorage<'a> {
             format!("virtfleet:machine={}", owner.machine),
             "-o".into(),
             format!("virtfleet:disk={}", owner.disk),
-        ]
+        ];
+        if owner.protect {
+            props.extend(["-o".into(), format!("{PROTECT}=on")]);
+        }
+        props
     }
 }
 
@@ -333,12 +347,7 @@ impl StorageBackend for ZfsStorage<'_> {
         base: &BaseImage<'_>,
         progress: &dyn Progress,
     ) -> Result<(), StorageError> {
-        let BaseImage {
-            cached,
-            name: image,
-            sha256,
-            format,
-        } = *base;
+        let sha256 = base.sha256;
         let ds = self.ds(&layout::zfs_image_rel(sha256));
         let done = self
             .t
@@ -346,53 +355,17 @@ impl StorageBackend for ZfsStorage<'_> {
         if done.success && done.stdout.trim() == sha256 && self.exists(&format!("{ds}@base"))? {
             return Ok(());
         }
-        let tmp = format!("/var/tmp/virtfleet-{sha256}.{format}");
-        copy_verified(self.t, cached, &tmp, sha256, progress)?;
-        let info = self
+        // Staged in a fresh private directory (mktemp -d makes it 0700 with
+        // an unpredictable name): nobody else can swap the file between the
+        // hash check and its use, as they could at a fixed /var/tmp path.
+        let stage = self
             .t
-            .run_ok(&["qemu-img", "info", "--output=json", "-f", format, &tmp])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&info).map_err(|e| StorageError::Parse(e.to_string()))?;
-        let size = round_mib(
-            v["virtual-size"]
-                .as_u64()
-                .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))?,
-        );
-        self.containers()?;
-        if self.exists(&ds)? {
-            // A previous attempt died half way (no sha256 yet): it is ours, redo it.
-            self.t.run_ok(&["zfs", "destroy", "-r", &ds])?;
-        }
-        self.t.run_ok(&[
-            "zfs",
-            "create",
-            "-V",
-            &size.to_string(),
-            "-o",
-            "volmode=dev",
-            "-o",
-            "virtfleet:managed=true",
-            "-o",
-            &format!("virtfleet:image={image}"),
-            &ds,
-        ])?;
-        self.wait_device(&ds)?;
-        self.t.run_ok(&[
-            "qemu-img",
-            "convert",
-            "-n",
-            "-f",
-            format,
-            "-O",
-            "raw",
-            &tmp,
-            &format!("/dev/zvol/{ds}"),
-        ])?;
-        self.t.run_ok(&["zfs", "snapshot", &format!("{ds}@base")])?;
-        self.t
-            .run_ok(&["zfs", "set", &format!("virtfleet:sha256={sha256}"), &ds])?;
-        let _ = self.t.run(&["rm", "-f", &tmp]);
-        Ok(())
+            .run_ok(&["mktemp", "-d", "/var/tmp/virtfleet-stage-XXXXXXXX"])?
+            .trim()
+            .to_owned();
+        let staged = self.write_base(base, &ds, &stage, progress);
+        let _ = self.t.run(&["rm", "-rf", "--", &stage]);
+        staged
     }
 
     fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError> {
@@ -419,19 +392,84 @@ impl StorageBackend for ZfsStorage<'_> {
         argv.push(ds.clone());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.t.run_ok(&argv)?;
+        crate::fault::point("disk-cloned");
         self.wait_device(&ds)
     }
 
     /// `volsize` grows the zvol in place; for a running guest the caller
-    /// then tells libvirt so the guest sees it.
-    fn grow(&self, volume: &str, size_gib: u64, _online: bool) -> Result<(), StorageError> {
-        self.t.run_ok(&[
-            "zfs",
-            "set",
-            &format!("volsize={size_gib}G"),
-            &self.ds(&layout::disk_rel(volume)),
-        ])?;
+    /// then tells libvirt so the guest sees it, and until then the zvol
+    /// carries [`GROW_UNTOLD`], set in the same command as the size: a run
+    /// that stops in between leaves a mark the next plan finishes.
+    fn grow(&self, volume: &str, size_gib: u64, online: bool) -> Result<(), StorageError> {
+        let size = format!("volsize={size_gib}G");
+        let mark = format!("{GROW_UNTOLD}=on");
+        let ds = self.ds(&layout::disk_rel(volume));
+        let mut argv = vec!["zfs", "set"];
+        if online {
+            argv.push(&mark);
+        }
+        argv.extend([size.as_str(), ds.as_str()]);
+        self.t.run_ok(&argv)?;
         Ok(())
+    }
+
+    fn set_protect(&self, volume: &str, protect: bool) -> Result<(), StorageError> {
+        let ds = self.ds(&layout::disk_rel(volume));
+        let on = format!("{PROTECT}=on");
+        let argv = if protect {
+            ["zfs", "set", on.as_str(), ds.as_str()]
+        } else {
+            ["zfs", "inherit", PROTECT, ds.as_str()]
+        };
+        self.t.run_ok(&argv)?;
+        Ok(())
+    }
+
+    fn grow_told(&self, volume: &str) -> Result<(), StorageError> {
+        let ds = self.ds(&layout::disk_rel(volume));
+        self.t.run_ok(&["zfs", "inherit", GROW_UNTOLD, &ds])?;
+        Ok(())
+    }
+
+    fn ownership(&self, rel: &str) -> Result<Ownership, StorageError> {
+        let out = self.t.run(&[
+            "zfs",
+            "get",
+            "-Hp",
+            "-o",
+            "property,value",
+            "virtfleet:managed,virtfleet:fleet,virtfleet:machine,virtfleet:disk",
+            &self.ds(rel),
+        ])?;
+        if !out.success {
+            if out.stderr.contains("does not exist") {
+                return Ok(Ownership::Absent);
+            }
+            return Err(ExecError::Failed {
+                argv: format!("zfs get {}", self.ds(rel)),
+                status: "non-zero exit".into(),
+                stderr: out.stderr.trim().into(),
+            }
+            .into());
+        }
+        let props: BTreeMap<&str, &str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(_, v)| *v != "-")
+            .collect();
+        if props.get("virtfleet:managed") != Some(&"true") {
+            return Ok(Ownership::Unmarked);
+        }
+        Ok(match props.get("virtfleet:fleet") {
+            Some(f) => Ownership::Fleet(DiskOwner {
+                fleet: (*f).to_owned(),
+                machine: props.get("virtfleet:machine").unwrap_or(&"").to_string(),
+                disk: props.get("virtfleet:disk").unwrap_or(&"").to_string(),
+                protect: false,
+            }),
+            None => Ownership::Shared,
+        })
     }
 
     fn trash(&self, volume: &str, now: u64) -> Result<(), StorageError> {
@@ -442,6 +480,7 @@ impl StorageBackend for ZfsStorage<'_> {
         self.containers()?;
         let dest = self.ds(&layout::zfs_trash_rel(volume, now));
         self.t.run_ok(&["zfs", "rename", &ds, &dest])?;
+        crate::fault::point("trash-renamed");
         self.t
             .run_ok(&["zfs", "set", &format!("virtfleet:trashed-at={now}"), &dest])?;
         Ok(())
@@ -618,6 +657,73 @@ impl StorageBackend for ZfsStorage<'_> {
     }
 }
 
+impl ZfsStorage<'_> {
+    /// Copies, verifies and writes base image `base` into zvol `ds`, with
+    /// `stage` (a private directory on the host) for the copy.
+    fn write_base(
+        &self,
+        base: &BaseImage<'_>,
+        ds: &str,
+        stage: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), StorageError> {
+        let BaseImage {
+            cached,
+            name: image,
+            sha256,
+            format,
+        } = *base;
+        let tmp = format!("{stage}/{sha256}.{format}");
+        copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        let info = self
+            .t
+            .run_ok(&["qemu-img", "info", "--output=json", "-f", format, &tmp])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&info).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let size = round_mib(
+            v["virtual-size"]
+                .as_u64()
+                .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))?,
+        );
+        self.containers()?;
+        if self.exists(ds)? {
+            // A previous attempt died half way (no sha256 yet): it is ours, redo it.
+            self.t.run_ok(&["zfs", "destroy", "-r", ds])?;
+        }
+        self.t.run_ok(&[
+            "zfs",
+            "create",
+            "-V",
+            &size.to_string(),
+            "-o",
+            "volmode=dev",
+            "-o",
+            "virtfleet:managed=true",
+            "-o",
+            &format!("virtfleet:image={image}"),
+            ds,
+        ])?;
+        crate::fault::point("image-zvol-made");
+        self.wait_device(ds)?;
+        self.t.run_ok(&[
+            "qemu-img",
+            "convert",
+            "-n",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            &tmp,
+            &format!("/dev/zvol/{ds}"),
+        ])?;
+        crate::fault::point("image-converted");
+        self.t.run_ok(&["zfs", "snapshot", &format!("{ds}@base")])?;
+        crate::fault::point("image-unpinned");
+        self.t
+            .run_ok(&["zfs", "set", &format!("virtfleet:sha256={sha256}"), ds])?;
+        Ok(())
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,6 +818,22 @@ mod tests {
         );
         assert_eq!(state.trash.len(), 2);
         assert_eq!(state.disks["t-zfs-a-root"].size_bytes, 2 << 30, "grown");
+    }
+
+    /// The grow and protection marks, as `zfs list` shows set properties.
+    #[test]
+    fn reads_the_grow_and_protect_marks() {
+        let line = |untold: &str, protect: &str| {
+            format!(
+                "tank/vf/disks/t-a-root\tvolume\t2147483648\t-\ttrue\tt\tt-a\troot\t-\t-\t-\t{untold}\t{protect}\n"
+            )
+        };
+        for (untold, protect) in [("-", "-"), ("on", "-"), ("-", "on"), ("on", "on")] {
+            let rows = parse_list(&line(untold, protect)).unwrap();
+            let d = &interpret("tank/vf", "t", &rows).disks["t-a-root"];
+            assert_eq!(d.grow_untold, untold == "on");
+            assert_eq!(d.owner.protect, protect == "on");
+        }
     }
 
     #[test]

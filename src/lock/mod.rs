@@ -485,22 +485,42 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// (same filesystem, so the rename is atomic), fsynced before the rename.
+/// Replaces `path` with `bytes` atomically (a temp file in the same
+/// directory, synced, then renamed over it), for files people share (the
+/// lockfile, a new fleet file): a rewritten file keeps its mode, a new one
+/// gets 0666 less the umask, as any editor would make it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let keep = std::fs::metadata(path).ok().map(|m| m.permissions());
+    write_with(path, bytes, 0o666, keep)
+}
+
+/// Like [`write_atomic`], for files that may hold secrets or private
+/// state (saved plans and observations, files virtfleet keeps on hosts):
+/// always 0600, whatever the umask or the file it replaces.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    write_with(path, bytes, 0o600, Some(private))
+}
+
+/// The temp file is created with `create_mode` (the kernel applies the
+/// umask), then set to `set` if given, before any byte is written.
+fn write_with(
+    path: &Path,
+    bytes: &[u8],
+    create_mode: u32,
+    set: Option<std::fs::Permissions>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new()
         .prefix(".virtfleet-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(create_mode))
         .tempfile_in(dir)?;
-    // tempfile creates 0600 files; a rewritten file keeps its mode, a new
-    // one gets the usual 0644 (fleet files are shared, not secret).
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions())
-        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    tmp.as_file().set_permissions(mode)?;
+    if let Some(p) = set {
+        tmp.as_file().set_permissions(p)?;
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -48,6 +48,7 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
 
 /// Observes one host.
 pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
+    let _span = tracing::info_span!("observe", host = %host.name).entered();
     // Every disk of the fleet's machines needs its snapshot list, even under
     // a policy that keeps nothing: snapshots taken under an earlier policy
     // must still be seen to be pruned (ZFS lists them all anyway).
@@ -62,9 +63,12 @@ pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
         .collect();
     match try_observe(fleet.name.as_str(), host, &with_snapshots) {
         Ok(state) => HostObservation::Reachable(state),
-        Err(error) => HostObservation::Unreachable {
-            error: error.to_string(),
-        },
+        Err(error) => {
+            tracing::info!(error = %error, "host unreachable");
+            HostObservation::Unreachable {
+                error: error.to_string(),
+            }
+        }
     }
 }
 

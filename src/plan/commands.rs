@@ -254,6 +254,7 @@ fn plan_of(basis: Basis<'_>, changes: Vec<Change>) -> Plan {
         refused: Vec::new(),
         unreachable: BTreeMap::new(),
         unmanaged: BTreeMap::new(),
+        notes: Vec::new(),
     }
 }
 

@@ -34,12 +34,20 @@ pub fn converged_state(fleet: &Fleet, lock: &ImageLock, host: &Host) -> HostStat
                 fleet: fleet.name.to_string(),
                 machine: m.name.to_string(),
                 disk: disk.clone(),
+                protect: m.protect,
             };
+            // Converged: each disk has the vf-init its policy asks for.
+            let init = super::planner::disk_policy(m, &disk).init;
             let disk = OwnedDisk {
+                grow_untold: false,
                 owner,
                 path: r.path.clone(),
                 size_bytes: gib * GIB,
-                snapshots: Vec::new(),
+                snapshots: if init {
+                    vec![crate::plan::snapshots::INIT.to_owned()]
+                } else {
+                    Vec::new()
+                },
             };
             s.disks.insert(m.volume_name(&disk.owner.disk), disk);
         }

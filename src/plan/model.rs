@@ -133,6 +133,13 @@ pub enum Action {
         /// Volume name on the host.
         volume: String,
     },
+    /// Record a machine's protection on one of its disks (or lift it).
+    ProtectDisk {
+        /// Volume name on the host.
+        volume: String,
+        /// Protected from now on.
+        protect: bool,
+    },
     /// Delete a trash entry whose retention expired.
     PurgeTrash {
         /// Trash entry name (`web-root@1700000000`).
@@ -219,6 +226,10 @@ impl Action {
                 format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
             }
             Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
+            Action::ProtectDisk { volume, protect } => {
+                let what = if *protect { "mark" } else { "unmark" };
+                format!("{what} disk {volume} as protected")
+            }
             Action::PurgeTrash { entry } => format!("purge trash entry {entry}"),
             Action::Snapshot { name, volumes } => {
                 format!("snapshot {name} of {}", volumes.join(", "))
@@ -315,6 +326,10 @@ pub struct Plan {
     pub unreachable: BTreeMap<String, String>,
     /// Objects on each host that are not this fleet's (listed, never touched).
     pub unmanaged: BTreeMap<String, Vec<String>>,
+    /// Things the user should know that are neither a change nor a
+    /// refusal (e.g. a disk without its `vf-init` that cannot get one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Refusal>,
 }
 
 impl Plan {

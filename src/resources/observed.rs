@@ -77,6 +77,10 @@ pub struct OwnedDisk {
     /// Names of the disk's snapshots (virtfleet's and foreign), sorted.
     #[serde(default)]
     pub snapshots: Vec<String>,
+    /// The disk was grown under a running guest that was not told yet (a
+    /// run stopped between the two): the grow must be finished.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grow_untold: bool,
 }
 
 /// A destroyed disk kept for restore.
@@ -175,7 +179,7 @@ pub struct Live {
 }
 
 /// Ownership marker of a disk directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskOwner {
     /// The fleet that made the disk.
     pub fleet: String,
@@ -183,6 +187,10 @@ pub struct DiskOwner {
     pub machine: String,
     /// Its name within the machine (`root`, or a data disk's name).
     pub disk: String,
+    /// Its machine is protected: the disk is kept even when the domain
+    /// that carried the protection is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protect: bool,
 }
 
 impl Lease {

@@ -142,6 +142,13 @@ impl Lab {
         self.uris.push(uri.into());
     }
 
+    /// Back to nothing: this lab's domains and storage removed (the
+    /// controller's cache and state directory are kept).
+    pub fn reset(&self) {
+        self.clean();
+        std::fs::create_dir_all(&self.root).unwrap();
+    }
+
     fn clean(&self) {
         for uri in &self.uris {
             remove_domains(uri, &format!("{}-", self.name));

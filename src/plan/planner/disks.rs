@@ -30,7 +30,13 @@ pub(super) fn plan(
         let vol = m.volume_name(disk);
         let daddr = format!("{addr}/{disk}");
         let ok = match state.disks.get(&vol) {
-            Some(od) => plan_existing(m, od, i, disk, *size_gib, running, daddr, hp),
+            Some(od) => {
+                let ok = plan_existing(m, od, i, disk, *size_gib, running, daddr, hp);
+                if ok {
+                    plan_missing_init(state, m, od, disk, addr, hp);
+                }
+                ok
+            }
             None => match foreign(fleet, state, hp, &vol) {
                 Some(why) => {
                     hp.refuse(daddr, why);
@@ -94,7 +100,53 @@ fn plan_existing(
         hp.refuse(daddr, why);
         return false;
     }
+    if od.owner.protect != m.protect {
+        // On the disk too: a protected machine's disks must survive even
+        // when its domain (which carries the flag) is gone.
+        let what = if m.protect {
+            "protect = True: recorded on the disk too, so it is kept even if the domain vanishes"
+        } else {
+            "protect = False: lifted from the disk"
+        };
+        hp.add(
+            Phase::Disk,
+            daddr.clone(),
+            Some(n),
+            Action::ProtectDisk {
+                volume: m.volume_name(disk),
+                protect: m.protect,
+            },
+            Disruption::None,
+            what.into(),
+        );
+    }
     let want_bytes = size_gib * GIB;
+    if od.grow_untold && od.size_bytes >= want_bytes {
+        // A run stopped between growing the disk and telling the guest:
+        // the same grow again is idempotent and finishes it.
+        hp.add(
+            Phase::Disk,
+            daddr,
+            Some(n),
+            Action::GrowDisk {
+                volume: m.volume_name(disk),
+                target: target_name(index),
+                from_bytes: od.size_bytes,
+                to_gib: od.size_bytes.div_ceil(GIB),
+                running,
+            },
+            if running {
+                Disruption::Live
+            } else {
+                Disruption::None
+            },
+            format!(
+                "finish an interrupted grow: the disk is {} but the guest was not told yet",
+                human_gib(od.size_bytes)
+            ),
+        );
+        return true;
+    }
     if od.size_bytes > want_bytes {
         let have = od.size_bytes.div_ceil(GIB);
         hp.refuse(daddr, format!("disk is {have} GiB but the fleet asks {size_gib} GiB: disks only grow, a shrink would lose data (set the size back to at least {have} GiB)"));
@@ -122,6 +174,43 @@ fn plan_existing(
         );
     }
     true
+}
+
+/// An owned disk without the `vf-init` its policy wants: a run stopped
+/// between creating the disk and snapshotting it. Before any domain exists
+/// the disk was never used, so the snapshot is still "fresh out of the
+/// box" and is taken now. Once a guest may have written to it, a snapshot
+/// now would be a lie: the plan says so instead, and how to get one.
+fn plan_missing_init(
+    state: &HostState,
+    m: &Machine,
+    od: &OwnedDisk,
+    disk: &str,
+    addr: &str,
+    hp: &mut HostPlan<'_>,
+) {
+    let n = m.name.as_str();
+    if !super::snapshots::disk_policy(m, disk).init || od.snapshots.iter().any(|s| s == INIT) {
+        return;
+    }
+    let vol = m.volume_name(disk);
+    if state.domains.contains_key(n) {
+        hp.note(format!("{addr}/{disk}"), format!(
+            "has no {INIT} snapshot and its guest may have written to it, so none is taken now; `virtfleet reinit {n}` cannot restore it (`virtfleet snapshot {n}` keeps today's state)"
+        ));
+        return;
+    }
+    hp.add(
+        Phase::Disk,
+        format!("{addr}/{disk}@{INIT}"),
+        Some(n),
+        Action::Snapshot {
+            volumes: vec![vol],
+            name: INIT.into(),
+        },
+        Disruption::None,
+        "init snapshot missing (an earlier run stopped before taking it); the disk was never used by a guest".into(),
+    );
 }
 
 /// A disk to create: the root disk as an overlay/clone of the machine's
@@ -274,5 +363,102 @@ mod tests {
             "{refused:?}"
         );
         assert!(changes.iter().all(|(_, c)| !c.address.contains("/data")));
+    }
+
+    /// A disk found without its vf-init: taken now when no guest ever had
+    /// the disk (no domain yet), only noted once one may have written to it.
+    #[test]
+    fn a_missing_init_snapshot_is_taken_only_before_any_guest_used_the_disk() {
+        let f = fleet(&["name = \"a\""]);
+        let pin = lock().images.values().next().unwrap().clone();
+        for domain_exists in [false, true] {
+            let mut state = converged(&f);
+            state.disks.get_mut("a-root").unwrap().snapshots.clear();
+            if !domain_exists {
+                state.domains.clear();
+            }
+            let mut hp = host_plan(&f);
+            super::plan("t", &state, machine(&f, "a"), &pin, false, "hv1/a", &mut hp);
+            let notes: Vec<String> = hp.notes.iter().map(|n| n.message.clone()).collect();
+            let (changes, _, refused) = parts(hp);
+            assert!(refused.is_empty());
+            let snap: Vec<&str> = changes
+                .iter()
+                .filter(|(_, c)| matches!(c.action, Action::Snapshot { .. }))
+                .map(|(_, c)| c.address.as_str())
+                .collect();
+            if domain_exists {
+                assert!(snap.is_empty(), "{snap:?}");
+                assert!(
+                    notes[0].contains("reinit a` cannot restore it"),
+                    "{notes:?}"
+                );
+            } else {
+                assert_eq!(snap, ["hv1/a/root@vf-init"]);
+                assert!(notes.is_empty());
+            }
+        }
+    }
+
+    /// A disk grown under a running guest that was not told: the grow is
+    /// planned again (live) even though the size already matches.
+    #[test]
+    fn an_untold_grow_is_finished() {
+        let f = fleet(&["name = \"a\", diskGiB = 10"]);
+        let pin = lock().images.values().next().unwrap().clone();
+        for (untold, running, expect) in [
+            (false, true, None),
+            (true, true, Some(Disruption::Live)),
+            (true, false, Some(Disruption::None)),
+        ] {
+            let mut state = converged(&f);
+            state.disks.get_mut("a-root").unwrap().grow_untold = untold;
+            let mut hp = host_plan(&f);
+            super::plan(
+                "t",
+                &state,
+                machine(&f, "a"),
+                &pin,
+                running,
+                "hv1/a",
+                &mut hp,
+            );
+            let (changes, _, _) = parts(hp);
+            let got = changes.iter().find_map(|(_, c)| match c.action {
+                Action::GrowDisk { to_gib, .. } => {
+                    assert_eq!(to_gib, 10);
+                    Some(c.disruption)
+                }
+                _ => None,
+            });
+            assert_eq!(got, expect, "untold={untold} running={running}");
+        }
+    }
+
+    /// A machine's protection is recorded on its disks, and lifted with it.
+    #[test]
+    fn protection_is_recorded_on_the_disks() {
+        for (declared, on_disk, expect) in [
+            (true, false, Some(true)),
+            (false, true, Some(false)),
+            (true, true, None),
+            (false, false, None),
+        ] {
+            let f = fleet(&[&format!(
+                "name = \"a\", protect = {}",
+                if declared { "True" } else { "False" }
+            )]);
+            let pin = lock().images.values().next().unwrap().clone();
+            let mut state = converged(&f);
+            state.disks.get_mut("a-root").unwrap().owner.protect = on_disk;
+            let mut hp = host_plan(&f);
+            super::plan("t", &state, machine(&f, "a"), &pin, false, "hv1/a", &mut hp);
+            let (changes, _, _) = parts(hp);
+            let got = changes.iter().find_map(|(_, c)| match c.action {
+                Action::ProtectDisk { protect, .. } => Some(protect),
+                _ => None,
+            });
+            assert_eq!(got, expect, "declared={declared} on disk={on_disk}");
+        }
     }
 }

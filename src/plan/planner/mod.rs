@@ -22,6 +22,7 @@ mod snapshots;
 mod testkit;
 
 pub use domain::{desired_domain, domain_diff, spec_hash};
+pub(crate) use snapshots::disk_policy;
 
 use super::model::*;
 use crate::fleet::{Fleet, Host, Machine, Storage};
@@ -117,6 +118,7 @@ pub(crate) struct HostPlan<'a> {
     changes: Vec<(Phase, Change)>,
     pending: Vec<Pending>,
     refused: Vec<Refusal>,
+    notes: Vec<Refusal>,
 }
 
 impl<'a> HostPlan<'a> {
@@ -127,6 +129,7 @@ impl<'a> HostPlan<'a> {
             changes: Vec::new(),
             pending: Vec::new(),
             refused: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -180,6 +183,11 @@ impl<'a> HostPlan<'a> {
         self.pending.push(Pending { change, needs });
     }
 
+    /// Tells the user something about this host that changes nothing.
+    pub fn note(&mut self, address: String, message: String) {
+        self.notes.push(Refusal { address, message });
+    }
+
     /// Refuses to do something at `address`; a plan with refusals cannot be applied.
     pub fn refuse(&mut self, address: String, message: String) {
         self.refused.push(Refusal { address, message });
@@ -200,6 +208,7 @@ impl<'a> HostPlan<'a> {
             .extend(self.changes.into_iter().map(|(_, c)| c));
         plan.pending.extend(self.pending);
         plan.refused.extend(self.refused);
+        plan.notes.extend(self.notes);
     }
 }
 
@@ -225,6 +234,7 @@ pub fn plan(fleet: &Fleet, lock: &ImageLock, obs: &Observation, opts: Options) -
         refused: Vec::new(),
         unreachable: BTreeMap::new(),
         unmanaged: BTreeMap::new(),
+        notes: Vec::new(),
     };
     for host in fleet.hosts.values() {
         let name = host.name.to_string();

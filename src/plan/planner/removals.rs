@@ -127,6 +127,13 @@ pub(super) fn plan_orphan_disks(
         if desired.contains(m) || state.domains.contains_key(m) {
             continue;
         }
+        if od.owner.protect {
+            hp.refuse(
+                format!("{h}/{m}/{}", od.owner.disk),
+                format!("disk {vol} belongs to protected machine {m}, whose domain is gone; it is kept. Put {m} back in fleet.dhall to use it again, or move the disk away yourself"),
+            );
+            continue;
+        }
         hp.add(
             Phase::Destroy,
             format!("{h}/{m}/{}", od.owner.disk),
@@ -197,6 +204,7 @@ mod tests {
                         fleet: "t".into(),
                         machine: "a".into(),
                         disk: "root".into(),
+                        protect: false,
                     },
                     volume: "a-root".into(),
                     trashed_at: at,
@@ -231,6 +239,41 @@ mod tests {
                 (destroyed, refused),
                 "protect={protect}"
             );
+        }
+    }
+
+    /// Disks whose domain and fleet entry are gone go to the trash, unless
+    /// their machine was protected: then they are kept and the plan says so.
+    #[test]
+    fn orphan_disks_are_trashed_unless_protected() {
+        let f = fleet(&[]);
+        for protect in [false, true] {
+            let mut state = converged(&f);
+            state.disks.insert(
+                "gone-root".into(),
+                crate::resources::observed::OwnedDisk {
+                    owner: DiskOwner {
+                        fleet: "t".into(),
+                        machine: "gone".into(),
+                        disk: "root".into(),
+                        protect,
+                    },
+                    path: "/srv/vf/disks/gone-root/disk.qcow2".into(),
+                    size_bytes: 1 << 30,
+                    snapshots: vec![],
+                    grow_untold: false,
+                },
+            );
+            let mut hp = host_plan(&f);
+            super::plan_orphan_disks(&state, &std::collections::BTreeSet::new(), &mut hp);
+            let (changes, _, refused) = parts(hp);
+            if protect {
+                assert!(changes.is_empty(), "{changes:?}");
+                assert!(refused[0].contains("protected machine gone"), "{refused:?}");
+            } else {
+                assert!(refused.is_empty());
+                assert!(matches!(changes[0].1.action, Action::TrashDisk { .. }));
+            }
         }
     }
 }

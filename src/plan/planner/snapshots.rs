@@ -11,7 +11,7 @@ use crate::resources::observed::HostState;
 use std::collections::BTreeSet;
 
 /// The snapshot policy of one of `m`'s disks (`root` or a data disk).
-pub(super) fn disk_policy(m: &Machine, disk: &str) -> Snapshots {
+pub(crate) fn disk_policy(m: &Machine, disk: &str) -> Snapshots {
     m.data_disks
         .iter()
         .find(|d| d.name.as_str() == disk)

@@ -37,6 +37,7 @@ pub fn human(plan: &Plan, now: u64, color: bool) -> String {
 
     if plan.is_empty() && !plan.is_incomplete() {
         r.unmanaged(&mut out, plan);
+        r.notes(&mut out, plan);
         let _ = writeln!(out, "\nNo changes. The fleet matches fleet.dhall.");
         return out;
     }
@@ -65,6 +66,7 @@ pub fn human(plan: &Plan, now: u64, color: bool) -> String {
     }
 
     r.unmanaged(&mut out, plan);
+    r.notes(&mut out, plan);
     let _ = writeln!(
         out,
         "\n{}",
@@ -176,6 +178,16 @@ impl Renderer {
                 let line = style.map_or_else(|| line.to_owned(), |s| self.paint(s, line));
                 let _ = writeln!(out, "      {line}");
             }
+        }
+    }
+
+    fn notes(&self, out: &mut String, plan: &Plan) {
+        if plan.notes.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\n{}", self.paint(BOLD, "notes:"));
+        for n in &plan.notes {
+            let _ = writeln!(out, "  {}: {}", n.address, n.message);
         }
     }
 

@@ -103,6 +103,11 @@ fn lists(out: &mut String, plan: &Plan) {
         .iter()
         .map(|(host, items)| format!("- {host}: {}", items.join(", ")));
     section(out, "Unmanaged (never touched)", unmanaged);
+    let notes = plan
+        .notes
+        .iter()
+        .map(|r| format!("- `{}`: {}", r.address, r.message));
+    section(out, "Notes", notes);
 }
 
 /// `#### title` and its lines, or nothing when there are none.

@@ -45,6 +45,7 @@ pub fn kind(action: &Action) -> Kind {
         Action::UpdateDomain { .. }
         | Action::GrowDisk { .. }
         | Action::Stop
+        | Action::ProtectDisk { .. }
         | Action::RemoveIncomplete { .. } => Kind::Change,
         // A rollback keeps the disk and loses what was written since: it is
         // marked destructive by its disruption, and counted as a change.
@@ -249,6 +250,7 @@ mod tests {
             refused: Vec::new(),
             unreachable: BTreeMap::new(),
             unmanaged: BTreeMap::new(),
+            notes: Vec::new(),
         }
     }
 
