@@ -290,6 +290,13 @@ fn orphans(lab: &Lab, p: &Phase) -> Vec<String> {
     if lab.root.join("lease").exists() {
         wrong.push("the host's lease was left behind".into());
     }
+    let top = common::dir_names(&lab.root);
+    if top
+        .iter()
+        .any(|e| !["disks", "images", "trash"].contains(&e.as_str()))
+    {
+        wrong.push(format!("the storage root holds {top:?}"));
+    }
     wrong
 }
 

@@ -147,6 +147,7 @@ fn kind(a: &Action) -> &'static str {
         Action::Destroy { .. } => "destroy",
         Action::TrashDisk { .. } => "trashDisk",
         Action::ProtectDisk { .. } => "protectDisk",
+        Action::ReleaseLease { .. } => "releaseLease",
         Action::PurgeTrash { .. } => "purgeTrash",
         Action::RestoreDisk { .. } => "restoreDisk",
         Action::Shutdown { .. } => "shutdown",

@@ -357,6 +357,7 @@ impl Run<'_> {
             command: me.command,
             since: now,
             expires: now + LEASE_TTL,
+            stale: false,
         }
     }
 

@@ -101,6 +101,9 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
             owned(env, &layout::disk_rel(volume))?;
             Ok(storage.trash(volume, s.now)?)
         }
+        // Taking the host's lease for this run already broke the stale one
+        // (or the run could not start here at all).
+        Action::ReleaseLease { .. } => Ok(()),
         Action::ProtectDisk { volume, protect } => {
             owned(env, &layout::disk_rel(volume))?;
             Ok(storage.set_protect(volume, *protect)?)

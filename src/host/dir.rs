@@ -34,9 +34,24 @@ use crate::resources::layout;
 use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The host's lease: a directory (made atomically by `mkdir`) holding
-/// `holder.json`.
+/// The host's lease: a directory holding `holder.json`, renamed into place
+/// complete.
 const LEASE: &str = "lease";
+/// Prefix of a lease being prepared by a run (`.lease-<id>`).
+const LEASE_STAGING: &str = ".lease-";
+
+/// `id` with anything but `[A-Za-z0-9._-]` replaced: a file name.
+fn safe_name(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// The mtime (whole seconds) in a `<size> <mtime> <inode>` stat line.
 fn mtime_of(stat: &str) -> u64 {
@@ -322,8 +337,11 @@ impl StorageBackend for DirStorage<'_> {
                 .filter(|o| o.fleet == fleet);
             match (top, name, rest) {
                 ("images" | "disks" | "trash", None, None) if *is_dir => {}
-                // The lease is read below; it belongs to no fleet.
+                // The lease is read below; it belongs to no fleet, nor do
+                // leases being prepared.
                 (LEASE, _, _) => {}
+                (t, None, None) if t.starts_with(LEASE_STAGING) => {}
+                (t, Some(_), _) if t.starts_with(LEASE_STAGING) => {}
                 ("images", Some(f), None) => {
                     // `.tmp-*` files are transfers in progress, `.verified`
                     // files records: neither is an image. An image without
@@ -340,6 +358,18 @@ impl StorageBackend for DirStorage<'_> {
                 }
                 ("disks", Some(n), None) if *is_dir => match owner {
                     Some(_) if n.starts_with(".new-") => {
+                        state.incomplete.push(format!("disks/{n}"))
+                    }
+                    // A run died between its mkdir and writing owner.json:
+                    // empty, so removing it cannot lose anything (and no
+                    // live run is filling it: this host's lease is needed
+                    // to make disks).
+                    None if n.starts_with(".new-")
+                        && !listing
+                            .entries
+                            .keys()
+                            .any(|k| k.starts_with(&format!("{rel}/"))) =>
+                    {
                         state.incomplete.push(format!("disks/{n}"))
                     }
                     Some(o) => {
@@ -579,15 +609,46 @@ impl StorageBackend for DirStorage<'_> {
             .map(|s| Lease::unknown(mtime_of(&s).saturating_add(60))))
     }
 
+    /// The lease directory appears complete, holder included: it is
+    /// filled under a name of this run's own, then renamed into place.
+    /// rename(2) onto an existing, non-empty `lease/` fails, so of two runs
+    /// exactly one gets it, and a crash at any point leaves no lease
+    /// without its holder (only, at worst, this run's own staging
+    /// directory, which the next run to take the lease removes).
     fn create_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         self.t.run_ok(&["mkdir", "-p", &self.root])?;
         let dir = self.path(LEASE);
-        // mkdir is the atomic step: of two runs, exactly one creates it.
-        if !self.t.run(&["mkdir", "-m", "0700", &dir])?.success {
+        let staging = self.path(&format!("{LEASE_STAGING}{}", safe_name(&lease.id)));
+        self.t.run_ok(&["mkdir", "-p", "-m", "0700", &staging])?;
+        let json = serde_json::to_string(lease).expect("lease serialises");
+        self.t.write_file(
+            &format!("{staging}/holder.json"),
+            format!("{json}\n").as_bytes(),
+        )?;
+        crate::fault::point("lease-made");
+        if !self.t.run(&["mv", "-T", &staging, &dir])?.success {
+            let _ = self.t.run(&["rm", "-rf", "--", &staging]);
             return Err(StorageError::Exists(dir));
         }
-        crate::fault::point("lease-made");
-        self.write_lease(lease)
+        // This run holds the host: any other staging directory is a dead
+        // run's (a live one's rename will fail and it reports the lease).
+        self.t.run_ok(&[
+            "find",
+            &self.root,
+            "-mindepth",
+            "1",
+            "-maxdepth",
+            "1",
+            "-name",
+            &format!("{LEASE_STAGING}*"),
+            "-exec",
+            "rm",
+            "-rf",
+            "--",
+            "{}",
+            "+",
+        ])?;
+        Ok(())
     }
 
     fn write_lease(&self, lease: &Lease) -> Result<(), StorageError> {

@@ -134,6 +134,7 @@ mod tests {
             command: "virtfleet apply".into(),
             since: 0,
             expires,
+            stale: false,
         }
     }
 

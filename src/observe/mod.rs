@@ -9,6 +9,7 @@
 
 use crate::fleet::{Fleet, Host};
 use crate::host::backend;
+use crate::host::lease;
 use crate::host::libvirt::Libvirt;
 use crate::host::libvirt::LibvirtError;
 use crate::host::storage::StorageError;
@@ -113,5 +114,13 @@ fn try_observe(
     let t = transport_for(host)?;
     let mut state = backend(host, t.as_ref()).observe(fleet, &attached, with_snapshots)?;
     state.domains = domains;
+    // Liveness is known only here, at the edge: the planner then plans the
+    // release of a lease whose run died.
+    if let Some(l) = state.lease.as_deref_mut() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        l.stale = lease::is_stale(l, now, &lease::controller_name());
+    }
     Ok(state)
 }

@@ -140,6 +140,12 @@ pub enum Action {
         /// Protected from now on.
         protect: bool,
     },
+    /// Release a host's lease left by a run that died (the executor breaks
+    /// it when it takes the lease itself).
+    ReleaseLease {
+        /// The dead run's lease id.
+        holder: String,
+    },
     /// Delete a trash entry whose retention expired.
     PurgeTrash {
         /// Trash entry name (`web-root@1700000000`).
@@ -226,6 +232,7 @@ impl Action {
                 format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
             }
             Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
+            Action::ReleaseLease { .. } => "release the lease of a run that died".into(),
             Action::ProtectDisk { volume, protect } => {
                 let what = if *protect { "mark" } else { "unmark" };
                 format!("{what} disk {volume} as protected")

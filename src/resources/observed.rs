@@ -205,6 +205,7 @@ impl Lease {
             command: "? (the holder record is missing or unreadable)".into(),
             since: 0,
             expires,
+            stale: false,
         }
     }
 }
@@ -232,4 +233,8 @@ pub struct Lease {
     /// When it lapses unless renewed (unix seconds): a run that died
     /// without releasing it blocks the host no longer than this.
     pub expires: u64,
+    /// Set by observation (never stored on the host): the lease lapsed, or
+    /// its run died on this controller, so the next apply releases it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }

@@ -194,7 +194,13 @@ fn plan_missing_init(
         return;
     }
     let vol = m.volume_name(disk);
-    if state.domains.contains_key(n) {
+    // Used by a guest only if a domain has it attached: a disk added to an
+    // existing machine is not attached before its vf-init is taken.
+    let used = state
+        .domains
+        .get(n)
+        .is_some_and(|d| d.config.disks.iter().any(|r| r.path == od.path));
+    if used {
         hp.note(format!("{addr}/{disk}"), format!(
             "has no {INIT} snapshot and its guest may have written to it, so none is taken now; `virtfleet reinit {n}` cannot restore it (`virtfleet snapshot {n}` keeps today's state)"
         ));
@@ -209,7 +215,7 @@ fn plan_missing_init(
             name: INIT.into(),
         },
         Disruption::None,
-        "init snapshot missing (an earlier run stopped before taking it); the disk was never used by a guest".into(),
+        "init snapshot missing (an earlier run stopped before taking it); no guest has used the disk yet".into(),
     );
 }
 
@@ -366,16 +372,20 @@ mod tests {
     }
 
     /// A disk found without its vf-init: taken now when no guest ever had
-    /// the disk (no domain yet), only noted once one may have written to it.
+    /// the disk (no domain, or one without it attached), only noted once
+    /// one may have written to it.
     #[test]
     fn a_missing_init_snapshot_is_taken_only_before_any_guest_used_the_disk() {
         let f = fleet(&["name = \"a\""]);
         let pin = lock().images.values().next().unwrap().clone();
-        for domain_exists in [false, true] {
+        for (domain, attached) in [(false, false), (true, false), (true, true)] {
+            let domain_exists = domain && attached;
             let mut state = converged(&f);
             state.disks.get_mut("a-root").unwrap().snapshots.clear();
-            if !domain_exists {
+            if !domain {
                 state.domains.clear();
+            } else if !attached {
+                state.domains.get_mut("a").unwrap().config.disks.clear();
             }
             let mut hp = host_plan(&f);
             super::plan("t", &state, machine(&f, "a"), &pin, false, "hv1/a", &mut hp);

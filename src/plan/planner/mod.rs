@@ -278,6 +278,7 @@ fn unmanaged(fleet: &Fleet, host: &Host, state: &HostState) -> Vec<String> {
 fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPlan<'_>) {
     let desired: Vec<&Machine> = fleet.machines_on(&hp.host.name).collect();
     images::plan(lock, state, &desired, hp);
+    removals::plan_stale_lease(state, hp);
     removals::plan_incomplete(state, hp);
     for m in &desired {
         plan_machine(fleet, lock, state, m, hp);

@@ -11,6 +11,28 @@ use crate::resources::observed::HostState;
 use crate::text::plural;
 use std::collections::BTreeSet;
 
+/// A lease left on the host by a run that died (or lapsed): the next apply
+/// releases it. It holds the host for nobody, so this is no destroy.
+pub(super) fn plan_stale_lease(state: &HostState, hp: &mut HostPlan<'_>) {
+    let Some(l) = state.lease.as_deref().filter(|l| l.stale) else {
+        return;
+    };
+    let h = hp.name();
+    hp.add(
+        Phase::Clean,
+        format!("{h}/lease"),
+        None,
+        Action::ReleaseLease {
+            holder: l.id.clone(),
+        },
+        Disruption::None,
+        format!(
+            "left by `{}` (pid {} on {}), which is gone or lapsed",
+            l.command, l.pid, l.controller
+        ),
+    );
+}
+
 /// Owned half-created objects left by a crash: removed before anything is
 /// created again under the same name.
 pub(super) fn plan_incomplete(state: &HostState, hp: &mut HostPlan<'_>) {

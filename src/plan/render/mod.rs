@@ -46,6 +46,7 @@ pub fn kind(action: &Action) -> Kind {
         | Action::GrowDisk { .. }
         | Action::Stop
         | Action::ProtectDisk { .. }
+        | Action::ReleaseLease { .. }
         | Action::RemoveIncomplete { .. } => Kind::Change,
         // A rollback keeps the disk and loses what was written since: it is
         // marked destructive by its disruption, and counted as a change.
