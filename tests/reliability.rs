@@ -479,8 +479,7 @@ fn execute(
     permits: virtfleet::apply::Permits,
 ) -> virtfleet::apply::Report {
     let fleet = virtfleet::fleet::load(&lab.fleet()).unwrap();
-    let lock =
-        virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
+    let lock = virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
     let cache = virtfleet::lock::cache::Cache::new(lab.fleet().with_file_name("cache"));
     let settings = virtfleet::apply::Settings {
         now: plan.inputs.now,
@@ -489,14 +488,7 @@ fn execute(
         break_lock: false,
         permits,
     };
-    virtfleet::apply::apply(
-        plan,
-        &fleet,
-        &lock,
-        &cache,
-        settings,
-        &virtfleet::apply::NoEvents,
-    )
+    virtfleet::apply::apply(plan, &fleet, &lock, &cache, settings, &virtfleet::apply::NoEvents)
 }
 
 #[test]
@@ -508,8 +500,7 @@ fn the_executor_checks_permission_and_ownership_right_before_it_destroys() {
     // Removed from the fleet: the plan destroys it (with permission).
     lab.write(&[]);
     let fleet = virtfleet::fleet::load(&lab.fleet()).unwrap();
-    let lock =
-        virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
+    let lock = virtfleet::lock::ImageLock::read(&lab.fleet().with_file_name("images.lock")).unwrap();
     let obs = virtfleet::observe::observe(&fleet, 1_900_000_000);
     let opts = virtfleet::plan::Options {
         now: 1_900_000_000,
@@ -530,10 +521,7 @@ fn the_executor_checks_permission_and_ownership_right_before_it_destroys() {
             .join("\n")
     };
     let untouched = || {
-        assert!(
-            virsh(SYSTEM, &["domstate", &a]).0,
-            "the domain is still defined"
-        );
+        assert!(virsh(SYSTEM, &["domstate", &a]).0, "the domain is still defined");
         assert!(lab.root.join(format!("disks/{a}-root/disk.qcow2")).exists());
     };
     // Without the permission the executor refuses, whatever the plan holds.
@@ -572,8 +560,7 @@ fn regression_a_protected_machine_keeps_its_disks_when_its_domain_vanishes() {
     lab.write(&[]);
     let out = lab.apply(&["--allow-destroy"]).expect_code(1);
     assert!(
-        out.stdout
-            .contains(&format!("belongs to protected machine {a}")),
+        out.stdout.contains(&format!("belongs to protected machine {a}")),
         "{}",
         out.all()
     );
