@@ -21,5 +21,6 @@ pub mod observe;
 pub mod plan;
 pub mod progress;
 pub mod resources;
+pub mod state;
 pub mod text;
 pub mod ui;

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "host",
     "observe",
     "apply",
+    "state",
     "ui",
     "cli",
 ];

@@ -149,7 +149,7 @@ pub fn lock_fleet(
 
 /// Creates `dir` 0700 if missing; refuses one that another user owns or
 /// that others may write to (someone could swap the lock file).
-fn private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -172,7 +172,7 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// The login name of `uid` from /etc/passwd, else `uid N`.
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|text| {
@@ -186,14 +186,14 @@ fn user_name(uid: u32) -> String {
 }
 
 /// The real uid of this process, from /proc (no libc binding needed).
-fn current_uid() -> u32 {
+pub(crate) fn current_uid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(u32::MAX)
 }
 
 /// `O_NOFOLLOW` on Linux: a lock file that is a symlink is refused.
-fn libc_o_nofollow() -> i32 {
+pub(crate) fn libc_o_nofollow() -> i32 {
     0o400_000
 }
 

@@ -72,6 +72,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         Some(path) => load_saved(ctx, path, &args.common)?,
     };
     execute::show(&plan);
+    let store = super::history::open_if(ctx, &plan.fleet, false);
+    if let Some(i) = super::history::interrupted(store.as_ref()) {
+        super::history::print_interrupted(&i, super::plan::finishes(&plan));
+    }
     if !plan.refused.is_empty() {
         anstream::eprintln!(
             "{ERROR}error{ERROR:#}: the plan has refusals (listed above); fix fleet.dhall first. Nothing was changed."
@@ -84,6 +88,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         EXIT_OK
     };
     if plan.changes.is_empty() {
+        // Nothing left to do: an interrupted run is settled (its work was
+        // done, or undone, by other means).
+        if let Some(store) = &store {
+            let _ = store.settle_interrupted(None);
+        }
         return Ok(incomplete);
     }
     super::confirm(

@@ -93,9 +93,14 @@ impl MachineRun {
 
 /// Takes this fleet's run lock for the rest of the command, or refuses at
 /// once naming the run that holds it.
+/// The fleet's state file is checked here too, so a run that could not
+/// be recorded (a foreign or corrupt file at its path) is refused before
+/// anything is observed or changed.
 pub fn lock(ctx: &Context, fleet: &Fleet) -> anyhow::Result<FleetLock> {
     let holder = Holder::me(super::now());
-    Ok(lock_fleet(&ctx.state_dir, fleet.name.as_str(), &holder)?)
+    let run = lock_fleet(&ctx.state_dir, fleet.name.as_str(), &holder)?;
+    crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())?;
+    Ok(run)
 }
 
 /// Prints `plan` for a person, as `virtfleet plan` does.
@@ -121,10 +126,29 @@ pub fn execute(
         permits,
     };
     let progress = ApplyProgress::new();
-    let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &progress);
+    // Each step is recorded in the state file as it starts and ends; a
+    // file that cannot be written only costs the history (a warning).
+    let store = crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())
+        .map_err(|e| anstream::eprintln!("{}warning{:#}: {e}", crate::ui::WARN, crate::ui::WARN))
+        .ok();
+    let recorder =
+        crate::state::Recorder::start(store, plan, &command_name(), ctx.retention, &progress);
+    let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &recorder);
+    recorder.finish(&report);
     // Dropping the display clears its bars before anything else is printed.
     drop(progress);
     report
+}
+
+/// The subcommand this process runs, for the run's record.
+fn command_name() -> String {
+    const CHANGING: &[&str] = &[
+        "apply", "destroy", "restore", "snapshot", "rollback", "reinit",
+    ];
+    std::env::args()
+        .skip(1)
+        .find(|a| CHANGING.contains(&a.as_str()))
+        .unwrap_or_else(|| "apply".into())
 }
 
 /// Prints every failed step with its hint; returns how many failed.

@@ -8,6 +8,7 @@ mod apply;
 mod check;
 mod destroy;
 mod execute;
+mod history;
 mod images;
 mod init;
 mod observe;
@@ -74,13 +75,33 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIRTFLEET_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Where run locks live (one per fleet: a second apply of a fleet is refused while one runs) [default: $XDG_STATE_HOME/virtfleet or ~/.local/state/virtfleet].
+    /// Where run locks, each fleet's state file (run history) and the Dhall evaluation cache live [default: $XDG_STATE_HOME/virtfleet or ~/.local/state/virtfleet].
     #[arg(long, global = true, env = "VIRTFLEET_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// Break a host's lease held by another run (only when that run is known to be dead: a lease lapses by itself after an hour, or at once when its process is gone from this machine).
     #[arg(long, global = true)]
     pub break_lock: bool,
+
+    /// Keep run history and findings this many days (older ones are pruned when a run is recorded).
+    #[arg(
+        long,
+        global = true,
+        env = "VIRTFLEET_HISTORY_DAYS",
+        default_value_t = 90,
+        value_name = "DAYS"
+    )]
+    pub history_days: u64,
+
+    /// Keep at most this many runs in the history.
+    #[arg(
+        long,
+        global = true,
+        env = "VIRTFLEET_HISTORY_RUNS",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    pub history_runs: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -102,6 +123,7 @@ enum Command {
     Snapshots(snapshot::ListArgs),
     Rollback(snapshot::RollbackArgs),
     Reinit(snapshot::ReinitArgs),
+    History(history::Args),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -117,6 +139,8 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// `--break-lock`: break host leases held by other runs.
     pub break_lock: bool,
+    /// How much run history to keep.
+    pub retention: crate::state::Retention,
 }
 
 impl Context {
@@ -132,6 +156,10 @@ impl Context {
             cache,
             state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
             break_lock: cli.break_lock,
+            retention: crate::state::Retention {
+                days: cli.history_days,
+                runs: cli.history_runs,
+            },
         }
     }
 }
@@ -188,6 +216,7 @@ pub fn main() -> ExitCode {
         Command::Snapshots(a) => snapshot::list(&ctx, a),
         Command::Rollback(a) => snapshot::rollback(&ctx, a),
         Command::Reinit(a) => snapshot::reinit(&ctx, a),
+        Command::History(a) => history::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -221,7 +250,12 @@ pub fn load_fleet_timed(ctx: &Context) -> Result<crate::fleet::Fleet, crate::fle
             crate::fleet::EvalOptions::default()
         }
     };
-    let loaded = crate::fleet::load_with(&ctx.fleet, &opts)?;
+    // Through the evaluation cache when there can be one: a warm load
+    // skips Dhall; any changed input misses (see `fleet::inputs`).
+    let loaded = match crate::state::cache::CacheFile::open(&ctx.state_dir) {
+        Some(cache) => crate::fleet::inputs::load_cached(&ctx.fleet, &opts, &cache)?,
+        None => crate::fleet::load_with(&ctx.fleet, &opts)?,
+    };
     if loaded.eval_time >= SLOW_EVAL {
         anstream::eprintln!(
             "{}note{:#}: evaluating {} took {:.1} s; large literal files are slow to parse: build machines with a function or split them into imported files (README: \"Large fleets\")",

@@ -55,6 +55,9 @@ pub struct Args {
     /// Save the plan to FILE; `virtfleet apply FILE` applies exactly it.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Record what this observation found (drift, unreachable hosts, unmanaged objects) in the fleet's history.
+    #[arg(long)]
+    pub record: bool,
 }
 
 /// Options shared by plan and apply.
@@ -155,7 +158,18 @@ pub fn render_plan(plan: &crate::plan::Plan, format: Format) -> String {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (_, _, plan) = compute(ctx, &args.common)?;
     let format = if args.json { Format::Json } else { args.format };
-    print!("{}", render_plan(&plan, format));
+    let store = super::history::open_if(ctx, &plan.fleet, args.record);
+    if args.record {
+        super::history::record_findings(store.as_ref(), &plan);
+    }
+    let interrupted = super::history::interrupted(store.as_ref());
+    if let Some(i) = &interrupted {
+        super::history::print_interrupted(i, finishes(&plan));
+    }
+    match (format, &interrupted) {
+        (Format::Json, Some(i)) => print!("{}", json_with_interrupted(&plan, i)),
+        _ => print!("{}", render_plan(&plan, format)),
+    }
     if let Some(out) = &args.out {
         let json = serde_json::to_string_pretty(&plan)?;
         crate::lock::write_private(out, json.as_bytes())
@@ -175,4 +189,31 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// What the interrupted-run line says a plan does about it.
+pub fn finishes(plan: &crate::plan::Plan) -> &'static str {
+    if plan.changes.is_empty() && plan.pending.is_empty() {
+        "the hosts already match the fleet"
+    } else {
+        "this plan finishes it"
+    }
+}
+
+/// The plan's JSON with the optional `interrupted` field (README, "Plan
+/// JSON"); the saved plan (`--out`) never carries it.
+fn json_with_interrupted(plan: &crate::plan::Plan, i: &crate::state::Interrupted) -> String {
+    #[derive(serde::Serialize)]
+    struct WithRun<'a> {
+        #[serde(flatten)]
+        plan: &'a crate::plan::Plan,
+        interrupted: &'a crate::state::Interrupted,
+    }
+    let mut s = serde_json::to_string_pretty(&WithRun {
+        plan,
+        interrupted: i,
+    })
+    .expect("a plan always serialises");
+    s.push('\n');
+    s
 }

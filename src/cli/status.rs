@@ -61,6 +61,9 @@ struct MachineStatus {
 #[derive(Serialize)]
 struct Status {
     fleet: String,
+    /// The last run, when it was interrupted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interrupted: Option<crate::state::Interrupted>,
     hosts: BTreeMap<String, HostStatus>,
 }
 
@@ -75,8 +78,17 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         source: crate::plan::Source::Live,
     };
     let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
+    // Status is an observation: what it found is logged (compactly) in the
+    // fleet's history, and an interrupted last run is named.
+    let store = super::history::open_if(ctx, fleet.name.as_str(), true);
+    super::history::record_findings(store.as_ref(), &plan);
+    let interrupted = super::history::interrupted(store.as_ref());
+    if let Some(i) = &interrupted {
+        super::history::print_interrupted(i, "`virtfleet apply` finishes it");
+    }
     let status = Status {
         fleet: fleet.name.to_string(),
+        interrupted,
         hosts: fleet
             .hosts
             .values()

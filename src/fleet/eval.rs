@@ -178,6 +178,11 @@ pub struct Evaluated {
     /// directory (a `package.dhall` and its siblings), whose documentation
     /// quotes example names.
     pub imported: Vec<(PathBuf, String)>,
+    /// What the result depends on (every file read, every file whose
+    /// absence mattered, every environment variable imported), for a cache
+    /// of the evaluation; None when that cannot be known (a fleet from a
+    /// pipe, a `?` fallback whose first choice exists).
+    pub inputs: Option<Vec<super::inputs::Dep>>,
 }
 
 /// Evaluates the fleet file at `path` into its raw form.
@@ -190,6 +195,10 @@ pub fn evaluate(path: &Path, opts: &EvalOptions) -> Result<Evaluated, EvalError>
         _ => PathBuf::new(),
     };
     let graph = Graph::walk(path, &base, text, opts)?;
+    let inputs = match regular {
+        true => graph.inputs.clone(),
+        false => None,
+    };
     install_quiet_panic_hook();
     let started = Instant::now();
     let source = if regular {
@@ -225,6 +234,7 @@ pub fn evaluate(path: &Path, opts: &EvalOptions) -> Result<Evaluated, EvalError>
                 elapsed,
                 files,
                 imported,
+                inputs,
             })
         }
         Err(message) => Err(graph.attribute(&message)),
@@ -371,6 +381,8 @@ struct Node {
 /// Every Dhall file the fleet evaluates, root first.
 struct Graph {
     nodes: Vec<Node>,
+    /// What the evaluation depends on (see [`Evaluated::inputs`]).
+    inputs: Option<Vec<super::inputs::Dep>>,
 }
 
 /// State of the depth-first walk.
@@ -382,6 +394,8 @@ struct Walk<'a> {
     /// and the `file:line:col` of the import that led to each.
     stack: Vec<PathBuf>,
     chain: Vec<String>,
+    /// What the evaluation depends on; None once that cannot be known.
+    deps: Option<Vec<super::inputs::Dep>>,
 }
 
 impl Graph {
@@ -399,13 +413,25 @@ impl Graph {
             by_real: BTreeMap::new(),
             stack: Vec::new(),
             chain: Vec::new(),
+            deps: Some(Vec::new()),
         };
+        w.depend(super::inputs::Dep::file(root));
         w.visit(root.to_owned(), real, base.to_owned(), text)?;
-        Ok(Graph { nodes: w.nodes })
+        Ok(Graph {
+            nodes: w.nodes,
+            inputs: w.deps,
+        })
     }
 }
 
 impl Walk<'_> {
+    /// Notes one input of the evaluation.
+    fn depend(&mut self, dep: super::inputs::Dep) {
+        if let Some(deps) = &mut self.deps {
+            deps.push(dep);
+        }
+    }
+
     /// Adds the file `shown` (read as `text`) and walks its imports.
     fn visit(
         &mut self,
@@ -463,6 +489,9 @@ impl Walk<'_> {
                     );
                     return Err(fail(msg, &self.chain));
                 }
+                if site.mode != Mode::Location {
+                    self.depend(super::inputs::Dep::Env(name.clone()));
+                }
                 Ok(None)
             }
             Target::Path(written) => self.import_path(written, base, site, here, &fail),
@@ -484,7 +513,11 @@ impl Walk<'_> {
         let (shown, on_disk) = resolve(base, written);
         let meta = match std::fs::metadata(&on_disk) {
             Ok(m) => m,
-            Err(_) if site.guarded => return Ok(None),
+            Err(_) if site.guarded => {
+                // Its absence chose the fallback: creating it changes the result.
+                self.depend(super::inputs::Dep::file(&on_disk));
+                return Ok(None);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let looked = std::path::absolute(&on_disk).unwrap_or(on_disk);
                 let msg = format!(
@@ -506,7 +539,14 @@ impl Walk<'_> {
                 &self.chain,
             ));
         }
-        if site.mode == Mode::Raw || site.guarded {
+        if site.mode == Mode::Raw {
+            self.depend(super::inputs::Dep::file(&on_disk));
+            return Ok(None);
+        }
+        if site.guarded {
+            // Existing code behind `?` is not walked, so its own imports
+            // are unknown: such a fleet is never cached.
+            self.deps = None;
             return Ok(None);
         }
         let real = std::fs::canonicalize(&on_disk).unwrap_or(on_disk.clone());
@@ -526,6 +566,7 @@ impl Walk<'_> {
         self.chain.push(here.to_owned());
         let (text, _) = read_input(&on_disk, self.opts.max_file_bytes, &self.chain)
             .map_err(|e| rename(e, &shown))?;
+        self.depend(super::inputs::Dep::file(&on_disk));
         // Its own imports resolve from its directory, as the evaluator does.
         let dir = shown.parent().map(Path::to_owned).unwrap_or_default();
         let idx = self.visit(shown, real, dir, text)?;

@@ -4,6 +4,7 @@
 pub mod endpoints;
 mod eval;
 mod imports;
+pub mod inputs;
 pub mod model;
 pub mod names;
 pub mod raw;
@@ -38,6 +39,9 @@ pub struct Loaded {
     /// Every Dhall file the fleet was evaluated from, the fleet file first
     /// (files behind `?` fallbacks and `as Text` imports are not included).
     pub files: Vec<std::path::PathBuf>,
+    /// The imported files diagnostics may name lines of (see
+    /// `eval::Evaluated::imported`).
+    pub imported: Vec<std::path::PathBuf>,
 }
 
 /// Validates a fleet already decoded into its raw form (from Dhall, or from
@@ -56,10 +60,20 @@ pub fn load(path: &Path) -> Result<Fleet, LoadError> {
 /// Evaluates and validates the fleet file at `path` within `opts`'s limits.
 /// The file is read once: the same text is evaluated and indexed for lines.
 pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
+    load_full(path, opts).map(|(loaded, _, _)| loaded)
+}
+
+/// [`load_with`], also returning the raw evaluated fleet and what the
+/// evaluation depended on (for [`inputs::load_cached`]).
+fn load_full(
+    path: &Path,
+    opts: &EvalOptions,
+) -> Result<(Loaded, raw::Fleet, Option<Vec<inputs::Dep>>), LoadError> {
     let started = std::time::Instant::now();
     let evaluated = eval::evaluate(path, opts)?;
     let validating = std::time::Instant::now();
     let index = SourceIndex::with_imports(path, &evaluated.text, &evaluated.imported);
+    let raw = evaluated.fleet.clone();
     let fleet = validate::validate(evaluated.fleet, &index)
         .map_err(|d| LoadError::Invalid(Diagnostics(d)))?;
     // Each step's cost, for `VIRTFLEET_LOG=debug` when a fleet is slow.
@@ -74,9 +88,11 @@ pub fn load_with(path: &Path, opts: &EvalOptions) -> Result<Loaded, LoadError> {
         machines = fleet.machines.len(),
         "fleet loaded"
     );
-    Ok(Loaded {
+    let loaded = Loaded {
         fleet,
         eval_time: evaluated.elapsed,
         files: evaluated.files,
-    })
+        imported: evaluated.imported.into_iter().map(|(p, _)| p).collect(),
+    };
+    Ok((loaded, raw, evaluated.inputs))
 }

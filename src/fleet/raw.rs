@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `dhall/Fleet.dhall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fleet {
     pub name: String,
@@ -30,7 +30,7 @@ pub struct Settings {
 }
 
 /// `dhall/Host.dhall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Host {
     pub name: String,
@@ -86,7 +86,7 @@ pub struct Capacity {
 }
 
 /// `dhall/Image.dhall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Image {
     pub name: String,
@@ -116,7 +116,7 @@ impl ImageFormat {
 }
 
 /// `dhall/Machine.dhall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
     pub name: String,
@@ -136,7 +136,7 @@ pub struct Machine {
 }
 
 /// `dhall/Disk.dhall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Disk {
     pub name: String,
