@@ -13,8 +13,9 @@
 //! Three phases of a 6-machine fleet on the real libvirtd (Dir storage):
 //! creating it from nothing; changing it (a live grow, a new data disk, a
 //! removed machine, a restart-class memory change); purging its trash.
-//! The summary line ("K injection points, K converged, 0 orphans") is
-//! printed with `--nocapture`.
+//! Each phase is its own test with its own lab, so they run in parallel;
+//! each prints "K injection points, K converged, 0 with orphans" (see it
+//! with `--nocapture`).
 
 mod common;
 
@@ -300,55 +301,80 @@ fn orphans(lab: &Lab, p: &Phase) -> Vec<String> {
     wrong
 }
 
-#[test]
-fn an_apply_killed_at_any_point_converges_on_the_next_run_without_orphans() {
-    let lab = Lab::new("t-fault");
-    let (mut points, mut converged, mut with_orphans) = (0, 0, 0);
+/// Runs phase `name` of [`phases`] in its own lab: traces it, then kills it
+/// at every `share`-th injection point (starting at `first`), re-runs it and
+/// checks with the witnesses. Prints the counts; fails on any failure.
+fn injected(lab_name: &str, name: &str, first: usize, share: usize) {
+    let lab = Lab::new(lab_name);
+    let p = phases()
+        .into_iter()
+        .find(|p| p.name == name)
+        .expect("a phase of that name");
+    let traced = trace(&lab, &p);
+    let all = injection_points(&traced);
+    // The trace must reach inside steps, not only their boundaries.
+    assert!(
+        all.iter().any(|a| !a.starts_with("step#")),
+        "{name}: no point inside a step was reached: {traced:?}"
+    );
+    let at: Vec<&String> = all.iter().skip(first).step_by(share).collect();
+    let (mut converged, mut with_orphans) = (0, 0);
     let mut failures = Vec::new();
-    let mut by_phase = Vec::new();
-    for p in phases() {
-        let traced = trace(&lab, &p);
-        let at = injection_points(&traced);
-        // The trace must reach inside steps, not only their boundaries.
+    for point in &at {
+        set_up(&lab, &p);
+        let run = apply_with(&lab, &[("VIRTFLEET_FAULT", point)]);
         assert!(
-            at.iter().any(|a| !a.starts_with("step#")),
-            "{}: no point inside a step was reached: {traced:?}",
-            p.name
+            run.aborted,
+            "{name}: the apply was not stopped at {point} (exit {:?})\n{}",
+            run.code, run.stderr
         );
-        by_phase.push(format!("{} {}", p.name, at.len()));
-        for point in &at {
-            set_up(&lab, &p);
-            points += 1;
-            let run = apply_with(&lab, &[("VIRTFLEET_FAULT", point)]);
-            assert!(
-                run.aborted,
-                "{}: the apply was not stopped at {point} (exit {:?})\n{}",
-                p.name, run.code, run.stderr
-            );
-            let again = lab.apply(&PERMIT);
-            let plan = lab.vf(&["plan", "--detailed-exitcode"]);
-            if again.code != Some(0) || plan.code != Some(0) {
-                failures.push(format!(
-                    "{} at {point}: re-run exit {:?}, then plan exit {:?}\n{}\n{}",
-                    p.name,
-                    again.code,
-                    plan.code,
-                    again.all(),
-                    plan.stdout
-                ));
-                continue;
-            }
-            converged += 1;
-            let wrong = orphans(&lab, &p);
-            if !wrong.is_empty() {
-                with_orphans += 1;
-                failures.push(format!("{} at {point}: {}", p.name, wrong.join("; ")));
-            }
+        let again = lab.apply(&PERMIT);
+        let plan = lab.vf(&["plan", "--detailed-exitcode"]);
+        if again.code != Some(0) || plan.code != Some(0) {
+            failures.push(format!(
+                "{name} at {point}: re-run exit {:?}, then plan exit {:?}\n{}\n{}",
+                again.code,
+                plan.code,
+                again.all(),
+                plan.stdout
+            ));
+            continue;
+        }
+        converged += 1;
+        let wrong = orphans(&lab, &p);
+        if !wrong.is_empty() {
+            with_orphans += 1;
+            failures.push(format!("{name} at {point}: {}", wrong.join("; ")));
         }
     }
     println!(
-        "fault injection ({}): {points} injection points, {converged} converged, {with_orphans} with orphans",
-        by_phase.join(", ")
+        "fault injection, {name} (points {first}, {}, ... of {}): {} injection points, {converged} converged, {with_orphans} with orphans",
+        first + share,
+        all.len(),
+        at.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// The phases run as separate tests (in parallel, each in its own lab);
+// creation, the longest, is split in two halves.
+
+#[test]
+fn an_apply_creating_six_machines_killed_anywhere_converges_without_orphans_1() {
+    injected("t-fa1", "create", 0, 2);
+}
+
+#[test]
+fn an_apply_creating_six_machines_killed_anywhere_converges_without_orphans_2() {
+    injected("t-fa2", "create", 1, 2);
+}
+
+#[test]
+fn an_apply_changing_a_fleet_killed_anywhere_converges_without_orphans() {
+    injected("t-fb", "change", 0, 1);
+}
+
+#[test]
+fn an_apply_purging_trash_killed_anywhere_converges_without_orphans() {
+    injected("t-fc", "purge", 0, 1);
 }
