@@ -114,6 +114,7 @@ pub fn execute(
         shutdown_grace,
         on_failure,
         break_lock: ctx.break_lock,
+        concurrency: ctx.concurrency,
     };
     let progress = ApplyProgress::new();
     let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &progress);

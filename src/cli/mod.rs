@@ -28,6 +28,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code when some host could not be observed (the rest was handled).
 pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code of `apply` when it applied everything it was allowed to but
+/// changes stay pending for lack of permission (--allow-restart,
+/// --allow-destroy or the fleet's policy).
+pub const EXIT_PENDING: u8 = 4;
 
 const ABOUT: &str = "Keep a fleet of libvirt virtual machines in the state a Dhall file describes.";
 
@@ -82,6 +86,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub break_lock: bool,
 
+    /// At most N steps in flight per host when changing hosts (apply, destroy, rollback, ...): each machine's steps stay in plan order, different machines overlap (starts, shutdowns and their timeouts, destroys); 1 runs them one by one.
+    #[arg(long, global = true, env = "VIRTFLEET_CONCURRENCY", value_name = "N", default_value_t = crate::apply::schedule::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +125,8 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// `--break-lock`: break host leases held by other runs.
     pub break_lock: bool,
+    /// `--concurrency`: steps in flight per host.
+    pub concurrency: usize,
 }
 
 impl Context {
@@ -132,6 +142,7 @@ impl Context {
             cache,
             state_dir: cli.state_dir.clone().unwrap_or_else(default_state_dir),
             break_lock: cli.break_lock,
+            concurrency: usize::from(cli.concurrency),
         }
     }
 }

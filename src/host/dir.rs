@@ -27,7 +27,10 @@
 //! `libvirt-qemu`, must traverse them; nobody may list them) and disk files
 //! 0600 (libvirt hands them to QEMU's user while a guest runs).
 
-use super::storage::{BaseImage, NewDisk, StorageBackend, StorageError, copy_verified};
+use super::qcow2;
+use super::storage::{
+    BaseImage, NewDisk, StorageBackend, StorageError, copy_verified, verify_on_host,
+};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
@@ -37,6 +40,32 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The host's lease: a directory (made atomically by `mkdir`) holding
 /// `holder.json`.
 const LEASE: &str = "lease";
+
+/// On a host that is this machine, makes `tmp` the cached image without a
+/// second copy of its bytes: a reflink (a new file sharing the blocks,
+/// where the filesystem can) or else a hard link (the same file under a
+/// second name). False when neither works (another filesystem): the caller
+/// copies.
+///
+/// A hard link is the cache's own inode, so it must never be written: the
+/// image is made read-only (0444, both names, as base images always are);
+/// virtfleet only ever replaces files by rename, never writes into an
+/// existing one (the cache is written the same way); QEMU opens a backing
+/// file read-only; and an in-place change through either name changes the
+/// mtime in the image's `.verified` record, so the image is then distrusted
+/// and replaced, never used.
+fn share_local(t: &dyn Transport, cached: &std::path::Path, tmp: &str) -> bool {
+    let Some(src) = cached.to_str() else {
+        return false;
+    };
+    if t.run(&["cp", "--reflink=always", "--", src, tmp])
+        .is_ok_and(|o| o.success)
+    {
+        return true;
+    }
+    let _ = t.run(&["rm", "-f", "--", tmp]);
+    std::fs::hard_link(cached, tmp).is_ok()
+}
 
 /// The mtime (whole seconds) in a `<size> <mtime> <inode>` stat line.
 fn mtime_of(stat: &str) -> u64 {
@@ -230,27 +259,30 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
-    /// A disk of this fleet found at `disks/<volume>/`.
+    /// A disk of this fleet found at `disks/<volume>/`; `info` is its
+    /// header as [`Self::infos`] read it, when it was needed.
     fn owned_disk(
         &self,
         volume: &str,
         owner: &DiskOwner,
         attached: &BTreeMap<String, u64>,
         with_snapshots: &BTreeSet<String>,
+        info: Option<Result<qcow2::Info, StorageError>>,
     ) -> Result<OwnedDisk, StorageError> {
         let path = self.file_path(volume);
-        // One `qemu-img info` gives both the size and the snapshots: it is
-        // read at most once, and only when one of them is needed.
-        let mut info = None;
+        let mut info = info.transpose()?;
         // An unreadable size is an error, never 0: a zero would plan a
         // bogus "grow 0 → N GiB".
         let size_bytes = match attached.get(&path) {
             Some(s) if *s > 0 => *s,
-            _ => virtual_size_of(info.insert(self.info(volume)?))?,
+            _ => match &info {
+                Some(i) => i.virtual_size,
+                None => info.insert(self.qcow2_info(volume)?).virtual_size,
+            },
         };
-        let snapshots = match (&info, with_snapshots.contains(volume)) {
+        let snapshots = match (info, with_snapshots.contains(volume)) {
             (_, false) => Vec::new(),
-            (Some(v), true) => snapshot_names_of(v),
+            (Some(i), true) => i.snapshots,
             (None, true) => self.snapshot_names(volume)?,
         };
         Ok(OwnedDisk {
@@ -259,6 +291,70 @@ impl<'a> DirStorage<'a> {
             size_bytes,
             snapshots,
         })
+    }
+
+    /// Size and snapshots of one disk: read from its header when the host
+    /// is this machine, else (or when that fails) from `qemu-img info`.
+    fn qcow2_info(&self, volume: &str) -> Result<qcow2::Info, StorageError> {
+        if self.t.is_local()
+            && let Ok(i) = qcow2::read_file(&self.file_path(volume))
+        {
+            return Ok(i);
+        }
+        let v = self.info(volume)?;
+        Ok(qcow2::Info {
+            virtual_size: virtual_size_of(&v)?,
+            snapshots: snapshot_names_of(&v),
+        })
+    }
+
+    /// Size and snapshots of many disks at once: on this machine, read from
+    /// each header (no process at all); on a remote host, one command runs
+    /// `qemu-img info` for every disk (one round trip, not one per disk).
+    /// A disk whose answer is missing gets it from [`Self::qcow2_info`],
+    /// which reports the real error.
+    fn infos(&self, volumes: &[&str]) -> BTreeMap<String, Result<qcow2::Info, StorageError>> {
+        let mut out = BTreeMap::new();
+        if volumes.is_empty() {
+            return out;
+        }
+        if !self.t.is_local() {
+            let files: Vec<String> = volumes.iter().map(|v| self.file_path(v)).collect();
+            // A fixed script; the paths are its arguments, never part of it.
+            let mut argv = vec![
+                "sh",
+                "-c",
+                "for f do qemu-img info -U -f qcow2 --output=json \"$f\" 2>/dev/null || echo null; done",
+                "sh",
+            ];
+            argv.extend(files.iter().map(String::as_str));
+            if let Ok(o) = self.t.run(&argv) {
+                let values: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&o.stdout)
+                    .into_iter()
+                    .map_while(Result::ok)
+                    .collect();
+                if values.len() == volumes.len() {
+                    for (v, value) in volumes.iter().zip(values) {
+                        if let Ok(size) = virtual_size_of(&value) {
+                            let snapshots = snapshot_names_of(&value);
+                            out.insert(
+                                (*v).to_owned(),
+                                Ok(qcow2::Info {
+                                    virtual_size: size,
+                                    snapshots,
+                                }),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for v in volumes {
+            if !out.contains_key(*v) {
+                out.insert((*v).to_owned(), self.qcow2_info(v));
+            }
+        }
+        out
     }
 
     /// `<size> <mtime> <inode>` of a file, as the listing prints them; `None`
@@ -292,6 +388,20 @@ impl StorageBackend for DirStorage<'_> {
     ) -> Result<HostState, StorageError> {
         let listing = self.list()?;
         let mut state = HostState::default();
+        // The disks whose header is needed (size unknown to libvirt, or
+        // snapshots wanted), read together.
+        let needed: Vec<&str> = listing
+            .owners
+            .iter()
+            .filter(|(_, o)| o.fleet == fleet)
+            .filter_map(|(rel, _)| rel.strip_prefix("disks/")?.strip_suffix("/owner.json"))
+            .filter(|n| !n.starts_with('.') && !n.contains('/'))
+            .filter(|n| {
+                with_snapshots.contains(*n)
+                    || attached.get(&self.file_path(n)).is_none_or(|s| *s == 0)
+            })
+            .collect();
+        let mut infos = self.infos(&needed);
         for (rel, (is_dir, _)) in &listing.entries {
             let mut parts = rel.splitn(3, '/');
             let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
@@ -321,7 +431,8 @@ impl StorageBackend for DirStorage<'_> {
                         state.incomplete.push(format!("disks/{n}"))
                     }
                     Some(o) => {
-                        let disk = self.owned_disk(n, o, attached, with_snapshots)?;
+                        let info = infos.remove(n);
+                        let disk = self.owned_disk(n, o, attached, with_snapshots, info)?;
                         state.disks.insert(n.to_owned(), disk);
                     }
                     None => state.unmanaged_files.push(rel.clone()),
@@ -366,7 +477,15 @@ impl StorageBackend for DirStorage<'_> {
         }
         self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
         let tmp = self.path(&format!("images/.tmp-{sha256}.{format}"));
-        copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        // A name left by a crash is removed, never written through (it may
+        // be a hard link to the cache).
+        self.t.run_ok(&["rm", "-f", "--", &tmp])?;
+        if self.t.is_local() && share_local(self.t, cached, &tmp) {
+            // Shared, not copied: still hashed here before it is trusted.
+            verify_on_host(self.t, &tmp, sha256)?;
+        } else {
+            copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        }
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
         // Replacing a changed image is a repair: overlays name it by path,
