@@ -64,14 +64,18 @@ pub fn read(f: &mut (impl Read + Seek)) -> Result<Info, String> {
             let name_len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
             let extra = be32(&fixed, 36) as usize;
             // Extra data, the unique id and the name follow the fixed part;
-            // the entry is padded to a multiple of 8 bytes.
+            // the entry is padded to a multiple of 8 bytes, except that the
+            // last entry's padding may be missing at the end of the file:
+            // it is skipped by seeking, not read.
             let len = ENTRY_FIXED + extra + id_len + name_len;
-            let rest = len.next_multiple_of(8) - ENTRY_FIXED;
-            let mut buf = vec![0u8; rest];
+            let mut buf = vec![0u8; len - ENTRY_FIXED];
             f.read_exact(&mut buf)
                 .map_err(|e| format!("qcow2 snapshot entry: {e}"))?;
-            let name = &buf[extra + id_len..extra + id_len + name_len];
+            let name = &buf[extra + id_len..];
             snapshots.push(String::from_utf8_lossy(name).into_owned());
+            let pad = (len.next_multiple_of(8) - len) as i64;
+            f.seek(SeekFrom::Current(pad))
+                .map_err(|e| format!("qcow2 snapshot table: {e}"))?;
         }
     }
     snapshots.sort();
