@@ -23,10 +23,12 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-/// The default bound on steps in flight per host: enough to overlap the
-/// waits of libvirt and QEMU (a start or a destroy is mostly waiting), few
-/// enough not to swamp a small host.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+/// The default bound on steps in flight per host. Most of a step is waiting
+/// (on libvirt and QEMU for a start or a destroy, on the guest for an ACPI
+/// shutdown), so the bound is about a dozen guests' worth: ten guests that
+/// ignore ACPI still share one timeout. The heavy steps (base images) are
+/// barriers and never overlap anything.
+pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// For each change, the indices of the earlier changes it waits for.
 /// `machines[i]` is change `i`'s machine (`None`: a barrier).
