@@ -706,3 +706,95 @@ fn snapshot_names_of(info: &serde_json::Value) -> Vec<String> {
     names.sort();
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::transport::{ExecResult, Local, Output};
+
+    /// This machine's commands, but reported as a remote host: the storage
+    /// then takes the path it takes over SSH (one batched command).
+    struct AsRemote(Local);
+
+    impl Transport for AsRemote {
+        fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
+            self.0.run(argv)
+        }
+        fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
+            self.0.write_file(path, bytes)
+        }
+        fn put_file(
+            &self,
+            local: &std::path::Path,
+            remote: &str,
+            progress: &dyn Progress,
+        ) -> ExecResult<()> {
+            self.0.put_file(local, remote, progress)
+        }
+    }
+
+    fn qemu_img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Headers read in process (this machine) and one batched `qemu-img
+    /// info` (a remote host) observe the same sizes and snapshots; a disk
+    /// whose image is unreadable is an error either way, never size 0.
+    #[test]
+    fn local_and_remote_reads_of_disks_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for (vol, size, snaps) in [
+            ("m-root", "1G", &["vf-init", "x"][..]),
+            ("m-data", "3G", &[]),
+        ] {
+            let d = dir.path().join("disks").join(vol);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("owner.json"),
+                format!(r#"{{"fleet":"f","machine":"m","disk":"{vol}"}}"#),
+            )
+            .unwrap();
+            let file = d.join("disk.qcow2");
+            let file = file.to_str().unwrap();
+            qemu_img(&["create", "-q", "-f", "qcow2", file, size]);
+            for s in snaps {
+                qemu_img(&["snapshot", "-c", s, file]);
+            }
+        }
+        let wanted: BTreeSet<String> = ["m-root".to_owned(), "m-data".to_owned()].into();
+        let local = Local;
+        let remote = AsRemote(Local);
+        let a = DirStorage::new(root, &local)
+            .observe("f", &BTreeMap::new(), &wanted)
+            .unwrap();
+        let b = DirStorage::new(root, &remote)
+            .observe("f", &BTreeMap::new(), &wanted)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.disks["m-root"].size_bytes, 1 << 30);
+        assert_eq!(a.disks["m-root"].snapshots, ["vf-init", "x"]);
+        assert_eq!(a.disks["m-data"].size_bytes, 3 << 30);
+        assert!(a.disks["m-data"].snapshots.is_empty());
+
+        std::fs::write(dir.path().join("disks/m-data/disk.qcow2"), b"garbage").unwrap();
+        assert!(
+            DirStorage::new(root, &local)
+                .observe("f", &BTreeMap::new(), &wanted)
+                .is_err()
+        );
+        assert!(
+            DirStorage::new(root, &remote)
+                .observe("f", &BTreeMap::new(), &wanted)
+                .is_err()
+        );
+    }
+}
