@@ -332,3 +332,23 @@ fn a_base_image_on_this_machine_is_the_caches_file_not_a_copy() {
     lab2.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
     let _ = std::fs::remove_dir_all(&shm);
 }
+
+/// Found by the crash test once steps ran in parallel: a run killed between
+/// making `disks/.new-<vol>` and writing its owner record leaves an empty
+/// directory, which must not block the next run (it holds nothing, so it
+/// is reused); a non-empty one is still never touched (tests/reliability.rs).
+#[test]
+fn regression_an_empty_half_made_disk_directory_is_reused() {
+    let lab = Lab::new("t-perf-empty");
+    let a = lab.m("a");
+    std::fs::create_dir_all(lab.root.join(format!("disks/.new-{a}-root"))).unwrap();
+    lab.write(&[lab.machine("a", "power = V.Power.Stopped")]);
+    lab.apply(&[]).expect_code(0);
+    assert!(
+        lab.root
+            .join(format!("disks/{a}-root/disk.qcow2"))
+            .is_file()
+    );
+    assert!(!lab.root.join(format!("disks/.new-{a}-root")).exists());
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+}

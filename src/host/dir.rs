@@ -513,7 +513,15 @@ impl StorageBackend for DirStorage<'_> {
         // A plain mkdir: if the directory exists, another run is filling it
         // (or a crashed one left it, which the next plan removes when it is
         // this fleet's). Never delete or reuse what this call did not make.
-        let made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        let mut made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        // An *empty* one is what a run killed between this mkdir and the
+        // owner record leaves (likely when several disks are made at once):
+        // it holds nothing, so `rmdir` (which removes only an empty
+        // directory) loses nothing, and this run holds the host's lease, so
+        // no other run is about to fill it.
+        if !made.success && self.t.run(&["rmdir", "--", &tmp_dir])?.success {
+            made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        }
         if !made.success {
             return Err(StorageError::Exists(tmp_dir));
         }
