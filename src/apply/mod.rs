@@ -253,7 +253,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Runs host `name`'s changes in order; reports every one of them.
+    /// Runs host `name`'s changes (see [`Self::steps`]); reports every one of them.
     fn host(&self, name: &str, changes: &[&Change]) -> Vec<StepReport> {
         self.events.event(Event::HostStarted {
             host: name.into(),

@@ -30,8 +30,12 @@ use std::sync::mpsc;
 /// barriers and never overlap anything.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 
-/// For each change, the indices of the earlier changes it waits for.
-/// `machines[i]` is change `i`'s machine (`None`: a barrier).
+/// For each change, the indices of the earlier changes it waits for,
+/// sorted. `machines[i]` is change `i`'s machine (`None`: a barrier).
+///
+/// A barrier waits for the previous barrier and for the last change of each
+/// machine since then: a machine's changes succeed in order, so its last
+/// one done means all of them are (this keeps the lists short).
 pub fn dependencies(machines: &[Option<&str>]) -> Vec<Vec<usize>> {
     let mut last_of: BTreeMap<&str, usize> = BTreeMap::new();
     let mut barrier: Option<usize> = None;
@@ -40,16 +44,18 @@ pub fn dependencies(machines: &[Option<&str>]) -> Vec<Vec<usize>> {
         match m {
             Some(m) => {
                 let mut d: Vec<usize> = barrier.into_iter().collect();
-                if let Some(&prev) = last_of.get(m)
-                    && barrier.is_none_or(|b| prev > b)
-                {
+                if let Some(prev) = last_of.insert(m, i) {
                     d.push(prev);
                 }
-                last_of.insert(m, i);
                 deps.push(d);
             }
             None => {
-                deps.push((0..i).collect());
+                let mut d: Vec<usize> = barrier
+                    .into_iter()
+                    .chain(last_of.values().copied())
+                    .collect();
+                d.sort_unstable();
+                deps.push(d);
                 barrier = Some(i);
                 last_of.clear();
             }
@@ -86,7 +92,8 @@ pub fn run<R: Send>(
     let concurrency = concurrency.max(1);
     let mut status: Vec<Option<Done>> = vec![None; n];
     let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    let mut started = vec![false; n];
+    // Not started yet, in plan order.
+    let mut waiting: Vec<usize> = (0..n).collect();
     let mut failed = false;
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel::<(usize, (Done, R))>();
@@ -95,10 +102,11 @@ pub fn run<R: Send>(
         loop {
             // Start every ready change the bound allows, in plan order.
             while !failed && running < concurrency && !stop() {
-                let ready = (0..n)
-                    .find(|&i| !started[i] && deps[i].iter().all(|&d| status[d] == Some(Done::Ok)));
-                let Some(i) = ready else { break };
-                started[i] = true;
+                let ready = waiting
+                    .iter()
+                    .position(|&i| deps[i].iter().all(|&d| status[d] == Some(Done::Ok)));
+                let Some(at) = ready else { break };
+                let i = waiting.remove(at);
                 if let Some((done, r)) = admit(i) {
                     status[i] = Some(done);
                     results[i] = Some(r);
@@ -148,8 +156,8 @@ mod tests {
         assert_eq!(d[3], vec![0, 1], "a's second change waits for its first");
         assert_eq!(
             d[4],
-            vec![0, 1, 2, 3],
-            "a barrier waits for everything before it"
+            vec![0, 2, 3],
+            "a barrier waits for the last barrier and each machine's last change"
         );
         assert_eq!(
             d[5],
