@@ -100,9 +100,10 @@ fn observation_reads_only_what_may_be_this_fleets_and_keeps_ownership() {
     assert_eq!(obs[&stranger]["diskSizes"], serde_json::json!({}));
     assert_eq!(obs[&stranger]["state"], "stopped");
     assert_eq!(obs[&stranger]["config"]["uuid"].as_str().unwrap().len(), 36);
-    // This fleet's domains are read in full, disk sizes included.
-    assert_eq!(obs[&a]["diskSizes"]["vda"], 1u64 << 30);
+    // This fleet's domains are read in full; the disk's size comes from
+    // the storage.
     assert_eq!(obs[&a]["config"]["memoryMib"], 128);
+    assert_eq!(obs[&a]["config"]["disks"][0]["target"], "vda");
 
     // The plan: `gone` is to be destroyed (pending without permission),
     // the foreign ones listed and never touched, the clone included.
@@ -204,6 +205,16 @@ fn guests_that_ignore_acpi_share_one_timeout_and_each_machine_keeps_its_order() 
     for n in names {
         assert_eq!(virsh_ok(SYSTEM, &["domstate", &lab.m(n)]).trim(), "running");
     }
+    // A running guest's live resources and disk sizes come from one bulk
+    // statistics call.
+    let obs = observed_domains(&lab);
+    let p1 = &obs[&lab.m("p1")];
+    assert_eq!(p1["state"], "running");
+    assert_eq!(
+        p1["live"],
+        serde_json::json!({"vcpus": 1, "memoryMib": 128})
+    );
+    assert_eq!(p1["diskSizes"]["vda"], 1u64 << 30);
 
     // The example guest has no OS: it ignores ACPI. Four of them stopped
     // with a 6 s timeout take about one timeout, not four.

@@ -95,7 +95,8 @@ impl Libvirt {
     /// (decided from the name and UUID libvirt returns with the listing, no
     /// call per domain): only those have their definition read (where the
     /// `<vf:owner>` marker decides ownership, as before) and their devices
-    /// looked at (disk sizes, live vCPUs and memory, addresses). Every
+    /// looked at when they run (disk sizes, live vCPUs and memory,
+    /// addresses; one bulk statistics call for all of them). Every
     /// other domain is known by name, UUID, run state and autostart only:
     /// its `config` is [`DomainSpec::foreign`], with no owner.
     pub fn domains_where(
@@ -122,18 +123,33 @@ impl Libvirt {
             .collect();
         let states = stats::all(&self.conn, sys::VIR_DOMAIN_STATS_STATE)
             .map_err(self.err("domain states"))?;
+        // Devices are asked about only where QEMU answers from memory: the
+        // running (or paused) domains of interest. A stopped domain's disk
+        // sizes come from the storage backend, which reads them anyway.
         let chosen: Vec<&Domain> = listed
             .iter()
             .filter(|(n, u, _)| interesting(n, u))
+            .filter(|(_, u, _)| {
+                states
+                    .get(u)
+                    .map(power_state)
+                    .is_some_and(|p| matches!(p, PowerState::Running | PowerState::Paused))
+            })
             .map(|(_, _, d)| d)
             .collect();
-        let details = stats::of(
-            &chosen,
-            sys::VIR_DOMAIN_STATS_BALLOON
-                | sys::VIR_DOMAIN_STATS_VCPU
-                | sys::VIR_DOMAIN_STATS_BLOCK,
-        )
-        .map_err(self.err("domain statistics"))?;
+        let groups = sys::VIR_DOMAIN_STATS_BALLOON
+            | sys::VIR_DOMAIN_STATS_VCPU
+            | sys::VIR_DOMAIN_STATS_BLOCK;
+        let details = match stats::of(&chosen, groups) {
+            Ok(d) => d,
+            // A domain undefined since the listing may fail the whole call:
+            // then ask one by one, and a domain that is gone has none.
+            Err(_) => chosen
+                .iter()
+                .filter_map(|d| stats::of(&[*d], groups).ok())
+                .flatten()
+                .collect(),
+        };
         let mut out = Vec::with_capacity(listed.len());
         for (name, uuid, dom) in &listed {
             let Some(state) = states.get(uuid).map(power_state) else {
@@ -208,9 +224,9 @@ impl Libvirt {
         } else {
             None
         };
-        // Block statistics name each disk by target; a disk libvirt could
-        // not size (a missing image) shows as 0, which is observation, not
-        // failure.
+        // Block statistics (running domains only) name each disk by
+        // target; a disk without them shows as 0, which is observation, not
+        // failure: the storage backend reads the size itself.
         let mut by_target = BTreeMap::new();
         for i in 0..number("block.count").unwrap_or(0) {
             if let Some(t) = detail
