@@ -1387,8 +1387,9 @@ impl Table {
         println!();
         println!(
             "ratio = value / baseline value (below 1: cheaper than the baseline). Times: best of {RUNS} \
-             (in-process baselines of section 3: best of {BASELINE_RUNS}), except section 2 (one run each, \
-             sync included). Section 1 and 2 run against {URI}; disk space in MiB of 2^20 bytes."
+             (processes of section 1: best of {PLAN_RUNS}; in-process baselines of section 3: best of \
+             {BASELINE_RUNS}), except sections 2 and 4 (one run each, sync included in 2). Sections 1, 2 \
+             and 4 run against {URI}; disk space in MiB of 2^20 bytes."
         );
     }
 }
