@@ -39,15 +39,15 @@ fn routed_commands_show_their_plan_report_progress_and_a_half_rollback() {
     let data = "dataDisks = [ V.Disk::{ name = \"d\", sizeGiB = 1 } ]";
     lab.write(&[lab.machine("r", &format!("{data}, power = V.Power.Stopped"))]);
 
-    // Byte progress of the base image (verified in the cache, copied to the
-    // host) reaches the plain log, at most a line per tenth.
+    // Byte progress of the base image (verified in the cache) reaches the
+    // plain log, at most a line per tenth. The host is this machine, on the
+    // cache's file system: the image is linked, not copied, so no copy
+    // progress is shown (tests/performance.rs checks the link).
     let out = lab.apply(&[]).expect_code(0);
     assert!(
         out.stderr
             .contains("verify a74e6253c6b9 100% (1.0 MiB of 1.0 MiB)")
-            && out
-                .stderr
-                .contains("copy tiny to the host 100% (1.0 MiB of 1.0 MiB)"),
+            && !out.stderr.contains("copy tiny to the host"),
         "{}",
         out.stderr
     );

@@ -107,7 +107,7 @@ fn converges_and_handles_every_action_class() {
     // vCPUs: restart class, pending without --allow-restart, applied with it.
     machines[0] = lab.machine("a", "memoryMiB = 96, cpus = 2");
     lab.write(&machines);
-    let out = lab.apply(&[]).expect_code(0);
+    let out = lab.apply(&[]).expect_code(4);
     assert!(
         out.stdout.contains("pending") && out.stdout.contains("--allow-restart"),
         "{}",
@@ -151,7 +151,7 @@ fn converges_and_handles_every_action_class() {
     std::fs::write(lab.root.join(format!("disks/{c}-root/marker")), "mine").unwrap();
     machines.pop();
     lab.write(&machines);
-    let out = lab.apply(&[]).expect_code(0);
+    let out = lab.apply(&[]).expect_code(4);
     assert!(out.stdout.contains("--allow-destroy"), "{}", out.all());
     assert_eq!(state(&c), "running", "not destroyed without permission");
     lab.apply(&["--allow-destroy"]).expect_code(0);

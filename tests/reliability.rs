@@ -488,6 +488,7 @@ fn execute(
         on_failure: virtfleet::apply::OnFailure::Stop,
         break_lock: false,
         permits,
+        concurrency: 1,
     };
     virtfleet::apply::apply(
         plan,

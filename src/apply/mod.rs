@@ -4,7 +4,8 @@
 //! fleet's plan, `destroy`, `restore`, `snapshot`, `rollback` and `reinit`
 //! with one-machine plans ([`crate::plan::commands`]). Hosts run in
 //! parallel, one thread each (every libvirt call blocks); within a host,
-//! changes run in plan order. Every step is idempotent, so re-running after
+//! each machine's changes run in plan order while different machines'
+//! changes overlap, up to a bound ([`schedule`]). Every step is idempotent, so re-running after
 //! a crash or a partial failure converges: recovery is always "observe
 //! again, plan again", never a replay of a journal. When a step fails its
 //! host stops; other hosts finish or stop too, as the caller chooses.
@@ -14,6 +15,7 @@
 mod bytes;
 mod error;
 pub mod runlock;
+pub mod schedule;
 mod step;
 
 pub use bytes::StepBytes;
@@ -30,6 +32,7 @@ use crate::lock::cache::Cache;
 use crate::plan::{Change, Disruption, Plan};
 use crate::resources::observed::Lease;
 use runlock::Holder;
+use schedule::Done;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -66,6 +69,9 @@ pub struct Settings {
     pub break_lock: bool,
     /// The disruption classes this run may carry out.
     pub permits: Permits,
+    /// At most this many steps in flight per host (see [`schedule`]); 1
+    /// runs a host's changes one by one, in plan order.
+    pub concurrency: usize,
 }
 
 /// Which disruptive changes a run was permitted, checked again by the
@@ -282,7 +288,7 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Runs host `name`'s changes in order; reports every one of them.
+    /// Runs host `name`'s changes (see [`Self::steps`]); reports every one of them.
     fn host(&self, name: &str, changes: &[&Change]) -> Vec<StepReport> {
         self.events.event(Event::HostStarted {
             host: name.into(),
@@ -373,9 +379,11 @@ impl Run<'_> {
         Ok((lv, t, host))
     }
 
-    /// The steps of one host; after a failure (here, or on another host
-    /// with [`OnFailure::Stop`]) the rest are skipped, since later steps
-    /// may depend on the failed one.
+    /// The steps of one host, run by [`schedule`]: each machine's changes
+    /// in plan order, different machines side by side (at most
+    /// `settings.concurrency` at once). After a failure (here, or on
+    /// another host with [`OnFailure::Stop`]) nothing new starts and the
+    /// rest are skipped, since later steps may depend on the failed one.
     fn steps(
         &self,
         name: &str,
@@ -383,25 +391,29 @@ impl Run<'_> {
         env: &StepEnv<'_>,
         mut lease: Lease,
     ) -> Vec<StepReport> {
-        let mut results = Vec::new();
-        let mut failed_here = false;
-        for c in changes {
+        let machines: Vec<Option<&str>> = changes.iter().map(|c| c.machine.as_deref()).collect();
+        let deps = schedule::dependencies(&machines);
+        // The lease is renewed between steps, on the scheduling thread.
+        let admit = |i: usize| {
             let now = unix_now();
-            if !failed_here && now.saturating_sub(lease.expires - LEASE_TTL) >= LEASE_RENEW_AFTER {
+            if now.saturating_sub(lease.expires - LEASE_TTL) >= LEASE_RENEW_AFTER {
                 lease.expires = now + LEASE_TTL;
                 if let Err(e) = lease::renew(env.storage, name, &lease) {
                     // Someone broke the lease: this run must stop here.
-                    failed_here = true;
-                    results.push(report(c, failed(&StepError::from(e))));
-                    continue;
+                    return Some((
+                        Done::Failed,
+                        report(changes[i], failed(&StepError::from(e))),
+                    ));
                 }
             }
-            let stop_all =
-                self.settings.on_failure == OnFailure::Stop && self.abort.load(Ordering::SeqCst);
-            if failed_here || stop_all {
-                results.push(report(c, Outcome::Skipped));
-                continue;
-            }
+            None
+        };
+        let stop =
+            || self.settings.on_failure == OnFailure::Stop && self.abort.load(Ordering::SeqCst);
+        // Steps may run on other threads: their spans name the host's.
+        let host_span = tracing::Span::current();
+        let work = |i: usize| {
+            let c = changes[i];
             let what = c.action.describe();
             self.events.event(Event::StepStarted {
                 host: name.into(),
@@ -409,7 +421,7 @@ impl Run<'_> {
                 what: what.clone(),
             });
             let started = Instant::now();
-            let span = tracing::info_span!("step", address = %c.address, action = %what);
+            let span = tracing::info_span!(parent: &host_span, "step", address = %c.address, action = %what);
             let _in_step = span.enter();
             tracing::info!("started");
             let r = if self.settings.permits.allow(c.disruption) {
@@ -435,17 +447,21 @@ impl Run<'_> {
             });
             match r {
                 Ok(()) => {
-                    results.push(report(c, Outcome::Done));
                     crate::fault::point("step");
+                    (Done::Ok, report(c, Outcome::Done))
                 }
                 Err(e) => {
-                    failed_here = true;
                     self.abort.store(true, Ordering::SeqCst);
-                    results.push(report(c, failed(&e)));
+                    (Done::Failed, report(c, failed(&e)))
                 }
             }
-        }
+        };
+        let results = schedule::run(&deps, self.settings.concurrency, admit, stop, work);
         results
+            .into_iter()
+            .zip(changes)
+            .map(|(r, c)| r.unwrap_or_else(|| report(c, Outcome::Skipped)))
+            .collect()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::execute;
 use super::plan::{Format, PlanArgs, plan_loaded, render_plan};
-use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, now};
+use super::{Context, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_OK, EXIT_PENDING, now};
 use crate::apply::{OnFailure, Outcome, Report};
 use crate::plan::{Disruption, Plan};
 use crate::ui::{ERROR, OK, WARN};
@@ -27,8 +27,10 @@ use std::time::Duration;
 /// applied. Destroyed disks go to the trash (`virtfleet restore NAME`).
 /// Without a terminal, --auto-approve is required.
 ///
-/// Exit status: 0 converged, 1 error / not converged, 3 some host unreachable
-/// (named after the apply).
+/// Exit status: 0 converged, nothing pending; 1 error / not converged; 3 some
+/// host unreachable (named after the apply); 4 everything allowed was
+/// applied, but changes stay pending for lack of permission (so CI and
+/// timers can tell that a restart or destroy is waiting for a person).
 ///
 /// Examples:
 ///   virtfleet apply
@@ -84,6 +86,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     }
     let incomplete = if plan.is_incomplete() {
         EXIT_INCOMPLETE
+    } else if !plan.pending.is_empty() {
+        EXIT_PENDING
     } else {
         EXIT_OK
     };
@@ -118,7 +122,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_ERROR);
     }
     match converged(&fleet, &lock, &args.common, plan.inputs.now) {
-        EXIT_OK => Ok(incomplete),
+        EXIT_OK | EXIT_PENDING if incomplete == EXIT_INCOMPLETE => Ok(EXIT_INCOMPLETE),
         code => Ok(code),
     }
 }
@@ -154,7 +158,8 @@ fn summarise(report: &Report) -> bool {
 /// The convergence check: a fresh observation must plan nothing more. It
 /// is planned for the applied plan's `now`: a period boundary passing
 /// during the apply must not make a new snapshot look like a failure.
-/// Returns the exit status: 0 converged, 1 not, 3 some host not observed.
+/// Returns the exit status: 0 converged, 1 not, 3 some host not observed,
+/// 4 converged but with changes pending for lack of permission.
 fn converged(
     fleet: &crate::fleet::Fleet,
     lock: &crate::lock::ImageLock,
@@ -182,6 +187,11 @@ fn converged(
             hosts.join(", ")
         );
         EXIT_INCOMPLETE
+    } else if !after.pending.is_empty() {
+        anstream::println!(
+            "{WARN}applied what was allowed{WARN:#}: re-observed every host; the pending change(s) above still need their permission (exit status 4)"
+        );
+        EXIT_PENDING
     } else {
         anstream::println!("{OK}converged{OK:#}: re-observed every host; nothing left to do");
         EXIT_OK

@@ -124,6 +124,7 @@ pub fn execute(
         on_failure,
         break_lock: ctx.break_lock,
         permits,
+        concurrency: ctx.concurrency,
     };
     let progress = ApplyProgress::new();
     // Each step is recorded in the state file as it starts and ends; a

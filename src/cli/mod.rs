@@ -29,6 +29,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code when some host could not be observed (the rest was handled).
 pub const EXIT_INCOMPLETE: u8 = 3;
+/// Exit code of `apply` when it applied everything it was allowed to but
+/// changes stay pending for lack of permission (--allow-restart,
+/// --allow-destroy or the fleet's policy).
+pub const EXIT_PENDING: u8 = 4;
 
 const ABOUT: &str = "Keep a fleet of libvirt virtual machines in the state a Dhall file describes.";
 
@@ -102,6 +106,9 @@ pub struct Cli {
         value_name = "N"
     )]
     pub history_runs: u64,
+    /// At most N steps in flight per host when changing hosts (apply, destroy, rollback, ...): each machine's steps stay in plan order, different machines overlap (starts, shutdowns and their timeouts, destroys); 1 runs them one by one.
+    #[arg(long, global = true, env = "VIRTFLEET_CONCURRENCY", value_name = "N", default_value_t = crate::apply::schedule::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
 
     #[command(subcommand)]
     command: Command,
@@ -141,6 +148,8 @@ pub struct Context {
     pub break_lock: bool,
     /// How much run history to keep.
     pub retention: crate::state::Retention,
+    /// `--concurrency`: steps in flight per host.
+    pub concurrency: usize,
 }
 
 impl Context {
@@ -160,6 +169,7 @@ impl Context {
                 days: cli.history_days,
                 runs: cli.history_runs,
             },
+            concurrency: usize::from(cli.concurrency),
         }
     }
 }

@@ -27,7 +27,10 @@
 //! `libvirt-qemu`, must traverse them; nobody may list them) and disk files
 //! 0600 (libvirt hands them to QEMU's user while a guest runs).
 
-use super::storage::{BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified};
+use super::qcow2;
+use super::storage::{
+    BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified, verify_on_host,
+};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
@@ -51,6 +54,32 @@ fn safe_name(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// On a host that is this machine, makes `tmp` the cached image without a
+/// second copy of its bytes: a reflink (a new file sharing the blocks,
+/// where the filesystem can) or else a hard link (the same file under a
+/// second name). False when neither works (another filesystem): the caller
+/// copies.
+///
+/// A hard link is the cache's own inode, so it must never be written: the
+/// image is made read-only (0444, both names, as base images always are);
+/// virtfleet only ever replaces files by rename, never writes into an
+/// existing one (the cache is written the same way); QEMU opens a backing
+/// file read-only; and an in-place change through either name changes the
+/// mtime in the image's `.verified` record, so the image is then distrusted
+/// and replaced, never used.
+fn share_local(t: &dyn Transport, cached: &std::path::Path, tmp: &str) -> bool {
+    let Some(src) = cached.to_str() else {
+        return false;
+    };
+    if t.run(&["cp", "--reflink=always", "--", src, tmp])
+        .is_ok_and(|o| o.success)
+    {
+        return true;
+    }
+    let _ = t.run(&["rm", "-f", "--", tmp]);
+    std::fs::hard_link(cached, tmp).is_ok()
 }
 
 /// The mtime (whole seconds) in a `<size> <mtime> <inode>` stat line.
@@ -248,27 +277,30 @@ impl<'a> DirStorage<'a> {
         Ok(())
     }
 
-    /// A disk of this fleet found at `disks/<volume>/`.
+    /// A disk of this fleet found at `disks/<volume>/`; `info` is its
+    /// header as [`Self::infos`] read it, when it was needed.
     fn owned_disk(
         &self,
         volume: &str,
         owner: &DiskOwner,
         attached: &BTreeMap<String, u64>,
         with_snapshots: &BTreeSet<String>,
+        info: Option<Result<qcow2::Info, StorageError>>,
     ) -> Result<OwnedDisk, StorageError> {
         let path = self.file_path(volume);
-        // One `qemu-img info` gives both the size and the snapshots: it is
-        // read at most once, and only when one of them is needed.
-        let mut info = None;
+        let mut info = info.transpose()?;
         // An unreadable size is an error, never 0: a zero would plan a
         // bogus "grow 0 → N GiB".
         let size_bytes = match attached.get(&path) {
             Some(s) if *s > 0 => *s,
-            _ => virtual_size_of(info.insert(self.info(volume)?))?,
+            _ => match &info {
+                Some(i) => i.virtual_size,
+                None => info.insert(self.qcow2_info(volume)?).virtual_size,
+            },
         };
-        let snapshots = match (&info, with_snapshots.contains(volume)) {
+        let snapshots = match (info, with_snapshots.contains(volume)) {
             (_, false) => Vec::new(),
-            (Some(v), true) => snapshot_names_of(v),
+            (Some(i), true) => i.snapshots,
             (None, true) => self.snapshot_names(volume)?,
         };
         Ok(OwnedDisk {
@@ -279,6 +311,70 @@ impl<'a> DirStorage<'a> {
             size_bytes,
             snapshots,
         })
+    }
+
+    /// Size and snapshots of one disk: read from its header when the host
+    /// is this machine, else (or when that fails) from `qemu-img info`.
+    fn qcow2_info(&self, volume: &str) -> Result<qcow2::Info, StorageError> {
+        if self.t.is_local()
+            && let Ok(i) = qcow2::read_file(&self.file_path(volume))
+        {
+            return Ok(i);
+        }
+        let v = self.info(volume)?;
+        Ok(qcow2::Info {
+            virtual_size: virtual_size_of(&v)?,
+            snapshots: snapshot_names_of(&v),
+        })
+    }
+
+    /// Size and snapshots of many disks at once: on this machine, read from
+    /// each header (no process at all); on a remote host, one command runs
+    /// `qemu-img info` for every disk (one round trip, not one per disk).
+    /// A disk whose answer is missing gets it from [`Self::qcow2_info`],
+    /// which reports the real error.
+    fn infos(&self, volumes: &[&str]) -> BTreeMap<String, Result<qcow2::Info, StorageError>> {
+        let mut out = BTreeMap::new();
+        if volumes.is_empty() {
+            return out;
+        }
+        if !self.t.is_local() {
+            let files: Vec<String> = volumes.iter().map(|v| self.file_path(v)).collect();
+            // A fixed script; the paths are its arguments, never part of it.
+            let mut argv = vec![
+                "sh",
+                "-c",
+                "for f do qemu-img info -U -f qcow2 --output=json \"$f\" 2>/dev/null || echo null; done",
+                "sh",
+            ];
+            argv.extend(files.iter().map(String::as_str));
+            if let Ok(o) = self.t.run(&argv) {
+                let values: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&o.stdout)
+                    .into_iter()
+                    .map_while(Result::ok)
+                    .collect();
+                if values.len() == volumes.len() {
+                    for (v, value) in volumes.iter().zip(values) {
+                        if let Ok(size) = virtual_size_of(&value) {
+                            let snapshots = snapshot_names_of(&value);
+                            out.insert(
+                                (*v).to_owned(),
+                                Ok(qcow2::Info {
+                                    virtual_size: size,
+                                    snapshots,
+                                }),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for v in volumes {
+            if !out.contains_key(*v) {
+                out.insert((*v).to_owned(), self.qcow2_info(v));
+            }
+        }
+        out
     }
 
     /// `<size> <mtime> <inode>` of a file, as the listing prints them; `None`
@@ -329,6 +425,20 @@ impl StorageBackend for DirStorage<'_> {
     ) -> Result<HostState, StorageError> {
         let listing = self.list()?;
         let mut state = HostState::default();
+        // The disks whose header is needed (size unknown to libvirt, or
+        // snapshots wanted), read together.
+        let needed: Vec<&str> = listing
+            .owners
+            .iter()
+            .filter(|(_, o)| o.fleet == fleet)
+            .filter_map(|(rel, _)| rel.strip_prefix("disks/")?.strip_suffix("/owner.json"))
+            .filter(|n| !n.starts_with('.') && !n.contains('/'))
+            .filter(|n| {
+                with_snapshots.contains(*n)
+                    || attached.get(&self.file_path(n)).is_none_or(|s| *s == 0)
+            })
+            .collect();
+        let mut infos = self.infos(&needed);
         for (rel, (is_dir, _)) in &listing.entries {
             let mut parts = rel.splitn(3, '/');
             let (top, name, rest) = (parts.next().unwrap_or(""), parts.next(), parts.next());
@@ -373,7 +483,8 @@ impl StorageBackend for DirStorage<'_> {
                         state.incomplete.push(format!("disks/{n}"))
                     }
                     Some(o) => {
-                        let disk = self.owned_disk(n, o, attached, with_snapshots)?;
+                        let info = infos.remove(n);
+                        let disk = self.owned_disk(n, o, attached, with_snapshots, info)?;
                         state.disks.insert(n.to_owned(), disk);
                     }
                     None => state.unmanaged_files.push(rel.clone()),
@@ -433,7 +544,15 @@ impl StorageBackend for DirStorage<'_> {
         }
         self.t.run_ok(&["mkdir", "-p", &self.path("images")])?;
         let tmp = self.path(&format!("images/.tmp-{sha256}.{format}"));
-        copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        // A name left by a crash is removed, never written through (it may
+        // be a hard link to the cache).
+        self.t.run_ok(&["rm", "-f", "--", &tmp])?;
+        if self.t.is_local() && share_local(self.t, cached, &tmp) {
+            // Shared, not copied: still hashed here before it is trusted.
+            verify_on_host(self.t, &tmp, sha256)?;
+        } else {
+            copy_verified(self.t, cached, &tmp, sha256, progress)?;
+        }
         crate::fault::point("image-copied");
         // Base images are shared read-only by many overlays.
         self.t.run_ok(&["chmod", "0444", &tmp])?;
@@ -463,7 +582,15 @@ impl StorageBackend for DirStorage<'_> {
         // A plain mkdir: if the directory exists, another run is filling it
         // (or a crashed one left it, which the next plan removes when it is
         // this fleet's). Never delete or reuse what this call did not make.
-        let made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        let mut made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        // An *empty* one is what a run killed between this mkdir and the
+        // owner record leaves (likely when several disks are made at once):
+        // it holds nothing, so `rmdir` (which removes only an empty
+        // directory) loses nothing, and this run holds the host's lease, so
+        // no other run is about to fill it.
+        if !made.success && self.t.run(&["rmdir", "--", &tmp_dir])?.success {
+            made = self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?;
+        }
         if !made.success {
             return Err(StorageError::Exists(tmp_dir));
         }
@@ -747,4 +874,96 @@ fn snapshot_names_of(info: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::transport::{ExecResult, Local, Output};
+
+    /// This machine's commands, but reported as a remote host: the storage
+    /// then takes the path it takes over SSH (one batched command).
+    struct AsRemote(Local);
+
+    impl Transport for AsRemote {
+        fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
+            self.0.run(argv)
+        }
+        fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
+            self.0.write_file(path, bytes)
+        }
+        fn put_file(
+            &self,
+            local: &std::path::Path,
+            remote: &str,
+            progress: &dyn Progress,
+        ) -> ExecResult<()> {
+            self.0.put_file(local, remote, progress)
+        }
+    }
+
+    fn qemu_img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Headers read in process (this machine) and one batched `qemu-img
+    /// info` (a remote host) observe the same sizes and snapshots; a disk
+    /// whose image is unreadable is an error either way, never size 0.
+    #[test]
+    fn local_and_remote_reads_of_disks_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        for (vol, size, snaps) in [
+            ("m-root", "1G", &["vf-init", "x"][..]),
+            ("m-data", "3G", &[]),
+        ] {
+            let d = dir.path().join("disks").join(vol);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("owner.json"),
+                format!(r#"{{"fleet":"f","machine":"m","disk":"{vol}"}}"#),
+            )
+            .unwrap();
+            let file = d.join("disk.qcow2");
+            let file = file.to_str().unwrap();
+            qemu_img(&["create", "-q", "-f", "qcow2", file, size]);
+            for s in snaps {
+                qemu_img(&["snapshot", "-c", s, file]);
+            }
+        }
+        let wanted: BTreeSet<String> = ["m-root".to_owned(), "m-data".to_owned()].into();
+        let local = Local;
+        let remote = AsRemote(Local);
+        let a = DirStorage::new(root, &local)
+            .observe("f", &BTreeMap::new(), &wanted)
+            .unwrap();
+        let b = DirStorage::new(root, &remote)
+            .observe("f", &BTreeMap::new(), &wanted)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.disks["m-root"].size_bytes, 1 << 30);
+        assert_eq!(a.disks["m-root"].snapshots, ["vf-init", "x"]);
+        assert_eq!(a.disks["m-data"].size_bytes, 3 << 30);
+        assert!(a.disks["m-data"].snapshots.is_empty());
+
+        std::fs::write(dir.path().join("disks/m-data/disk.qcow2"), b"garbage").unwrap();
+        assert!(
+            DirStorage::new(root, &local)
+                .observe("f", &BTreeMap::new(), &wanted)
+                .is_err()
+        );
+        assert!(
+            DirStorage::new(root, &remote)
+                .observe("f", &BTreeMap::new(), &wanted)
+                .is_err()
+        );
+    }
 }

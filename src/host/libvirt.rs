@@ -4,12 +4,14 @@
 //! thread (observation and apply fan out one thread per host). libvirt's
 //! default error printer is silenced once; errors come back as values.
 
+use super::stats;
 use crate::resources::domain::DomainSpec;
 use crate::resources::observed::{Live, ObservedDomain, PowerState};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState};
+use virt::domain::Domain;
 use virt::sys;
 
 /// A libvirt failure, with the URI and operation it concerns.
@@ -82,23 +84,97 @@ impl Libvirt {
             .map_err(self.err(format!("domain {name}: lookup")))
     }
 
-    /// Every domain on the host, managed or not, sorted by name.
+    /// Every domain on the host, each read in full, sorted by name.
     pub fn domains(&self) -> Result<Vec<ObservedDomain>, LibvirtError> {
-        let mut out = Vec::new();
-        for dom in self
+        self.domains_where(|_, _| true)
+    }
+
+    /// Every domain on the host, sorted by name, in a fixed number of
+    /// libvirt calls plus one XML read per domain of interest.
+    ///
+    /// `interesting(name, uuid)` says which domains may be this fleet's
+    /// (decided from the name and UUID libvirt returns with the listing, no
+    /// call per domain): only those have their definition read (where the
+    /// `<vf:owner>` marker decides ownership, as before) and their devices
+    /// looked at when they run (disk sizes, live vCPUs and memory,
+    /// addresses; one bulk statistics call for all of them). Every
+    /// other domain is known by name, UUID, run state and autostart only:
+    /// its `config` is [`DomainSpec::foreign`], with no owner.
+    pub fn domains_where(
+        &self,
+        interesting: impl Fn(&str, &str) -> bool,
+    ) -> Result<Vec<ObservedDomain>, LibvirtError> {
+        let all = self
             .conn
             .list_all_domains(0)
-            .map_err(self.err("list domains"))?
-        {
-            match self.observe_domain(&dom) {
-                Ok(d) => out.push(d),
+            .map_err(self.err("list domains"))?;
+        // Name and UUID are cached in the handle: no call per domain.
+        let mut listed = Vec::with_capacity(all.len());
+        for dom in all {
+            let name = dom.name().map_err(self.err("domain name"))?;
+            let uuid = dom.uuid_string().map_err(self.err("domain UUID"))?;
+            listed.push((name, uuid, dom));
+        }
+        let autostart: BTreeSet<String> = self
+            .conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+            .map_err(self.err("list autostart domains"))?
+            .iter()
+            .filter_map(|d| d.uuid_string().ok())
+            .collect();
+        let states = stats::all(&self.conn, sys::VIR_DOMAIN_STATS_STATE)
+            .map_err(self.err("domain states"))?;
+        // Devices are asked about only where QEMU answers from memory: the
+        // running (or paused) domains of interest. A stopped domain's disk
+        // sizes come from the storage backend, which reads them anyway.
+        let chosen: Vec<&Domain> = listed
+            .iter()
+            .filter(|(n, u, _)| interesting(n, u))
+            .filter(|(_, u, _)| {
+                states
+                    .get(u)
+                    .map(power_state)
+                    .is_some_and(|p| matches!(p, PowerState::Running | PowerState::Paused))
+            })
+            .map(|(_, _, d)| d)
+            .collect();
+        let groups = sys::VIR_DOMAIN_STATS_BALLOON
+            | sys::VIR_DOMAIN_STATS_VCPU
+            | sys::VIR_DOMAIN_STATS_BLOCK;
+        let details = match stats::of(&chosen, groups) {
+            Ok(d) => d,
+            // A domain undefined since the listing may fail the whole call:
+            // then ask one by one, and a domain that is gone has none.
+            Err(_) => chosen
+                .iter()
+                .filter_map(|d| stats::of(&[*d], groups).ok())
+                .flatten()
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(listed.len());
+        for (name, uuid, dom) in &listed {
+            let Some(state) = states.get(uuid).map(power_state) else {
                 // Undefined by someone else between the listing and now: it
                 // is simply not there any more.
-                Err(_)
-                    if self
-                        .conn
-                        .lookup_domain_by_uuid_string(&dom.uuid_string().unwrap_or_default())
-                        .is_err() => {}
+                continue;
+            };
+            let autostart = autostart.contains(uuid);
+            if !interesting(name, uuid) {
+                out.push(ObservedDomain {
+                    config: DomainSpec::foreign(name, uuid),
+                    state,
+                    autostart,
+                    live: None,
+                    disk_sizes: BTreeMap::new(),
+                    addresses: Vec::new(),
+                });
+                continue;
+            }
+            let empty = stats::Record::new();
+            let detail = details.get(uuid).unwrap_or(&empty);
+            match self.observe_domain(dom, name, state, autostart, detail) {
+                Ok(d) => out.push(d),
+                Err(_) if self.conn.lookup_domain_by_uuid_string(uuid).is_err() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -106,64 +182,87 @@ impl Libvirt {
         Ok(out)
     }
 
-    fn observe_domain(&self, dom: &Domain) -> Result<ObservedDomain, LibvirtError> {
-        {
-            let name = dom.name().map_err(self.err("domain name"))?;
-            let what = |op: &str| format!("domain {name}: {op}");
-            let xml = dom
-                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-                .map_err(self.err(what("read XML")))?;
-            let config = DomainSpec::from_xml(&xml).map_err(|m| LibvirtError {
-                uri: self.uri.clone(),
-                action: what("parse XML"),
-                message: m,
-                connecting: false,
-            })?;
-            let state = match dom.state().map_err(self.err(what("state")))?.0 {
-                virt::enumutil::Enum::Known(DomainState::Running | DomainState::Blocked) => {
-                    PowerState::Running
+    fn observe_domain(
+        &self,
+        dom: &Domain,
+        name: &str,
+        state: PowerState,
+        autostart: bool,
+        detail: &stats::Record,
+    ) -> Result<ObservedDomain, LibvirtError> {
+        let what = |op: &str| format!("domain {name}: {op}");
+        let xml = dom
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(self.err(what("read XML")))?;
+        let config = DomainSpec::from_xml(&xml).map_err(|m| LibvirtError {
+            uri: self.uri.clone(),
+            action: what("parse XML"),
+            message: m,
+            connecting: false,
+        })?;
+        let number = |k: &str| detail.get(k).and_then(stats::Value::number);
+        let live = if state == PowerState::Running || state == PowerState::Paused {
+            // `<vcpu>` of the live definition is the maximum, as
+            // `vcpu.maximum` is; the balloon's current size is the live
+            // `<currentMemory>`.
+            match (
+                number("vcpu.maximum").or_else(|| number("vcpu.current")),
+                number("balloon.current"),
+            ) {
+                (Some(vcpus), Some(kib)) => Some(Live {
+                    vcpus: u32::try_from(vcpus).unwrap_or(u32::MAX),
+                    memory_mib: kib / 1024,
+                }),
+                // Statistics without them (an older libvirt): the live XML.
+                _ => {
+                    let live_xml = dom.xml_desc(0).map_err(self.err(what("read live XML")))?;
+                    DomainSpec::from_xml(&live_xml).ok().map(|s| Live {
+                        vcpus: s.vcpus,
+                        memory_mib: s.current_memory_mib,
+                    })
                 }
-                virt::enumutil::Enum::Known(DomainState::Paused | DomainState::PMSuspended) => {
-                    PowerState::Paused
-                }
-                virt::enumutil::Enum::Known(DomainState::Shutoff | DomainState::Crashed) => {
-                    PowerState::Stopped
-                }
-                _ => PowerState::Other,
-            };
-            let autostart = dom.autostart().map_err(self.err(what("autostart")))?;
-            let live = if state == PowerState::Running || state == PowerState::Paused {
-                let live_xml = dom.xml_desc(0).map_err(self.err(what("read live XML")))?;
-                DomainSpec::from_xml(&live_xml).ok().map(|s| Live {
-                    vcpus: s.vcpus,
-                    memory_mib: s.current_memory_mib,
-                })
-            } else {
-                None
-            };
-            let mut disk_sizes = std::collections::BTreeMap::new();
-            for d in &config.disks {
-                // A missing image is observation, not failure: it shows as size 0.
-                let cap = dom
-                    .block_info(&d.target, 0)
-                    .map(|b| b.capacity)
-                    .unwrap_or(0);
-                disk_sizes.insert(d.target.clone(), cap);
             }
-            let addresses = if state == PowerState::Running {
-                self.addresses(dom)
-            } else {
-                Vec::new()
-            };
-            Ok(ObservedDomain {
-                config,
-                state,
-                autostart,
-                live,
-                disk_sizes,
-                addresses,
-            })
+        } else {
+            None
+        };
+        // Block statistics (running domains only) name each disk by
+        // target; a disk without them shows as 0, which is observation, not
+        // failure: the storage backend reads the size itself.
+        let mut by_target = BTreeMap::new();
+        for i in 0..number("block.count").unwrap_or(0) {
+            if let Some(t) = detail
+                .get(&format!("block.{i}.name"))
+                .and_then(stats::Value::text)
+            {
+                by_target.insert(
+                    t.to_owned(),
+                    number(&format!("block.{i}.capacity")).unwrap_or(0),
+                );
+            }
         }
+        let disk_sizes = config
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    d.target.clone(),
+                    by_target.get(&d.target).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let addresses = if state == PowerState::Running {
+            self.addresses(dom)
+        } else {
+            Vec::new()
+        };
+        Ok(ObservedDomain {
+            config,
+            state,
+            autostart,
+            live,
+            disk_sizes,
+            addresses,
+        })
     }
 
     fn addresses(&self, dom: &Domain) -> Vec<String> {
@@ -364,5 +463,18 @@ impl Libvirt {
                 .map_err(self.err(format!("domain {name}: state"))),
             Err(_) => Ok(false),
         }
+    }
+}
+
+/// The run state in a `state.state` statistic (libvirt's `virDomainState`).
+fn power_state(record: &stats::Record) -> PowerState {
+    match record.get("state.state").and_then(stats::Value::number) {
+        // running, blocked
+        Some(1 | 2) => PowerState::Running,
+        // paused, pmsuspended
+        Some(3 | 7) => PowerState::Paused,
+        // shutoff, crashed
+        Some(5 | 6) => PowerState::Stopped,
+        _ => PowerState::Other,
     }
 }

@@ -5,7 +5,9 @@
 pub mod dir;
 pub mod lease;
 pub mod libvirt;
+pub mod qcow2;
 pub mod ssh;
+pub mod stats;
 pub mod storage;
 pub mod transport;
 pub mod zfs;

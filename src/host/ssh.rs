@@ -114,12 +114,47 @@ pub fn remote_command(argv: &[&str]) -> String {
         .join(" ")
 }
 
+/// At most this many commands of one transport run at once: they share one
+/// master connection, and sshd refuses sessions beyond its `MaxSessions`
+/// (10 by default) on a connection. A host's steps run in parallel.
+const MAX_SESSIONS: usize = 8;
+
+/// A counting semaphore over [`MAX_SESSIONS`].
+#[derive(Default)]
+struct Sessions {
+    open: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One session slot, given back when dropped.
+struct Slot<'a>(&'a Sessions);
+
+impl Sessions {
+    fn take(&self) -> Slot<'_> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while *open >= MAX_SESSIONS {
+            open = self.freed.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+        *open += 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// A host reached over SSH.
 pub struct Ssh {
     target: SshTarget,
     /// Where master connections live; `None` when no safe private
     /// directory could be had (then every command connects afresh).
     control_dir: Option<PathBuf>,
+    sessions: Sessions,
 }
 
 /// `dir` as a private directory of user `uid`: made 0700 if missing, and
@@ -175,6 +210,7 @@ impl Ssh {
         Ssh {
             target,
             control_dir,
+            sessions: Sessions::default(),
         }
     }
 
@@ -254,6 +290,7 @@ impl Ssh {
         progress: &dyn Progress,
     ) -> Result<(), ExecError> {
         let shown = format!("{}: {}", self.describe(), argv.join(" "));
+        let _slot = self.sessions.take();
         let mut child = self
             .command(argv)
             .stdin(Stdio::piped())
@@ -300,6 +337,7 @@ impl Ssh {
 impl Transport for Ssh {
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
         tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "run over ssh");
+        let _slot = self.sessions.take();
         let out = self
             .command(argv)
             .stdin(Stdio::null())
@@ -358,6 +396,31 @@ impl Transport for Ssh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parallel steps never open more sessions than sshd allows on the
+    /// shared master connection.
+    #[test]
+    fn sessions_are_bounded() {
+        let sessions = Sessions::default();
+        let peak = std::sync::Mutex::new((0usize, 0usize));
+        std::thread::scope(|s| {
+            for _ in 0..3 * MAX_SESSIONS {
+                s.spawn(|| {
+                    let _slot = sessions.take();
+                    {
+                        let mut p = peak.lock().unwrap();
+                        p.0 += 1;
+                        p.1 = p.1.max(p.0);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    peak.lock().unwrap().0 -= 1;
+                });
+            }
+        });
+        let (now, max) = *peak.lock().unwrap();
+        assert_eq!(now, 0);
+        assert!(max <= MAX_SESSIONS && max > 1, "peak {max}");
+    }
 
     #[test]
     fn a_control_directory_someone_else_can_enter_is_not_used() {

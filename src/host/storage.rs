@@ -38,8 +38,9 @@ pub struct NewDisk<'a> {
     pub base: Option<(&'a str, &'a str)>,
 }
 
-/// Operations on one host's storage.
-pub trait StorageBackend {
+/// Operations on one host's storage. `Sync`: a host's steps run on
+/// several threads at once, each on its own volumes.
+pub trait StorageBackend: Sync {
     /// Lists everything under the storage root. `attached` maps disk paths
     /// of defined domains to the virtual size libvirt reports for them.
     /// `with_snapshots`: volumes whose snapshot names are needed (backends
@@ -144,6 +145,11 @@ pub fn copy_verified(
     progress: &dyn Progress,
 ) -> Result<(), StorageError> {
     t.put_file(cached, dest, progress)?;
+    verify_on_host(t, dest, sha256)
+}
+
+/// Hashes `dest` on the host; deletes it unless it hashes to `sha256`.
+pub fn verify_on_host(t: &dyn Transport, dest: &str, sha256: &str) -> Result<(), StorageError> {
     let out = t.run_ok(&["sha256sum", dest])?;
     let got = out.split_whitespace().next().unwrap_or("");
     if got != sha256 {

@@ -78,6 +78,12 @@ pub trait Transport: Send + Sync {
     /// Copies the controller's file `local` to `remote` on the host.
     fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> ExecResult<()>;
 
+    /// True when the host is this machine: its files are this process's
+    /// files (read them directly, link them instead of copying).
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Runs `argv` and returns its stdout, or an error carrying its stderr.
     fn run_ok(&self, argv: &[&str]) -> Result<String, ExecError> {
         let out = self.run(argv)?;
@@ -98,6 +104,10 @@ pub trait Transport: Send + Sync {
 pub struct Local;
 
 impl Transport for Local {
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
         let (prog, args) = argv.split_first().expect("argv is never empty");
         tracing::debug!(argv = %argv.join(" "), "run locally");
@@ -132,6 +142,13 @@ impl Transport for Local {
             move |source| ExecError::Io { path: p, source }
         };
         let mut src = std::fs::File::open(local).map_err(io(&local.display().to_string()))?;
+        // A new file, never a write through an existing name: `remote` may
+        // be a hard link to a cached image left by a crash (see
+        // `DirStorage::ensure_image`).
+        match std::fs::remove_file(remote) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(remote)(e)),
+            _ => {}
+        }
         let mut dst = std::fs::File::create(remote).map_err(io(remote))?;
         let mut buf = vec![0u8; crate::lock::cache::CHUNK];
         loop {

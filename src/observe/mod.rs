@@ -2,7 +2,10 @@
 //!
 //! One thread per host opens that host's libvirt connection and storage,
 //! lists every domain and every file under the storage root, and records
-//! which of them carry this fleet's ownership marker. A host that cannot be
+//! which of them carry this fleet's ownership marker. The cost per host is
+//! a fixed number of libvirt calls plus one definition read per domain that
+//! may be this fleet's: other domains are known by name, UUID and state
+//! only, however many there are (see [`Libvirt::domains_where`]). A host that cannot be
 //! reached becomes `Unreachable` with the reason; it never fails the run.
 //! An [`Observation`] is plain data: it can be saved (`observe --out`) and
 //! planned against later without contacting any host.
@@ -14,6 +17,7 @@ use crate::host::libvirt::Libvirt;
 use crate::host::libvirt::LibvirtError;
 use crate::host::storage::StorageError;
 use crate::host::{HostError, transport_for};
+use crate::resources::identity;
 use crate::resources::observed::{
     FORMAT_VERSION, HostObservation, HostState, Observation, ObservedDomain,
 };
@@ -62,7 +66,24 @@ pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
                 .collect::<Vec<_>>()
         })
         .collect();
-    match try_observe(fleet.name.as_str(), host, &with_snapshots) {
+    // A domain may be this fleet's when it is named like one of its machines
+    // on this host (it may also be a foreign one in the way), or when it
+    // carries the UUID this fleet would give a machine of that name on one
+    // of its hosts (a machine since removed from the fleet, or moved to
+    // another host entry). Only those are read in full; ownership is then
+    // decided by the `<vf:owner>` marker in the definition, as always.
+    let names: BTreeSet<&str> = fleet
+        .machines_on(&host.name)
+        .map(|m| m.name.as_str())
+        .collect();
+    let interest = |name: &str, uuid: &str| {
+        names.contains(name)
+            || fleet
+                .hosts
+                .values()
+                .any(|h| identity::uuid(fleet.name.as_str(), h.name.as_str(), name) == uuid)
+    };
+    match try_observe(fleet.name.as_str(), host, &with_snapshots, &interest) {
         Ok(state) => HostObservation::Reachable(state),
         Err(error) => {
             tracing::info!(error = %error, "host unreachable");
@@ -92,10 +113,11 @@ fn try_observe(
     fleet: &str,
     host: &Host,
     with_snapshots: &BTreeSet<String>,
+    interest: &dyn Fn(&str, &str) -> bool,
 ) -> Result<HostState, ObserveError> {
     let lv = Libvirt::open(&host.uri)?;
     let domains: BTreeMap<String, ObservedDomain> = lv
-        .domains()?
+        .domains_where(interest)?
         .into_iter()
         .map(|d| (d.config.name.clone(), d))
         .collect();

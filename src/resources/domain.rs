@@ -76,6 +76,27 @@ pub struct DomainSpec {
     pub owner: Option<Owner>,
 }
 
+impl DomainSpec {
+    /// A domain observation did not read (not this fleet's: neither named
+    /// like one of its machines nor carrying one of its UUIDs): its name and
+    /// UUID are real, everything else is a placeholder, and it has no owner,
+    /// so nothing ever plans a change to it.
+    pub fn foreign(name: &str, uuid: &str) -> DomainSpec {
+        DomainSpec {
+            name: name.into(),
+            uuid: uuid.into(),
+            domain_type: DomainType::Kvm,
+            cpu_mode: CpuMode::Default,
+            vcpus: 0,
+            memory_mib: 0,
+            current_memory_mib: 0,
+            disks: Vec::new(),
+            nic: None,
+            owner: None,
+        }
+    }
+}
+
 impl Nic {
     /// The NIC for a host network setting.
     pub fn for_network(net: &Network, mac: String) -> Nic {

@@ -218,6 +218,9 @@ struct Hosts {
     bars: std::collections::BTreeMap<String, ProgressBar>,
     bytes: std::collections::BTreeMap<String, ProgressBar>,
     printed: std::collections::BTreeMap<String, (String, u64)>,
+    /// Steps in flight per host (`address: what`), in start order: the
+    /// host bar's message names all of them.
+    inflight: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// Bytes between two plain progress lines when the total is unknown.
@@ -274,8 +277,10 @@ fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::ap
             what,
             address,
         } => {
+            let running = st.inflight.entry(host.clone()).or_default();
+            running.push((address, what));
             if let Some(b) = st.bars.get(&host) {
-                b.set_message(format!("{address}: {what}"));
+                b.set_message(inflight_message(running));
             }
         }
         Event::StepProgress {
@@ -306,6 +311,14 @@ fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::ap
             let Some((host, line)) = step_line(&finished) else {
                 return;
             };
+            if let (Some(running), Event::StepFinished { address, .. }) =
+                (st.inflight.get_mut(host), &finished)
+            {
+                running.retain(|(a, _)| a != address);
+                if let Some(b) = st.bars.get(host) {
+                    b.set_message(inflight_message(running));
+                }
+            }
             if let Some(b) = st.bytes.remove(host) {
                 b.finish_and_clear();
                 multi.remove(&b);
@@ -328,7 +341,23 @@ fn terminal_event(multi: &indicatif::MultiProgress, st: &mut Hosts, e: crate::ap
     }
 }
 
-/// Plain lines: one per finished step; byte progress at most once per tenth
+/// The host bar's message: every step in flight.
+fn inflight_message(running: &[(String, String)]) -> String {
+    match running {
+        [] => String::new(),
+        [(a, w)] => format!("{a}: {w}"),
+        more => format!(
+            "{} in flight: {}",
+            more.len(),
+            more.iter()
+                .map(|(a, w)| format!("{a}: {w}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// Plain lines: one per started and finished step; byte progress at most once per tenth
 /// (per 256 MiB when the total is unknown), so CI logs stay short.
 fn plain_event(st: &mut Hosts, e: crate::apply::Event) {
     if let Some(line) = plain_line(&mut st.printed, e) {
@@ -345,7 +374,13 @@ fn plain_line(
     use crate::apply::Event;
     match e {
         Event::HostStarted { host, steps } => Some(format!("[{host}] applying {steps} change(s)")),
-        Event::StepStarted { .. } => None,
+        // Steps of one host overlap: each says when it starts, so the log
+        // shows what is in flight.
+        Event::StepStarted {
+            host,
+            address,
+            what,
+        } => Some(format!("[{host}] {address}: {what} (started)")),
         Event::StepProgress {
             host,
             address,

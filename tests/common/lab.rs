@@ -258,6 +258,11 @@ impl Lab {
         self.vf(&args)
     }
 
+    /// The image cache this lab's commands use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.scratch.path().join("cache")
+    }
+
     /// Entries under the storage root's `sub` directory.
     pub fn entries(&self, sub: &str) -> Vec<String> {
         super::dir_names(&self.root.join(sub))
