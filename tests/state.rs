@@ -133,6 +133,9 @@ fn a_crash_mid_apply_is_recorded_named_by_the_next_plan_and_finished() {
     for s in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{s}", file.display()));
     }
+    // `--no-history` writes nothing, not even a new empty file.
+    lab.vf(&["--no-history", "status"]).expect_code(0);
+    assert!(!file.exists(), "--no-history created {}", file.display());
     lab.apply(&[]).expect_code(0);
     assert_eq!(domains(SYSTEM, "vfst-crash-").len(), 4);
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
@@ -280,4 +283,58 @@ fn a_foreign_database_is_refused_and_an_older_schema_migrates_forward() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version as usize, virtfleet::state::MIGRATIONS.len());
+}
+
+/// `show --json` of the fleet in `dir` with `VFST_MEM` set to `mem` (or
+/// unset): whether the evaluation cache answered, and the output.
+fn show_env(dir: &Path, mem: Option<&str>) -> (bool, String) {
+    let mut cmd = virtfleet(&dir.join("fleet.dhall"), &dir.join("cache"));
+    cmd.env("VIRTFLEET_LOG", "virtfleet=debug");
+    match mem {
+        Some(v) => cmd.env("VFST_MEM", v),
+        None => cmd.env_remove("VFST_MEM"),
+    };
+    let out = Outcome::of(cmd.args(["show", "--json"])).expect_code(0);
+    (out.stderr.contains("cache hit"), out.stdout)
+}
+
+#[test]
+fn a_changed_text_import_or_env_variable_misses_the_evaluation_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    cached_fleet(dir);
+    // The machine's image URL ends with a file read `as Text`, and its
+    // memory comes from an environment variable (with a fallback).
+    std::fs::write(dir.join("disk.txt"), "first.img").unwrap();
+    std::fs::write(
+        dir.join("fleet.dhall"),
+        "let V = ./dhall/package.dhall\nin V.Fleet::{ name = \"cachetest\", hosts = [ V.Host::{ name = \"h\", uri = \"qemu:///system\", storage = V.Storage.Dir { path = \"/srv/vm\" } } ], images = [ V.Image::{ name = \"tiny\", url = \"http://127.0.0.1:1/\" ++ ./disk.txt as Text } ], machines = [ V.Machine::{ name = \"web\", image = \"tiny\", memoryMiB = env:VFST_MEM ? 256 } ] }\n",
+    )
+    .unwrap();
+
+    let (hit, out) = show_env(dir, Some("512"));
+    assert!(!hit, "the first load evaluates");
+    assert!(out.contains("first.img") && out.contains("512"), "{out}");
+    assert!(show_env(dir, Some("512")).0, "same inputs: a hit");
+
+    // The `as Text` file changes: same length, other bytes.
+    std::fs::write(dir.join("disk.txt"), "other.img").unwrap();
+    let (hit, out) = show_env(dir, Some("512"));
+    assert!(!hit, "an `as Text` import changed");
+    assert!(
+        out.contains("other.img") && !out.contains("first.img"),
+        "{out}"
+    );
+    assert!(show_env(dir, Some("512")).0);
+
+    // The environment variable changes, then goes away (the fallback).
+    let (hit, out) = show_env(dir, Some("640"));
+    assert!(!hit, "an env: variable changed");
+    assert!(out.contains("640") && !out.contains("512"), "{out}");
+    assert!(show_env(dir, Some("640")).0);
+    let (hit, out) = show_env(dir, None);
+    assert!(!hit, "an env: variable was unset");
+    assert!(out.contains("256") && !out.contains("640"), "{out}");
+    assert!(show_env(dir, None).0);
 }
