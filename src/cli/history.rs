@@ -224,9 +224,11 @@ pub fn open_for_reading(ctx: &Context, fleet: &str) -> Option<Store> {
     }
 }
 
-/// The state file of `fleet` when it exists (or `create`): `plan` and
-/// `status` never make one just to find it empty.
+/// The state file of `fleet` when it exists (or `create`, unless
+/// `--no-history`): `plan` and `status` never make one just to find it
+/// empty.
 pub fn open_if(ctx: &Context, fleet: &str, create: bool) -> Option<Store> {
+    let create = create && !ctx.no_history;
     if !create && !crate::state::path_for(&ctx.state_dir, fleet).exists() {
         return None;
     }
@@ -253,9 +255,10 @@ pub fn print_interrupted(i: &Interrupted, then: &str) {
     );
 }
 
-/// Records what an observation found, warning when it cannot.
-pub fn record_findings(store: Option<&Store>, plan: &crate::plan::Plan) {
-    if let Some(store) = store
+/// Records what an observation found (unless `--no-history`), warning
+/// when it cannot.
+pub fn record_findings(ctx: &Context, store: Option<&Store>, plan: &crate::plan::Plan) {
+    if let Some(store) = store.filter(|_| !ctx.no_history)
         && let Err(e) = store.record_findings(plan, plan.inputs.observed_at)
     {
         anstream::eprintln!("{}warning{:#}: {e}", crate::ui::WARN, crate::ui::WARN);

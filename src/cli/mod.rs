@@ -103,6 +103,10 @@ pub struct Cli {
     )]
     pub history_runs: u64,
 
+    /// Record nothing in the state file for this command (no run, no steps, no findings): for a state file that cannot be used, or to compare timings. The run lock is still taken and the history is still readable.
+    #[arg(long, global = true)]
+    pub no_history: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -141,6 +145,8 @@ pub struct Context {
     pub break_lock: bool,
     /// How much run history to keep.
     pub retention: crate::state::Retention,
+    /// `--no-history`: write nothing to the state file.
+    pub no_history: bool,
 }
 
 impl Context {
@@ -160,6 +166,7 @@ impl Context {
                 days: cli.history_days,
                 runs: cli.history_runs,
             },
+            no_history: cli.no_history,
         }
     }
 }
