@@ -4,8 +4,9 @@
 //! 1. `virtfleet plan` (no-op) on a host with 50 managed, stopped domains,
 //!    against a floor process that only connects to libvirt, lists every
 //!    domain and reads each inactive XML (this same binary, re-run with
-//!    `--floor`, so both sides pay for process start). virtfleet's
-//!    in-process split (load, lock, observe, plan) is shown too.
+//!    `--floor`, so both sides pay for process start), with the warm
+//!    evaluation cache and with a cold one. virtfleet's in-process split
+//!    (load, lock, observe, plan) is shown too.
 //! 2. `apply` creating 10 machines from a 1 GiB raw base image (qcow2
 //!    overlays), against 10 full `qemu-img convert` copies, as the ancestor
 //!    tool made them; with the disk space each uses.
@@ -179,6 +180,26 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
         Ok(())
     })?;
     eprintln!("  virtfleet plan --detailed-exitcode: best {}", ms(plan));
+    // The same with a cold evaluation cache: Dhall evaluates every time.
+    let eval_cache = virtfleet::state::cache::path_in(&vf.state);
+    ensure!(
+        eval_cache.is_file(),
+        "plan left no evaluation cache at {}",
+        eval_cache.display()
+    );
+    let plan_cold = best_of(RUNS, || {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = eval_cache.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        black_box(vf.run(&["plan", "--detailed-exitcode"], &[0])?);
+        Ok(())
+    })?;
+    eprintln!(
+        "  the same, evaluation cache removed before each: best {}",
+        ms(plan_cold)
+    );
     let floor_proc = best_of(RUNS, || {
         run_ok(Command::new(&exe).arg("--floor"), "floor process")?;
         Ok(())
@@ -259,6 +280,14 @@ fn section_plan(bin: &Path, table: &mut Table) -> Result<()> {
         &floor_name,
         ms(floor_proc),
         Some(ratio(plan, floor_proc)),
+    );
+    table.row(
+        s,
+        "  the same, cold evaluation cache",
+        ms(plan_cold),
+        &floor_name,
+        ms(floor_proc),
+        Some(ratio(plan_cold, floor_proc)),
     );
     table.row(
         s,
@@ -906,6 +935,8 @@ struct Vf {
     bin: PathBuf,
     fleet: PathBuf,
     cache: PathBuf,
+    /// Its own state dir (history, evaluation cache) beside the cache.
+    state: PathBuf,
 }
 
 impl Vf {
@@ -915,6 +946,7 @@ impl Vf {
             bin: bin.into(),
             fleet: fleet.into(),
             cache: cache.into(),
+            state: cache.with_file_name("state"),
         })
     }
 
@@ -924,6 +956,7 @@ impl Vf {
             "VIRTFLEET_FLEET",
             "VIRTFLEET_LOCK",
             "VIRTFLEET_CACHE_DIR",
+            "VIRTFLEET_STATE_DIR",
             "VIRTFLEET_LOG",
         ] {
             cmd.env_remove(var);
@@ -931,6 +964,8 @@ impl Vf {
         cmd.env("NO_COLOR", "1")
             .arg("--cache-dir")
             .arg(&self.cache)
+            .arg("--state-dir")
+            .arg(&self.state)
             .arg("-f")
             .arg(&self.fleet)
             .args(args);
