@@ -338,3 +338,58 @@ fn a_changed_text_import_or_env_variable_misses_the_evaluation_cache() {
     assert!(out.contains("256") && !out.contains("640"), "{out}");
     assert!(show_env(dir, None).0);
 }
+
+#[test]
+fn history_shows_damaged_rows_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    cached_fleet(dir);
+    let state = dir.join("home/.local/state/virtfleet");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A current-schema file whose times were damaged (hand edits, a clock
+    // gone wild): before 1970, past the year 9999.
+    {
+        let c = rusqlite::Connection::open(state.join("cachetest.sqlite")).unwrap();
+        for m in virtfleet::state::MIGRATIONS {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "application_id", virtfleet::state::APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(
+            None,
+            "user_version",
+            virtfleet::state::MIGRATIONS.len() as i64,
+        )
+        .unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO runs (command, argv, user, machine, pid, started_ms, finished_ms,
+             fleet_digest, lock_digest, plan_digest, outcome)
+             VALUES ('apply', 'virtfleet apply', 'u', 'ctl', 1, -5000, {max}, 'f', 'l', 'p', 'ok');
+             INSERT INTO steps (run, host, address, action, class, state, started_ms, finished_ms)
+             VALUES (1, 'h', 'h/web', 'define', 'none', 'done', -1, {max});
+             INSERT INTO findings (host, kind, subject, detail, first_seen, last_seen, cleared)
+             VALUES ('h', 'drift', 'h/web', 'x', -3, {max}, {max});",
+            max = i64::MAX
+        ))
+        .unwrap();
+    }
+    let vf = |args: &[&str]| {
+        Outcome::of(virtfleet(&dir.join("fleet.dhall"), &dir.join("cache")).args(args))
+    };
+    let out = vf(&["history"]).expect_code(0);
+    assert!(out.stdout.contains("#1"), "{}", out.all());
+    assert!(out.stdout.contains("before 1970"), "{}", out.all());
+    let out = vf(&["history", "show", "1"]).expect_code(0);
+    assert!(out.stdout.contains("s after 1970"), "{}", out.all());
+    vf(&["history", "--json"]).expect_code(0);
+    // Findings of a machine are matched by whole name, not by prefix.
+    let findings = |who: &str| {
+        let v = json(&vf(&["history", who, "--json"]).expect_code(0));
+        v["findings"].as_array().unwrap().len()
+    };
+    assert_eq!(findings("web"), 1);
+    assert_eq!(findings("we"), 0);
+    assert_eq!(findings("w_b"), 0);
+}
