@@ -54,8 +54,16 @@ pub fn age(now: u64, then: u64) -> String {
 }
 
 /// Unix seconds as RFC 3339, e.g. `2023-11-14T22:13:20Z`.
+///
+/// Total: a time past the year 9999 (which RFC 3339 cannot write, and
+/// which only a damaged record holds) is shown as its number of seconds
+/// instead of panicking.
 pub fn rfc3339(secs: u64) -> String {
     use std::time::{Duration, UNIX_EPOCH};
+    const YEAR_10000: u64 = 253_402_300_800;
+    if secs >= YEAR_10000 {
+        return format!("{secs} s after 1970");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
@@ -70,6 +78,13 @@ mod tests {
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
         assert_eq!(plural(1, "disk"), "1 disk");
         assert_eq!(plural(0, "disk"), "0 disks");
+    }
+
+    #[test]
+    fn any_time_can_be_written() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), format!("{} s after 1970", u64::MAX));
     }
 
     #[test]

@@ -133,6 +133,9 @@ fn a_crash_mid_apply_is_recorded_named_by_the_next_plan_and_finished() {
     for s in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{s}", file.display()));
     }
+    // `--no-history` writes nothing, not even a new empty file.
+    lab.vf(&["--no-history", "status"]).expect_code(0);
+    assert!(!file.exists(), "--no-history created {}", file.display());
     lab.apply(&[]).expect_code(0);
     assert_eq!(domains(SYSTEM, "vfst-crash-").len(), 4);
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
@@ -280,4 +283,113 @@ fn a_foreign_database_is_refused_and_an_older_schema_migrates_forward() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version as usize, virtfleet::state::MIGRATIONS.len());
+}
+
+/// `show --json` of the fleet in `dir` with `VFST_MEM` set to `mem` (or
+/// unset): whether the evaluation cache answered, and the output.
+fn show_env(dir: &Path, mem: Option<&str>) -> (bool, String) {
+    let mut cmd = virtfleet(&dir.join("fleet.dhall"), &dir.join("cache"));
+    cmd.env("VIRTFLEET_LOG", "virtfleet=debug");
+    match mem {
+        Some(v) => cmd.env("VFST_MEM", v),
+        None => cmd.env_remove("VFST_MEM"),
+    };
+    let out = Outcome::of(cmd.args(["show", "--json"])).expect_code(0);
+    (out.stderr.contains("cache hit"), out.stdout)
+}
+
+#[test]
+fn a_changed_text_import_or_env_variable_misses_the_evaluation_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    cached_fleet(dir);
+    // The machine's image URL ends with a file read `as Text`, and its
+    // memory comes from an environment variable (with a fallback).
+    std::fs::write(dir.join("disk.txt"), "first.img").unwrap();
+    std::fs::write(
+        dir.join("fleet.dhall"),
+        "let V = ./dhall/package.dhall\nin V.Fleet::{ name = \"cachetest\", hosts = [ V.Host::{ name = \"h\", uri = \"qemu:///system\", storage = V.Storage.Dir { path = \"/srv/vm\" } } ], images = [ V.Image::{ name = \"tiny\", url = \"http://127.0.0.1:1/\" ++ ./disk.txt as Text } ], machines = [ V.Machine::{ name = \"web\", image = \"tiny\", memoryMiB = env:VFST_MEM ? 256 } ] }\n",
+    )
+    .unwrap();
+
+    let (hit, out) = show_env(dir, Some("512"));
+    assert!(!hit, "the first load evaluates");
+    assert!(out.contains("first.img") && out.contains("512"), "{out}");
+    assert!(show_env(dir, Some("512")).0, "same inputs: a hit");
+
+    // The `as Text` file changes: same length, other bytes.
+    std::fs::write(dir.join("disk.txt"), "other.img").unwrap();
+    let (hit, out) = show_env(dir, Some("512"));
+    assert!(!hit, "an `as Text` import changed");
+    assert!(
+        out.contains("other.img") && !out.contains("first.img"),
+        "{out}"
+    );
+    assert!(show_env(dir, Some("512")).0);
+
+    // The environment variable changes, then goes away (the fallback).
+    let (hit, out) = show_env(dir, Some("640"));
+    assert!(!hit, "an env: variable changed");
+    assert!(out.contains("640") && !out.contains("512"), "{out}");
+    assert!(show_env(dir, Some("640")).0);
+    let (hit, out) = show_env(dir, None);
+    assert!(!hit, "an env: variable was unset");
+    assert!(out.contains("256") && !out.contains("640"), "{out}");
+    assert!(show_env(dir, None).0);
+}
+
+#[test]
+fn history_shows_damaged_rows_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::create_dir_all(dir.join("cache")).unwrap();
+    cached_fleet(dir);
+    let state = dir.join("home/.local/state/virtfleet");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A current-schema file whose times were damaged (hand edits, a clock
+    // gone wild): before 1970, past the year 9999.
+    {
+        let c = rusqlite::Connection::open(state.join("cachetest.sqlite")).unwrap();
+        for m in virtfleet::state::MIGRATIONS {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "application_id", virtfleet::state::APPLICATION_ID)
+            .unwrap();
+        c.pragma_update(
+            None,
+            "user_version",
+            virtfleet::state::MIGRATIONS.len() as i64,
+        )
+        .unwrap();
+        c.execute_batch(&format!(
+            "INSERT INTO runs (command, argv, user, machine, pid, started_ms, finished_ms,
+             fleet_digest, lock_digest, plan_digest, outcome)
+             VALUES ('apply', 'virtfleet apply', 'u', 'ctl', 1, -5000, {max}, 'f', 'l', 'p', 'ok');
+             INSERT INTO steps (run, host, address, action, class, state, started_ms, finished_ms)
+             VALUES (1, 'h', 'h/web', 'define', 'none', 'done', -1, {max});
+             INSERT INTO findings (host, kind, subject, detail, first_seen, last_seen, cleared)
+             VALUES ('h', 'drift', 'h/web', 'x', -3, {max}, {max});",
+            max = i64::MAX
+        ))
+        .unwrap();
+    }
+    let vf = |args: &[&str]| {
+        Outcome::of(virtfleet(&dir.join("fleet.dhall"), &dir.join("cache")).args(args))
+    };
+    let out = vf(&["history"]).expect_code(0);
+    assert!(out.stdout.contains("#1"), "{}", out.all());
+    assert!(out.stdout.contains("before 1970"), "{}", out.all());
+    let out = vf(&["history", "show", "1"]).expect_code(0);
+    assert!(out.stdout.contains("s after 1970"), "{}", out.all());
+    vf(&["history", "--json"]).expect_code(0);
+    // Findings of a machine are matched by whole name, not by prefix.
+    let findings = |who: &str| {
+        let v = json(&vf(&["history", who, "--json"]).expect_code(0));
+        v["findings"].as_array().unwrap().len()
+    };
+    assert_eq!(findings("web"), 1);
+    assert_eq!(findings("we"), 0);
+    assert_eq!(findings("w_b"), 0);
 }

@@ -99,7 +99,9 @@ impl MachineRun {
 pub fn lock(ctx: &Context, fleet: &Fleet) -> anyhow::Result<FleetLock> {
     let holder = Holder::me(super::now());
     let run = lock_fleet(&ctx.state_dir, fleet.name.as_str(), &holder)?;
-    crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())?;
+    if !ctx.no_history {
+        crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())?;
+    }
     Ok(run)
 }
 
@@ -129,9 +131,15 @@ pub fn execute(
     let progress = ApplyProgress::new();
     // Each step is recorded in the state file as it starts and ends; a
     // file that cannot be written only costs the history (a warning).
-    let store = crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())
-        .map_err(|e| anstream::eprintln!("{}warning{:#}: {e}", crate::ui::WARN, crate::ui::WARN))
-        .ok();
+    let store = (!ctx.no_history)
+        .then(|| {
+            crate::state::Store::open(&ctx.state_dir, fleet.name.as_str())
+                .map_err(|e| {
+                    anstream::eprintln!("{}warning{:#}: {e}", crate::ui::WARN, crate::ui::WARN)
+                })
+                .ok()
+        })
+        .flatten();
     let recorder =
         crate::state::Recorder::start(store, plan, &command_name(), ctx.retention, &progress);
     let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &recorder);

@@ -92,7 +92,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             .map(|r| {
                 vec![
                     format!("#{}", r.run),
-                    crate::text::rfc3339((r.started_ms / 1000) as u64),
+                    at_ms(r.started_ms),
                     r.command.clone(),
                     format!("{}@{}", r.user, r.machine),
                     match r.resumes {
@@ -101,7 +101,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                     },
                     counts(&r.steps),
                     r.finished_ms
-                        .map(|f| format!("{:.1} s", (f - r.started_ms) as f64 / 1000.0))
+                        .map(|f| took(r.started_ms, f))
                         .unwrap_or_default(),
                 ]
             })
@@ -124,10 +124,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
                     f.kind.clone(),
                     f.subject.clone(),
                     f.detail.clone(),
-                    crate::text::rfc3339(f.first_seen as u64),
+                    at(f.first_seen),
                     match f.cleared {
-                        Some(c) => format!("gone {}", crate::text::rfc3339(c as u64)),
-                        None => format!("seen {}", crate::text::rfc3339(f.last_seen as u64)),
+                        Some(c) => format!("gone {}", at(c)),
+                        None => format!("seen {}", at(f.last_seen)),
                     },
                 ]
             })
@@ -161,12 +161,9 @@ fn print_run(d: &crate::state::RunDetail) {
         r.run, r.command, r.user, r.machine, r.pid
     );
     println!("  command:  {}", r.argv);
-    println!(
-        "  started:  {}",
-        crate::text::rfc3339((r.started_ms / 1000) as u64)
-    );
+    println!("  started:  {}", at_ms(r.started_ms));
     if let Some(f) = r.finished_ms {
-        println!("  finished: {}", crate::text::rfc3339((f / 1000) as u64));
+        println!("  finished: {}", at_ms(f));
     }
     match r.resumes {
         Some(n) => println!("  outcome:  {} (finishes interrupted run #{n})", r.outcome),
@@ -189,7 +186,7 @@ fn print_run(d: &crate::state::RunDetail) {
                 s.class.clone(),
                 s.state.clone(),
                 s.finished_ms
-                    .map(|f| format!("{:.1} s", (f - s.started_ms) as f64 / 1000.0))
+                    .map(|f| took(s.started_ms, f))
                     .unwrap_or_default(),
                 s.error.clone().unwrap_or_default(),
             ]
@@ -205,6 +202,25 @@ fn print_run(d: &crate::state::RunDetail) {
             )
         );
     }
+}
+
+/// Unix seconds from a row as RFC 3339; a damaged row's negative time is
+/// shown as a number, never a panic.
+fn at(secs: i64) -> String {
+    u64::try_from(secs).map_or_else(|_| format!("{secs} s (before 1970)"), crate::text::rfc3339)
+}
+
+/// Unix milliseconds from a row, as [`at`].
+fn at_ms(ms: i64) -> String {
+    at(ms.div_euclid(1000))
+}
+
+/// A duration between two row times (saturating: rows are not trusted).
+fn took(started_ms: i64, finished_ms: i64) -> String {
+    format!(
+        "{:.1} s",
+        finished_ms.saturating_sub(started_ms) as f64 / 1000.0
+    )
 }
 
 fn short(digest: &str) -> &str {
@@ -224,9 +240,11 @@ pub fn open_for_reading(ctx: &Context, fleet: &str) -> Option<Store> {
     }
 }
 
-/// The state file of `fleet` when it exists (or `create`): `plan` and
-/// `status` never make one just to find it empty.
+/// The state file of `fleet` when it exists (or `create`, unless
+/// `--no-history`): `plan` and `status` never make one just to find it
+/// empty.
 pub fn open_if(ctx: &Context, fleet: &str, create: bool) -> Option<Store> {
+    let create = create && !ctx.no_history;
     if !create && !crate::state::path_for(&ctx.state_dir, fleet).exists() {
         return None;
     }
@@ -253,9 +271,10 @@ pub fn print_interrupted(i: &Interrupted, then: &str) {
     );
 }
 
-/// Records what an observation found, warning when it cannot.
-pub fn record_findings(store: Option<&Store>, plan: &crate::plan::Plan) {
-    if let Some(store) = store
+/// Records what an observation found (unless `--no-history`), warning
+/// when it cannot.
+pub fn record_findings(ctx: &Context, store: Option<&Store>, plan: &crate::plan::Plan) {
+    if let Some(store) = store.filter(|_| !ctx.no_history)
         && let Err(e) = store.record_findings(plan, plan.inputs.observed_at)
     {
         anstream::eprintln!("{}warning{:#}: {e}", crate::ui::WARN, crate::ui::WARN);

@@ -110,6 +110,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "VIRTFLEET_CONCURRENCY", value_name = "N", default_value_t = crate::apply::schedule::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
 
+    /// Record nothing in the state file for this command (no run, no steps, no findings): for a state file that cannot be used, or to compare timings. The run lock is still taken and the history is still readable.
+    #[arg(long, global = true)]
+    pub no_history: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +154,8 @@ pub struct Context {
     pub retention: crate::state::Retention,
     /// `--concurrency`: steps in flight per host.
     pub concurrency: usize,
+    /// `--no-history`: write nothing to the state file.
+    pub no_history: bool,
 }
 
 impl Context {
@@ -170,6 +176,7 @@ impl Context {
                 runs: cli.history_runs,
             },
             concurrency: usize::from(cli.concurrency),
+            no_history: cli.no_history,
         }
     }
 }

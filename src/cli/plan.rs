@@ -160,7 +160,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let format = if args.json { Format::Json } else { args.format };
     let store = super::history::open_if(ctx, &plan.fleet, args.record);
     if args.record {
-        super::history::record_findings(store.as_ref(), &plan);
+        super::history::record_findings(ctx, store.as_ref(), &plan);
     }
     let interrupted = super::history::interrupted(store.as_ref());
     if let Some(i) = &interrupted {

@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     // Status is an observation: what it found is logged (compactly) in the
     // fleet's history, and an interrupted last run is named.
     let store = super::history::open_if(ctx, fleet.name.as_str(), true);
-    super::history::record_findings(store.as_ref(), &plan);
+    super::history::record_findings(ctx, store.as_ref(), &plan);
     let interrupted = super::history::interrupted(store.as_ref());
     if let Some(i) = &interrupted {
         super::history::print_interrupted(i, "`virtfleet apply` finishes it");

@@ -284,12 +284,19 @@ impl Store {
 
     /// Deletes what is older than `keep` allows, relative to `now_ms`.
     pub fn prune(&self, keep: Retention, now_ms: i64) -> Result<(), StateError> {
-        let cutoff = now_ms - (keep.days as i64) * 86_400_000;
+        // Saturating: an absurd `--history-days` keeps everything rather
+        // than wrapping around to a cutoff in the future (which would
+        // delete everything).
+        let cutoff = i64::try_from(keep.days)
+            .ok()
+            .and_then(|d| d.checked_mul(86_400_000))
+            .map_or(i64::MIN, |span| now_ms.saturating_sub(span));
+        let runs = i64::try_from(keep.runs).unwrap_or(i64::MAX);
         self.conn
             .execute(
                 "DELETE FROM runs WHERE started_ms < ?1
                  OR id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT ?2)",
-                params![cutoff, keep.runs as i64],
+                params![cutoff, runs],
             )
             .map_err(|e| self.err(e))?;
         self.conn
@@ -480,4 +487,125 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    /// A real state file in a temp dir with a run started at each of
+    /// `started` (ms), ids in that order, each with one step.
+    fn store_with_runs(dir: &Path, started: &[i64]) -> Store {
+        let store = Store::open(dir, "retention").unwrap();
+        for (i, t) in started.iter().enumerate() {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO runs (command, argv, user, machine, pid, started_ms, finished_ms,
+                     fleet_digest, lock_digest, plan_digest, outcome)
+                     VALUES ('apply', 'virtfleet apply', 'u', 'ctl', 1, ?1, ?1, 'f', 'l', 'p', 'ok')",
+                    [t],
+                )
+                .unwrap();
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO steps (run, host, address, action, class, state, started_ms)
+                     VALUES (?1, 'h', ?2, 'define', 'none', 'done', ?3)",
+                    params![i as i64 + 1, format!("machine.m{i}"), t],
+                )
+                .unwrap();
+        }
+        store
+    }
+
+    fn ids(store: &Store, table: &str) -> Vec<i64> {
+        let mut stmt = store
+            .conn()
+            .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn runs_older_than_the_days_kept_go_with_their_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000_000;
+        let store = store_with_runs(
+            dir.path(),
+            &[now - 40 * DAY, now - 31 * DAY, now - DAY, now],
+        );
+        let keep = Retention {
+            days: 30,
+            runs: 1000,
+        };
+        store.prune(keep, now).unwrap();
+        assert_eq!(ids(&store, "runs"), [3, 4]);
+        // The steps of a pruned run go with it (ON DELETE CASCADE).
+        assert_eq!(ids(&store, "steps"), [3, 4]);
+        assert_eq!(store.step_count().unwrap(), 2);
+        // Pruning again changes nothing.
+        store.prune(keep, now).unwrap();
+        assert_eq!(ids(&store, "runs"), [3, 4]);
+    }
+
+    #[test]
+    fn at_most_the_runs_kept_stay_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000_000;
+        let store = store_with_runs(dir.path(), &[now - 5, now - 4, now - 3, now - 2, now - 1]);
+        store.prune(Retention { days: 90, runs: 2 }, now).unwrap();
+        assert_eq!(ids(&store, "runs"), [4, 5]);
+        assert_eq!(ids(&store, "steps"), [4, 5]);
+    }
+
+    #[test]
+    fn an_absurd_retention_keeps_everything_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000_000;
+        let store = store_with_runs(dir.path(), &[now - 400 * DAY, now]);
+        let keep = Retention {
+            days: u64::MAX,
+            runs: u64::MAX,
+        };
+        store.prune(keep, now).unwrap();
+        assert_eq!(ids(&store, "runs"), [1, 2]);
+    }
+
+    #[test]
+    fn cleared_findings_older_than_the_days_kept_go_open_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000_000;
+        let store = store_with_runs(dir.path(), &[]);
+        let s = now / 1000;
+        for (first, cleared) in [
+            (s - 50 * 86_400, Some(s - 40 * 86_400)), // cleared long ago: goes
+            (s - 50 * 86_400, None),                  // still open: stays
+            (s - 50 * 86_400, Some(s - 86_400)),      // cleared recently: stays
+        ] {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO findings (host, kind, subject, detail, first_seen, last_seen, cleared)
+                     VALUES ('h', 'drift', 'x', '', ?1, ?1, ?2)",
+                    params![first, cleared],
+                )
+                .unwrap();
+        }
+        store
+            .prune(
+                Retention {
+                    days: 30,
+                    runs: 1000,
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(ids(&store, "findings"), [2, 3]);
+    }
 }

@@ -72,7 +72,7 @@ pub struct RunSummary {
     pub outcome: String,
     /// The earlier interrupted run this one finished.
     pub resumes: Option<i64>,
-    /// sha256 of the validated fleet, the lockfile and the plan.
+    /// sha256 of the validated fleet.
     pub fleet_digest: String,
     /// sha256 of images.lock.
     pub lock_digest: String,
@@ -250,7 +250,7 @@ impl Store {
             command: run.run.command,
             user: run.run.user,
             machine: run.run.machine,
-            started_at: (run.run.started_ms / 1000) as u64,
+            started_at: u64::try_from(run.run.started_ms.div_euclid(1000)).unwrap_or(0),
             stopped_at,
             done: run.run.steps.done,
         }))
@@ -266,9 +266,12 @@ impl Store {
              ORDER BY r.id DESC LIMIT ?2"
         );
         let mut stmt = self.conn().prepare(&sql).map_err(|e| self.err(e))?;
-        stmt.query_map(params![subject, limit as i64], run_row)
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e))
+        stmt.query_map(
+            params![subject, i64::try_from(limit).unwrap_or(i64::MAX)],
+            run_row,
+        )
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
     }
 
     /// One run with its steps.
@@ -290,27 +293,33 @@ impl Store {
 
     /// What observations found, newest first, at most `limit`; with
     /// `subject`, only those of that host or machine.
+    /// (Matched by exact path components, not `LIKE`: a name holding `_`
+    /// must not match others.)
     pub fn findings(&self, subject: Option<&str>, limit: u64) -> Result<Vec<Finding>, StateError> {
         let mut stmt = self
             .conn()
             .prepare(
                 "SELECT host, kind, subject, detail, first_seen, last_seen, cleared FROM findings
-                 WHERE ?1 IS NULL OR host = ?1 OR subject LIKE '%/' || ?1
-                    OR subject LIKE '%/' || ?1 || '/%'
+                 WHERE ?1 IS NULL OR host = ?1
+                    OR substr(subject, -length(?1) - 1) = '/' || ?1
+                    OR instr(subject, '/' || ?1 || '/') > 0
                  ORDER BY last_seen DESC, id DESC LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
-        stmt.query_map(params![subject, limit as i64], |r| {
-            Ok(Finding {
-                host: r.get(0)?,
-                kind: r.get(1)?,
-                subject: r.get(2)?,
-                detail: r.get(3)?,
-                first_seen: r.get(4)?,
-                last_seen: r.get(5)?,
-                cleared: r.get(6)?,
-            })
-        })
+        stmt.query_map(
+            params![subject, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(Finding {
+                    host: r.get(0)?,
+                    kind: r.get(1)?,
+                    subject: r.get(2)?,
+                    detail: r.get(3)?,
+                    first_seen: r.get(4)?,
+                    last_seen: r.get(5)?,
+                    cleared: r.get(6)?,
+                })
+            },
+        )
         .and_then(|rows| rows.collect())
         .map_err(|e| self.err(e))
     }
