@@ -48,7 +48,11 @@ fn a_crash_mid_apply_is_recorded_named_by_the_next_plan_and_finished() {
     assert_eq!(runs.len(), 1, "{hist:#}");
     assert_eq!(runs[0]["outcome"], "interrupted");
     assert_eq!(runs[0]["command"], "apply");
-    assert_eq!(runs[0]["steps"]["interrupted"], 1, "{hist:#}");
+    // Steps of several machines run at once: at least the killed one is open.
+    assert!(
+        runs[0]["steps"]["interrupted"].as_u64().unwrap_or(0) >= 1,
+        "{hist:#}"
+    );
 
     // The next plan names it, in one line and in its JSON.
     let plan = lab.vf(&["plan"]);

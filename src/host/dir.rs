@@ -102,6 +102,21 @@ fn trash_entry(name: &str, owner: Option<&DiskOwner>) -> Option<TrashEntry> {
     })
 }
 
+/// Prefix of the temp files of virtfleet's atomic writes (see
+/// [`crate::lock::write_private`]): what a run killed mid-write leaves.
+const WRITE_TEMP: &str = ".virtfleet-";
+
+/// True when directory `rel` of the listing holds nothing but, at most,
+/// temp files of an interrupted atomic write: no marker, no data.
+fn holds_nothing(listing: &Listing, rel: &str) -> bool {
+    let inside = format!("{rel}/");
+    listing
+        .entries
+        .keys()
+        .filter_map(|k| k.strip_prefix(&inside))
+        .all(|name| name.starts_with(WRITE_TEMP) && !name.contains('/'))
+}
+
 /// Prefix of a trash entry being purged.
 const PURGING: &str = ".purge-";
 
@@ -474,12 +489,7 @@ impl StorageBackend for DirStorage<'_> {
                     // empty, so removing it cannot lose anything (and no
                     // live run is filling it: this host's lease is needed
                     // to make disks).
-                    None if n.starts_with(".new-")
-                        && !listing
-                            .entries
-                            .keys()
-                            .any(|k| k.starts_with(&format!("{rel}/"))) =>
-                    {
+                    None if n.starts_with(".new-") && holds_nothing(&listing, rel) => {
                         state.incomplete.push(format!("disks/{n}"))
                     }
                     Some(o) => {
@@ -494,11 +504,7 @@ impl StorageBackend for DirStorage<'_> {
                 // only an empty directory can be left (rm removes the files
                 // before the directory), which `rmdir` removes safely.
                 ("trash", Some(n), None) if *is_dir && n.starts_with(PURGING) => {
-                    let empty = !listing
-                        .entries
-                        .keys()
-                        .any(|k| k.starts_with(&format!("{rel}/")));
-                    if owner.is_some() || empty {
+                    if owner.is_some() || holds_nothing(&listing, rel) {
                         state.incomplete.push(rel.clone());
                     } else {
                         state.unmanaged_files.push(rel.clone());
@@ -558,7 +564,17 @@ impl StorageBackend for DirStorage<'_> {
         self.t.run_ok(&["chmod", "0444", &tmp])?;
         // Replacing a changed image is a repair: overlays name it by path,
         // and the bytes that arrive are the pinned ones.
-        self.t.run_ok(&["mv", "-f", &tmp, &dest])?;
+        // Already the same file (both links to the cache: a run died after
+        // this rename, before the record), `mv` refuses; the bytes were just
+        // verified, so only the second name goes.
+        let inode = |s: Option<String>| s.and_then(|s| s.rsplit(' ').next().map(str::to_owned));
+        if inode(self.stat(&dest)?)
+            .is_some_and(|i| Some(i) == inode(self.stat(&tmp).ok().flatten()))
+        {
+            self.t.run_ok(&["rm", "-f", "--", &tmp])?;
+        } else {
+            self.t.run_ok(&["mv", "-f", &tmp, &dest])?;
+        }
         crate::fault::point("image-unrecorded");
         // The record comes last: a crash before it leaves an image that is
         // not trusted, so it is copied again.
@@ -822,13 +838,15 @@ impl StorageBackend for DirStorage<'_> {
                 .map(Ownership::Fleet)
                 .unwrap_or(Ownership::Unmarked));
         }
+        // Anything but the temp file of an interrupted write counts.
         let inside = self.t.run_ok(&[
             "find",
             &dir,
             "-mindepth",
             "1",
-            "-maxdepth",
-            "1",
+            "-not",
+            "-name",
+            &format!("{WRITE_TEMP}*"),
             "-print",
             "-quit",
         ])?;
