@@ -15,6 +15,7 @@ mod plan;
 mod restore;
 mod show;
 mod snapshot;
+mod ssh;
 mod status;
 
 use crate::lock::cache::Cache;
@@ -47,6 +48,7 @@ Getting started:
   virtfleet plan                  what apply would change, per host
   virtfleet apply                 make the hosts match fleet.dhall (asks first)
   virtfleet status                each machine's state, drift and address
+  virtfleet ssh web               log into a machine (its cloud-init user, its address)
 
 Exit status: 0 ok, 1 error, 2 changes present (plan --detailed-exitcode),
 3 incomplete (some host could not be observed).";
@@ -102,6 +104,7 @@ enum Command {
     Snapshots(snapshot::ListArgs),
     Rollback(snapshot::RollbackArgs),
     Reinit(snapshot::ReinitArgs),
+    Ssh(ssh::Args),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -188,6 +191,7 @@ pub fn main() -> ExitCode {
         Command::Snapshots(a) => snapshot::list(&ctx, a),
         Command::Rollback(a) => snapshot::rollback(&ctx, a),
         Command::Reinit(a) => snapshot::reinit(&ctx, a),
+        Command::Ssh(a) => ssh::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

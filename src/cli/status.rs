@@ -73,6 +73,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         allow_destroy: true,
         allow_restart: true,
         source: crate::plan::Source::Live,
+        show_user_data: false,
     };
     let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
     let status = Status {

@@ -5,6 +5,7 @@
 pub mod dir;
 pub mod lease;
 pub mod libvirt;
+pub mod seedstore;
 pub mod ssh;
 pub mod storage;
 pub mod transport;

@@ -21,7 +21,7 @@ use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEn
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Properties read by one listing, after name, type, volsize and origin.
-pub const PROPS: [&str; 7] = [
+pub const PROPS: [&str; 8] = [
     "virtfleet:managed",
     "virtfleet:fleet",
     "virtfleet:machine",
@@ -29,6 +29,7 @@ pub const PROPS: [&str; 7] = [
     "virtfleet:sha256",
     "virtfleet:image",
     "virtfleet:trashed-at",
+    super::seedstore::ZFS_SEED_PROP,
 ];
 
 /// One row of `zfs list -Hp -o name,type,volsize,origin,<PROPS>`.
@@ -138,6 +139,28 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> HostState {
                 // (it has no @base, so no clone can depend on it).
                 _ => state.incomplete.push(rel.to_owned()),
             },
+            ("disks", "volume")
+                if ours
+                    && r.props.get("virtfleet:disk").map(String::as_str)
+                        == Some(crate::resources::seed::SEED_DISK) =>
+            {
+                // Complete only once its summary is set (the last step).
+                match r
+                    .props
+                    .get(super::seedstore::ZFS_SEED_PROP)
+                    .and_then(|j| serde_json::from_str(j).ok())
+                {
+                    Some(summary) => {
+                        let seed = crate::resources::observed::OwnedSeed {
+                            owner: owner_of(r, fleet),
+                            path: format!("/dev/zvol/{}", r.name),
+                            summary,
+                        };
+                        state.seeds.insert(leaf.to_owned(), seed);
+                    }
+                    None => state.incomplete.push(rel.to_owned()),
+                }
+            }
             ("disks", "volume") if ours => {
                 state
                     .disks
@@ -422,6 +445,12 @@ impl StorageBackend for ZfsStorage<'_> {
         self.wait_device(&ds)
     }
 
+    fn write_seed(&self, seed: &super::storage::NewSeed<'_>) -> Result<(), StorageError> {
+        self.containers()?;
+        let ds = self.ds(&layout::disk_rel(seed.volume));
+        super::seedstore::zfs_write(self.t, &ds, Self::owner_props(seed.owner), seed)
+    }
+
     /// `volsize` grows the zvol in place; for a running guest the caller
     /// then tells libvirt so the guest sees it.
     fn grow(&self, volume: &str, size_gib: u64, _online: bool) -> Result<(), StorageError> {
@@ -607,7 +636,9 @@ impl StorageBackend for ZfsStorage<'_> {
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
-        if !path.starts_with("images/") || path.contains('@') {
+        let seed = path.starts_with("disks/")
+            && path.ends_with(&format!(".{}", crate::resources::seed::SEED_DISK));
+        if !(path.starts_with("images/") || seed) || path.contains('@') {
             return Err(StorageError::NotRemovable {
                 path: path.into(),
                 why: "not an incomplete base image",

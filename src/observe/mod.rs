@@ -109,5 +109,6 @@ fn try_observe(
     let t = transport_for(host)?;
     let mut state = backend(host, t.as_ref()).observe(fleet, &attached, with_snapshots)?;
     state.domains = domains;
+    state.networks = Some(lv.networks()?);
     Ok(state)
 }

@@ -35,6 +35,7 @@ pub fn kind(action: &Action) -> Kind {
     match action {
         Action::EnsureImage { .. }
         | Action::CreateDisk { .. }
+        | Action::CreateSeed { .. }
         | Action::DefineDomain { .. }
         | Action::Start
         | Action::SetAutostart { .. }
@@ -43,6 +44,7 @@ pub fn kind(action: &Action) -> Kind {
         // Cleaning up an interrupted creation alters what is there; it loses
         // nothing (the directory never became a disk), so it is no destroy.
         Action::UpdateDomain { .. }
+        | Action::ReplaceSeed { .. }
         | Action::GrowDisk { .. }
         | Action::Stop
         | Action::RemoveIncomplete { .. } => Kind::Change,
