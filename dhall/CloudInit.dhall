@@ -1,10 +1,13 @@
 {-| cloud-init NoCloud data given to the machine: virtfleet builds a small vfat
     volume labelled `CIDATA` from it and attaches it read-only.
 
-    userData           raw user-data (`#cloud-config ...`); `None` writes one that
-                       creates `user` with exactly `sshAuthorizedKeys` (a removed key
-                       stops working at the next boot with a new instance-id). Plans
-                       show it only as a hash and line counts (`--show-user-data`).
+    userData           your user-data: `#cloud-config` or a `#!` script is combined (MIME
+                       multipart) with virtfleet's part, which creates `user` with exactly
+                       `sshAuthorizedKeys` (written whole, so a removed key stops working
+                       at the next boot with a new instance-id); your settings win, lists
+                       such as write_files are appended to. Other user-data is used as it
+                       is. `None`: virtfleet's part alone. Plans show it only as a hash
+                       and line count (`--show-user-data` or `showUserData` to see it).
     sshAuthorizedKeys  public keys for the default user (also in meta-data
                        `public-keys`, which cloud-init adds to the distro's default user).
     hostname           defaults to the machine name.

@@ -54,9 +54,10 @@ pub struct SeedSummary {
     pub user: String,
     /// Number of SSH keys.
     pub keys: usize,
-    /// sha256 (first 12 hex digits) of user-data.
+    /// sha256 (first 12 hex digits) of the fleet's user-data (virtfleet's
+    /// generated one when the fleet gives none).
     pub user_data_sha256: String,
-    /// Lines of user-data.
+    /// Lines of that user-data.
     pub user_data_lines: usize,
     /// user-data is virtfleet's generated one (no user-supplied text).
     pub user_data_generated: bool,
@@ -123,12 +124,45 @@ fn generated_user_data(ci: &CloudInit) -> String {
     s
 }
 
+/// Boundary of the multipart user-data: fixed, so the seed is reproducible.
+const BOUNDARY: &str = "==virtfleet-seed-part==";
+
+/// The fleet's own user-data followed by virtfleet's part (the default user
+/// and exactly its keys), as MIME multipart user-data. virtfleet's part is
+/// merged into the fleet's with `list(append)+dict(no_replace,recurse_list)`:
+/// the fleet's settings win, lists (users, write_files) gain virtfleet's
+/// entries. Only `#cloud-config` and `#!` scripts are combined; any other
+/// user-data (already multipart, an include, a boothook) is passed as it
+/// is, and the keys then reach the default user through meta-data only.
+fn combined_user_data(own: &str, ours: &str) -> String {
+    let kind = if own.starts_with("#cloud-config") {
+        "text/cloud-config"
+    } else if own.starts_with("#!") {
+        "text/x-shellscript"
+    } else {
+        return own.to_owned();
+    };
+    let mut s =
+        format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"\nMIME-Version: 1.0\n\n");
+    s.push_str(&format!(
+        "--{BOUNDARY}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Disposition: attachment; filename=\"fleet\"\n\n{own}"
+    ));
+    if !own.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "--{BOUNDARY}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\nContent-Disposition: attachment; filename=\"virtfleet\"\n\n{ours}"
+    ));
+    s.push_str(&format!("--{BOUNDARY}--\n"));
+    s
+}
+
 /// The seed files of `m` (which must have a `cloudInit`).
 pub fn seed_files(m: &Machine, ci: &CloudInit) -> SeedFiles {
-    let user_data = ci
-        .user_data
-        .clone()
-        .unwrap_or_else(|| generated_user_data(ci));
+    let user_data = match &ci.user_data {
+        None => generated_user_data(ci),
+        Some(own) => combined_user_data(own, &generated_user_data(ci)),
+    };
     let host = hostname(m, ci);
     // meta-data without the instance-id: what a derived id is made from.
     let mut rest = format!("local-hostname: {}\n", quoted(&host));
@@ -208,6 +242,8 @@ pub fn seed(m: &Machine) -> Option<Seed> {
     let ci = m.cloud_init.as_ref()?;
     let files = seed_files(m, ci);
     let image = seed_image(&files);
+    // The fleet's own user-data is what a reader of the plan changed.
+    let own = ci.user_data.as_deref().unwrap_or(&files.user_data);
     let summary = SeedSummary {
         sha256: sha_hex(&image),
         instance_id: files.instance_id.clone(),
@@ -215,8 +251,8 @@ pub fn seed(m: &Machine) -> Option<Seed> {
         hostname: hostname(m, ci),
         user: ci.user.clone(),
         keys: ci.ssh_authorized_keys.len(),
-        user_data_sha256: sha_hex(files.user_data.as_bytes())[..12].to_owned(),
-        user_data_lines: files.user_data.lines().count(),
+        user_data_sha256: sha_hex(own.as_bytes())[..12].to_owned(),
+        user_data_lines: own.lines().count(),
         user_data_generated: ci.user_data.is_none(),
         network_config_lines: files.network_config.as_ref().map(|n| n.lines().count()),
     };
@@ -309,9 +345,15 @@ mod tests {
         c.network_config = Some("version: 2\nethernets: {}\n".into());
         c.meta_data.insert("role".into(), "web".into());
         let s = seed(&machine(c)).unwrap();
-        assert_eq!(
-            read(&s.image, "user-data"),
-            "#cloud-config\nruncmd: [echo SECRET-MARKER]\n"
+        let ud = read(&s.image, "user-data");
+        assert!(ud.starts_with("Content-Type: multipart/mixed"), "{ud}");
+        assert!(
+            ud.contains("#cloud-config\nruncmd: [echo SECRET-MARKER]\n--==virtfleet-seed-part==\n"),
+            "the fleet's part is verbatim: {ud}"
+        );
+        assert!(
+            ud.contains("Merge-Type: list(append)") && ud.contains("ssh-ed25519 AAAAkey one@x"),
+            "{ud}"
         );
         assert_eq!(
             read(&s.image, "network-config"),

@@ -95,7 +95,12 @@ pub(super) fn plan(state: &HostState, m: &Machine, addr: &str, hp: &mut HostPlan
         return;
     };
     let show = hp.opts.show_user_data || m.cloud_init.as_ref().is_some_and(|c| c.show_user_data);
-    let user_data = show.then(|| want.files.user_data.clone());
+    let user_data = show.then(|| {
+        m.cloud_init
+            .as_ref()
+            .and_then(|c| c.user_data.clone())
+            .unwrap_or_else(|| want.files.user_data.clone())
+    });
     let address = format!("{addr}/{}", seed::SEED_DISK);
     let new = want.summary;
     let (action, reason, old) = match have {
