@@ -158,6 +158,10 @@ fn seeds_are_built_stored_planned_replaced_trashed_and_restored() {
     );
     let id1 = meta.lines().next().unwrap().to_owned();
     assert!(mtype(&img, "user-data").contains(MARKER));
+    // A running guest's checkpoint leaves the read-only seed out (it cannot
+    // hold an internal snapshot, and never changes).
+    let out = lab.vf(&["snapshot", &web, "--label", "seeded"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
     // Converged: nothing left to do.
     let out = lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
     assert!(out.stdout.contains("No changes"), "{}", out.all());
