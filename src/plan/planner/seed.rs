@@ -164,3 +164,84 @@ fn plan_removed(m: &Machine, volume: &str, addr: &str, hp: &mut HostPlan<'_>) {
         hp.push(Phase::Destroy, change);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use crate::plan::model::Action;
+
+    const CI: &str = "name = \"a\", cloudInit = Some V.CloudInit::{ userData = Some \"#cloud-config\\nruncmd: [ [ echo, HIDDEN ] ]\\n\", sshAuthorizedKeys = [ \"ssh-ed25519 AAAAk1 one\" ] }";
+
+    /// (observed seed: none / same / other, show user-data) → the change.
+    #[test]
+    fn seeds_are_created_replaced_or_left_and_user_data_stays_hidden() {
+        let f = fleet(&[CI]);
+        let other = fleet(&[&CI.replace("AAAAk1 one", "AAAAk2 two")]);
+        let m = machine(&f, "a");
+        for (name, observed, show, want) in [
+            ("missing", None, false, Some("createSeed")),
+            ("same", Some(&f), false, None),
+            ("changed", Some(&other), false, Some("replaceSeed")),
+            ("changed, shown", Some(&other), true, Some("replaceSeed")),
+        ] {
+            let mut state = converged(&f);
+            state.seeds = observed.map(|o| converged(o).seeds).unwrap_or_default();
+            let mut hp = host_plan(&f);
+            hp.opts.show_user_data = show;
+            super::plan(&state, m, "hv1/a", &mut hp);
+            let (changes, _, _) = parts(hp);
+            let got = changes.first().map(|(_, c)| c.clone());
+            let kind = got.as_ref().map(|c| match &c.action {
+                Action::CreateSeed { .. } => "createSeed",
+                Action::ReplaceSeed { .. } => "replaceSeed",
+                _ => "other",
+            });
+            assert_eq!(kind, want, "{name}");
+            if let Some(c) = got {
+                let all = serde_json::to_string(&c).unwrap();
+                assert_eq!(all.contains("HIDDEN"), show, "{name}: {all}");
+                assert_eq!(c.address, "hv1/a/cidata");
+            }
+            if name == "changed" {
+                let c = &changes[0].1;
+                assert!(c.reason.contains("new instance-id"), "{}", c.reason);
+                let diff = c.diff.as_deref().unwrap();
+                assert!(diff.contains("-ssh keys: 1") || diff.contains("instance-id"), "{diff}");
+            }
+        }
+    }
+
+    /// A changed seed makes the running guest's domain update restart-class.
+    #[test]
+    fn a_changed_seed_restarts_the_running_guest() {
+        let f = fleet(&[CI]);
+        let old = fleet(&[&CI.replace("AAAAk1 one", "AAAAk2 two")]);
+        let mut state = converged(&old);
+        state.seeds = converged(&f).seeds;
+        let p = crate::plan::plan(
+            &f,
+            &lock(),
+            &crate::resources::observed::Observation {
+                format_version: 1,
+                fleet: "t".into(),
+                taken_at: NOW,
+                hosts: [(
+                    "hv1".to_owned(),
+                    crate::resources::observed::HostObservation::Reachable(state),
+                )]
+                .into(),
+            },
+            crate::plan::Options {
+                now: NOW,
+                ..Default::default()
+            },
+        );
+        assert!(p.changes.is_empty(), "{:#?}", p.changes);
+        let held = &p.pending[0].change;
+        assert!(
+            matches!(held.action, Action::UpdateDomain { restart: true, .. })
+                && held.reason.contains("cloud-init seed; restart to take effect"),
+            "{held:#?}"
+        );
+    }
+}

@@ -58,6 +58,21 @@ pub fn kind(action: &Action) -> Kind {
     }
 }
 
+/// Changes whose diff is shown: domain updates (the XML), replaced seeds
+/// (their facts: hashes and counts, never user-data text unless asked for)
+/// and new seeds whose user-data was asked for.
+pub fn shows_diff(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::UpdateDomain { .. }
+            | Action::ReplaceSeed { .. }
+            | Action::CreateSeed {
+                user_data: Some(_),
+                ..
+            }
+    )
+}
+
 /// The one-character mark of a change: `+` add, `~` change in place,
 /// `±` needs a restart, `-` destroy.
 pub fn symbol(change: &Change) -> char {
