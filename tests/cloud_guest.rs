@@ -93,6 +93,8 @@ fn ssh(ns: &NetnsLibvirtd, key: &Path, user: &str, ip: &str, cmd: &str) -> (i32,
         "UserKnownHostsFile=/dev/null",
         "-o",
         "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
         &target,
         cmd,
     ]);

@@ -206,7 +206,10 @@ mod tests {
                 let c = &changes[0].1;
                 assert!(c.reason.contains("new instance-id"), "{}", c.reason);
                 let diff = c.diff.as_deref().unwrap();
-                assert!(diff.contains("-ssh keys: 1") || diff.contains("instance-id"), "{diff}");
+                assert!(
+                    diff.contains("-ssh keys: 1") || diff.contains("instance-id"),
+                    "{diff}"
+                );
             }
         }
     }
@@ -240,7 +243,9 @@ mod tests {
         let held = &p.pending[0].change;
         assert!(
             matches!(held.action, Action::UpdateDomain { restart: true, .. })
-                && held.reason.contains("cloud-init seed; restart to take effect"),
+                && held
+                    .reason
+                    .contains("cloud-init seed; restart to take effect"),
             "{held:#?}"
         );
     }
