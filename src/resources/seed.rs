@@ -129,7 +129,7 @@ const BOUNDARY: &str = "==virtfleet-seed-part==";
 
 /// The fleet's own user-data followed by virtfleet's part (the default user
 /// and exactly its keys), as MIME multipart user-data. virtfleet's part is
-/// merged into the fleet's with `list(append)+dict(no_replace,recurse_list)`:
+/// merged into the fleet's with `list(append)+dict(no_replace,recurse_array)`:
 /// the fleet's settings win, lists (users, write_files) gain virtfleet's
 /// entries. Only `#cloud-config` and `#!` scripts are combined; any other
 /// user-data (already multipart, an include, a boothook) is passed as it
@@ -151,7 +151,7 @@ fn combined_user_data(own: &str, ours: &str) -> String {
         s.push('\n');
     }
     s.push_str(&format!(
-        "--{BOUNDARY}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nMerge-Type: list(append)+dict(no_replace,recurse_list)+str()\nContent-Disposition: attachment; filename=\"virtfleet\"\n\n{ours}"
+        "--{BOUNDARY}\nContent-Type: text/cloud-config; charset=\"utf-8\"\nMIME-Version: 1.0\nMerge-Type: list(append)+dict(no_replace,recurse_array)+str()\nContent-Disposition: attachment; filename=\"virtfleet\"\n\n{ours}"
     ));
     s.push_str(&format!("--{BOUNDARY}--\n"));
     s
