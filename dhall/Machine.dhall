@@ -9,6 +9,7 @@
     dataDisks  extra disks (default none).
     autostart  start with the host (default True).
     power      `Running` (default) or `Stopped`.
+    network    the network its NIC joins; `None` (default): the host's `network`.
     cloudInit  first-boot configuration; `None` (default) attaches no seed.
     snapshots  snapshot policy (default: an init snapshot only).
     protect    when True virtfleet never destroys this machine (default False).
@@ -21,6 +22,8 @@ let CloudInit = ./CloudInit.dhall
 
 let Snapshots = ./Snapshots.dhall
 
+let Network = ./Network.dhall
+
 in  { Type =
         { name : Text
         , host : Optional Text
@@ -31,6 +34,7 @@ in  { Type =
         , dataDisks : List Disk.Type
         , autostart : Bool
         , power : Power
+        , network : Optional Network
         , cloudInit : Optional CloudInit.Type
         , snapshots : Snapshots.Type
         , protect : Bool
@@ -43,6 +47,7 @@ in  { Type =
       , dataDisks = [] : List Disk.Type
       , autostart = True
       , power = Power.Running
+      , network = None Network
       , cloudInit = None CloudInit.Type
       , snapshots = Snapshots.default
       , protect = False

@@ -23,7 +23,40 @@ fn every_example_loads() {
     seen.sort();
     assert_eq!(
         seen,
-        ["generated.dhall", "homelab.dhall", "single-host.dhall"]
+        [
+            "cloud-init.dhall",
+            "generated.dhall",
+            "homelab.dhall",
+            "single-host.dhall"
+        ]
+    );
+}
+
+#[test]
+fn cloud_init_example_builds_its_seeds() {
+    let fleet = load(&repo("examples/cloud-init.dhall")).unwrap();
+    for m in fleet.machines.values() {
+        let seed = virtfleet::resources::seed::seed(m).expect("every machine has a seed");
+        assert_eq!(
+            seed.files.meta_data.lines().count(),
+            4,
+            "{}",
+            seed.files.meta_data
+        );
+        assert!(seed.files.user_data.contains("ExampleKeyOnlyForDocs"));
+    }
+    let db = &fleet
+        .machines
+        .values()
+        .find(|m| m.name.as_str() == "db")
+        .unwrap();
+    let seed = virtfleet::resources::seed::seed(db).unwrap();
+    assert_eq!(seed.summary.instance_id, "db-1");
+    assert!(
+        seed.files
+            .network_config
+            .unwrap()
+            .contains("192.168.122.20/24")
     );
 }
 

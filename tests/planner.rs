@@ -138,6 +138,8 @@ fn kind(a: &Action) -> &'static str {
         Action::EnsureImage { .. } => "ensureImage",
         Action::RemoveIncomplete { .. } => "removeIncomplete",
         Action::CreateDisk { .. } => "createDisk",
+        Action::CreateSeed { .. } => "createSeed",
+        Action::ReplaceSeed { .. } => "replaceSeed",
         Action::GrowDisk { .. } => "growDisk",
         Action::DefineDomain { .. } => "defineDomain",
         Action::UpdateDomain { .. } => "updateDomain",
@@ -748,6 +750,7 @@ fn unmanaged_objects_are_listed_or_refused() {
             machine: name.into(),
             spec_hash: "0000000000000000".into(),
             protect: false,
+            seed: None,
         });
         d
     };

@@ -111,7 +111,7 @@ fn zfs_host_end_to_end() {
         lab.machine("a", ""),
         lab.machine(
             "b",
-            "dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ]",
+            "dataDisks = [ V.Disk::{ name = \"data\", sizeGiB = 1 } ], cloudInit = Some V.CloudInit::{ sshAuthorizedKeys = [ \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIZfsSeedKey zfs@test\" ] }",
         ),
     ];
     zfs_fleet(&lab, &host, &machines);
@@ -152,6 +152,28 @@ fn zfs_host_end_to_end() {
         "-",
         "data disks are plain zvols"
     );
+    // b's cloud-init seed: a small owned zvol, read-only, complete (its
+    // summary set last), attached read-only; its bytes are the hash the
+    // domain's metadata names.
+    let seed = format!("{P}/disks/{b}.cidata");
+    assert_eq!(host.prop(&seed, "virtfleet:managed"), "true");
+    assert_eq!(host.prop(&seed, "virtfleet:machine"), b);
+    assert_eq!(host.prop(&seed, "virtfleet:disk"), "cidata");
+    assert_eq!(host.prop(&seed, "readonly"), "on");
+    let xml = host.sh_ok(&format!("virsh dumpxml --inactive {b}"));
+    let seed_disk = xml
+        .split("<disk ")
+        .find(|d| d.contains(&format!("/dev/zvol/{seed}")))
+        .unwrap_or_else(|| panic!("seed attached: {xml}"));
+    assert!(seed_disk.contains("<readonly/>"), "{seed_disk}");
+    let sha = host
+        .sh_ok(&format!("sha256sum /dev/zvol/{seed}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(xml.contains(&format!("seed=\"{sha}\"")), "{xml}");
+    assert!(host.prop(&seed, "virtfleet:seed").contains(&sha));
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 
     // Grow a running guest's disk: volsize and the guest's view; shrink refused.
@@ -206,8 +228,16 @@ fn zfs_host_end_to_end() {
             .parse::<u64>()
             .is_ok()
     );
+    assert!(
+        trash.lines().any(|l| l.contains(&format!("{b}.cidata-"))),
+        "the seed went to the trash with its machine: {trash}"
+    );
     zfs_fleet(&lab, &host, &machines);
     lab.vf(&["restore", &b]).expect_code(0);
+    assert!(
+        host.prop(&seed, "virtfleet:seed").contains(&sha),
+        "the seed came back"
+    );
     assert_eq!(
         host.prop(&format!("{P}/disks/{b}-root"), "origin"),
         format!("{base}@base"),

@@ -41,6 +41,18 @@ pub enum StepError {
         /// The change's address.
         address: String,
     },
+    /// The machine's cloud-init seed is not the one the plan was made for.
+    #[error(
+        "machine {machine}: its cloud-init seed is {actual} in fleet.dhall now, not the planned {planned}; nothing was written (plan again)"
+    )]
+    SeedChanged {
+        /// The machine.
+        machine: String,
+        /// sha256 the plan wants.
+        planned: String,
+        /// sha256 the fleet gives now (`none` without cloudInit).
+        actual: String,
+    },
     /// The image the plan wants is not pinned (so) any more.
     #[error("image {image} with sha256 {sha256} is not in images.lock any more")]
     ImageNotPinned {

@@ -83,6 +83,16 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
             to_gib,
             ..
         } => grow_disk(env, machine(c)?, volume, target, *to_gib),
+        Action::CreateSeed { volume, seed, .. } => write_seed(c, env, volume, &seed.sha256),
+        Action::ReplaceSeed { volume, seed, .. } => {
+            // Check before anything moves: a stale plan trashes nothing.
+            build_seed(c, env, &seed.sha256)?;
+            owned(env, &layout::disk_rel(volume))?;
+            // The old seed goes to the trash (restorable); a running guest
+            // keeps its open file until its domain restarts.
+            storage.trash(volume, s.now)?;
+            write_seed(c, env, volume, &seed.sha256)
+        }
         Action::DefineDomain { xml } => Ok(lv.define(xml)?),
         Action::UpdateDomain {
             xml,
@@ -157,6 +167,45 @@ fn owned_domain(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
             },
         }),
     }
+}
+
+/// The machine's seed rebuilt from the fleet, checked against the plan's
+/// hash (the plan holds no user-data, only its hash).
+fn build_seed(
+    c: &Change,
+    env: &StepEnv<'_>,
+    sha256: &str,
+) -> Result<crate::resources::seed::Seed, StepError> {
+    let m = machine(c)?;
+    let seed = crate::fleet::VmName::new(m)
+        .ok()
+        .and_then(|n| env.fleet.machines.get(&n))
+        .and_then(crate::resources::seed::seed);
+    match seed {
+        Some(s) if s.summary.sha256 == sha256 => Ok(s),
+        other => Err(StepError::SeedChanged {
+            machine: m.into(),
+            planned: sha256.into(),
+            actual: other.map_or("none".into(), |s| s.summary.sha256),
+        }),
+    }
+}
+
+fn write_seed(c: &Change, env: &StepEnv<'_>, volume: &str, sha256: &str) -> Result<(), StepError> {
+    let seed = build_seed(c, env, sha256)?;
+    let owner = DiskOwner {
+        fleet: env.fleet.name.to_string(),
+        machine: machine(c)?.into(),
+        disk: crate::resources::seed::SEED_DISK.into(),
+        protect: false,
+    };
+    env.storage.write_seed(&crate::host::storage::NewSeed {
+        volume,
+        owner: &owner,
+        image: &seed.image,
+        summary: &seed.summary,
+    })?;
+    Ok(())
 }
 
 fn machine(c: &Change) -> Result<&str, StepError> {

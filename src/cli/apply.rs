@@ -293,6 +293,19 @@ fn check_contents(
         allow_destroy: needs(Disruption::Destructive),
         allow_restart: needs(Disruption::Restart),
         source: crate::plan::Source::Live,
+        // A plan saved with user-data text shown re-plans with it shown.
+        show_user_data: plan.changes.iter().any(|c| {
+            matches!(
+                &c.action,
+                crate::plan::Action::CreateSeed {
+                    user_data: Some(_),
+                    ..
+                } | crate::plan::Action::ReplaceSeed {
+                    user_data: Some(_),
+                    ..
+                }
+            )
+        }),
     };
     let again = crate::plan::plan(fleet, lock, obs, opts);
     if again.changes != plan.changes || again.refused != plan.refused {

@@ -16,6 +16,7 @@ mod plan;
 mod restore;
 mod show;
 mod snapshot;
+mod ssh;
 mod status;
 
 use crate::lock::cache::Cache;
@@ -52,6 +53,7 @@ Getting started:
   virtfleet plan                  what apply would change, per host
   virtfleet apply                 make the hosts match fleet.dhall (asks first)
   virtfleet status                each machine's state, drift and address
+  virtfleet ssh web               log into a machine (its cloud-init user, its address)
 
 Exit status: 0 ok, 1 error, 2 changes present (plan --detailed-exitcode),
 3 incomplete (some host could not be observed).";
@@ -135,6 +137,7 @@ enum Command {
     Rollback(snapshot::RollbackArgs),
     Reinit(snapshot::ReinitArgs),
     History(history::Args),
+    Ssh(ssh::Args),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -234,6 +237,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(a) => snapshot::rollback(&ctx, a),
         Command::Reinit(a) => snapshot::reinit(&ctx, a),
         Command::History(a) => history::run(&ctx, a),
+        Command::Ssh(a) => ssh::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

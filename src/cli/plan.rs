@@ -72,6 +72,11 @@ pub struct PlanArgs {
     /// Allow changes that restart or stop guests.
     #[arg(long)]
     pub allow_restart: bool,
+    /// Show cloud-init user-data text in seed changes. Off by default: user-data
+    /// may hold passwords and tokens, and plans are posted into pull requests;
+    /// without it a changed user-data shows as its sha256 and line count.
+    #[arg(long)]
+    pub show_user_data: bool,
 }
 
 /// Loads fleet + lock, observes (or reads the observation), and plans.
@@ -138,6 +143,7 @@ pub fn options(fleet: &crate::fleet::Fleet, args: &PlanArgs, now: u64) -> crate:
         allow_destroy: args.allow_destroy || fleet.settings.allow_destroy,
         allow_restart: args.allow_restart || fleet.settings.allow_restart,
         source: crate::plan::Source::Live,
+        show_user_data: args.show_user_data,
     }
 }
 

@@ -76,6 +76,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         allow_destroy: true,
         allow_restart: true,
         source: crate::plan::Source::Live,
+        show_user_data: false,
     };
     let plan = crate::plan::plan(&fleet, &lock, &obs, opts);
     // Status is an observation: what it found is logged (compactly) in the

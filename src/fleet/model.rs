@@ -100,7 +100,9 @@ pub struct Machine {
     pub autostart: bool,
     /// Running or stopped, as apply keeps it.
     pub power: Power,
-    /// Cloud-init user data and keys (validated; not attached yet).
+    /// The network its NIC joins (the host's unless the machine names one).
+    pub network: Network,
+    /// Cloud-init data: built into a NoCloud seed attached read-only.
     pub cloud_init: Option<CloudInit>,
     /// The root disk's (and, on Dir hosts, the machine's) snapshot policy.
     pub snapshots: Snapshots,

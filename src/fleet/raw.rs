@@ -130,6 +130,7 @@ pub struct Machine {
     pub data_disks: Vec<Disk>,
     pub autostart: bool,
     pub power: Power,
+    pub network: Option<Network>,
     pub cloud_init: Option<CloudInit>,
     pub snapshots: Snapshots,
     pub protect: bool,
@@ -159,6 +160,11 @@ pub struct CloudInit {
     pub user_data: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
     pub hostname: Option<String>,
+    pub user: String,
+    pub network_config: Option<String>,
+    pub meta_data: std::collections::BTreeMap<String, String>,
+    pub instance_id: Option<String>,
+    pub show_user_data: bool,
 }
 
 /// `dhall/Snapshots.dhall`.

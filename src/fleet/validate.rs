@@ -319,6 +319,10 @@ impl Checker<'_> {
             let (Some(host), Some(image), true) = (host, image, ok) else {
                 continue;
             };
+            let network = m
+                .network
+                .clone()
+                .unwrap_or_else(|| hosts[&host].network.clone());
             machines.insert(
                 name.clone(),
                 Machine {
@@ -331,6 +335,7 @@ impl Checker<'_> {
                     data_disks,
                     autostart: m.autostart,
                     power: m.power,
+                    network,
                     cloud_init: m.cloud_init.clone(),
                     snapshots: m.snapshots,
                     protect: m.protect,
@@ -469,6 +474,49 @@ impl Checker<'_> {
                     clip(h)
                 ),
             );
+        }
+        let user_ok = ci.user.len() <= 32
+            && ci
+                .user
+                .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && ci
+                .user
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !user_ok {
+            self.err(
+                self.src.field(&m.name, "user"),
+                subject.clone(),
+                format!(
+                    "cloudInit user {} is not a valid login name ([a-z_][a-z0-9_-]*, at most 32 characters)",
+                    clip(&ci.user)
+                ),
+            );
+        }
+        if let Some(id) = &ci.instance_id
+            && (id.is_empty()
+                || id.len() > 128
+                || id.chars().any(|c| c.is_control() || c == '"' || c == '\\'))
+        {
+            self.err(
+                self.src.field(&m.name, "instanceId"),
+                subject.clone(),
+                format!("cloudInit instanceId {} must be 1-128 printable characters without quotes or backslashes", clip(id)),
+            );
+        }
+        for key in ci.meta_data.keys() {
+            if ["instance-id", "local-hostname", "public-keys"].contains(&key.as_str())
+                || key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                self.err(
+                    self.src.field(&m.name, "metaData"),
+                    subject.clone(),
+                    format!("cloudInit metaData key {} is reserved by virtfleet or not a plain key ([A-Za-z0-9_-]+)", clip(key)),
+                );
+            }
         }
         for key in &ci.ssh_authorized_keys {
             if key.contains('\n') || key.split_whitespace().count() < 2 {

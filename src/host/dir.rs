@@ -6,6 +6,7 @@
 //! images/<sha256>.<raw|qcow2>       verified base images (hash checked on the host)
 //! disks/<machine>-<disk>/disk.qcow2  a machine disk (overlay on a base image, or blank)
 //! disks/<machine>-<disk>/owner.json  {"fleet":..,"machine":..,"disk":..}: the ownership marker
+//! disks/<machine>.cidata/            a cloud-init seed: seed.img, owner.json, seed.json (see `seedstore`)
 //! trash/<machine>-<disk>@<unix>/     a destroyed disk, restorable until it expires
 //! ```
 //!
@@ -28,13 +29,14 @@
 //! 0600 (libvirt hands them to QEMU's user while a guest runs).
 
 use super::qcow2;
+use super::seedstore;
 use super::storage::{
     BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified, verify_on_host,
 };
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
-use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, TrashEntry};
+use crate::resources::observed::{DiskOwner, HostState, Lease, OwnedDisk, OwnedSeed, TrashEntry};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The host's lease: a directory holding `holder.json`, renamed into place
@@ -133,6 +135,8 @@ pub struct Listing {
     /// Relative path of each base image with a verification record → the
     /// file still matches it.
     pub images: BTreeMap<String, bool>,
+    /// Relative path of each cloud-init seed directory → its summary.
+    pub seeds: BTreeMap<String, crate::resources::seed::SeedSummary>,
 }
 
 /// A Dir storage root on a host.
@@ -185,6 +189,7 @@ impl<'a> DirStorage<'a> {
                     entries,
                     owners: BTreeMap::new(),
                     images: BTreeMap::new(),
+                    seeds: BTreeMap::new(),
                 });
             }
             return Err(ExecError::Failed {
@@ -208,7 +213,11 @@ impl<'a> DirStorage<'a> {
         // one command.
         let wanted: Vec<String> = entries
             .keys()
-            .filter(|p| p.ends_with("/owner.json") || p.ends_with(VERIFIED))
+            .filter(|p| {
+                p.ends_with("/owner.json")
+                    || p.ends_with(VERIFIED)
+                    || p.ends_with(&format!("/{}", seedstore::DIR_SUMMARY))
+            })
             .cloned()
             .collect();
         let texts = self.read_small_files(&wanted)?;
@@ -227,10 +236,18 @@ impl<'a> DirStorage<'a> {
                 Some((image.to_owned(), intact))
             })
             .collect();
+        let seeds = texts
+            .iter()
+            .filter_map(|(rel, text)| {
+                let dir = rel.strip_suffix(&format!("/{}", seedstore::DIR_SUMMARY))?;
+                Some((dir.to_owned(), serde_json::from_str(text).ok()?))
+            })
+            .collect();
         Ok(Listing {
             entries,
             owners,
             images,
+            seeds,
         })
     }
 
@@ -492,6 +509,21 @@ impl StorageBackend for DirStorage<'_> {
                     None if n.starts_with(".new-") && holds_nothing(&listing, rel) => {
                         state.incomplete.push(format!("disks/{n}"))
                     }
+                    Some(o) if o.disk == crate::resources::seed::SEED_DISK => {
+                        match listing.seeds.get(rel.as_str()) {
+                            Some(summary) => {
+                                let seed = OwnedSeed {
+                                    owner: o.clone(),
+                                    path: self.path(&layout::dir_seed_file_rel(n)),
+                                    summary: summary.clone(),
+                                };
+                                state.seeds.insert(n.to_owned(), seed);
+                            }
+                            // Renamed into place only when complete: a seed
+                            // without its record is not virtfleet's doing.
+                            None => state.unmanaged_files.push(rel.clone()),
+                        }
+                    }
                     Some(o) => {
                         let info = infos.remove(n);
                         let disk = self.owned_disk(n, o, attached, with_snapshots, info)?;
@@ -637,6 +669,10 @@ impl StorageBackend for DirStorage<'_> {
         }
         self.t.run_ok(&["mv", "-T", &tmp_dir, &final_dir])?;
         Ok(())
+    }
+
+    fn write_seed(&self, seed: &super::storage::NewSeed<'_>) -> Result<(), StorageError> {
+        seedstore::dir_write(self.t, &self.root, seed)
     }
 
     /// A running guest's qcow2 is grown by libvirt (QEMU owns the file), so

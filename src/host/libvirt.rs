@@ -84,6 +84,23 @@ impl Libvirt {
             .map_err(self.err(format!("domain {name}: lookup")))
     }
 
+    /// Every libvirt network on the host: name → active.
+    pub fn networks(&self) -> Result<std::collections::BTreeMap<String, bool>, LibvirtError> {
+        let mut out = std::collections::BTreeMap::new();
+        for net in self
+            .conn
+            .list_all_networks(0)
+            .map_err(self.err("list networks"))?
+        {
+            let name = net.name().map_err(self.err("network name"))?;
+            let active = net
+                .is_active()
+                .map_err(self.err(format!("network {name}: state")))?;
+            out.insert(name, active);
+        }
+        Ok(out)
+    }
+
     /// Every domain on the host, each read in full, sorted by name.
     pub fn domains(&self) -> Result<Vec<ObservedDomain>, LibvirtError> {
         self.domains_where(|_, _| true)
@@ -265,26 +282,46 @@ impl Libvirt {
         })
     }
 
+    /// The guest's addresses: DHCP leases of libvirt networks first, then
+    /// the guest agent, then the host's ARP table. Every source is asked;
+    /// one that fails (no agent, ARP's `wrong nlmsg len` on some kernels)
+    /// only contributes nothing. Loopback and link-local addresses, which
+    /// only the agent reports, are left out: nobody can reach them.
     fn addresses(&self, dom: &Domain) -> Vec<String> {
-        let mut addrs = Vec::new();
+        let mut addrs: Vec<String> = Vec::new();
         for source in [
             sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
             sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
         ] {
-            if let Ok(ifaces) = dom.interface_addresses(source, 0) {
-                addrs.extend(
-                    ifaces
-                        .into_iter()
-                        .flat_map(|i| i.addrs.into_iter().map(|a| a.addr)),
-                );
-            }
-            if !addrs.is_empty() {
-                break;
+            let Ok(ifaces) = dom.interface_addresses(source, 0) else {
+                continue;
+            };
+            for a in ifaces.into_iter().flat_map(|i| i.addrs) {
+                let reachable = a.addr.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+                    std::net::IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+                });
+                if reachable && !addrs.contains(&a.addr) {
+                    addrs.push(a.addr);
+                }
             }
         }
-        addrs.sort();
-        addrs.dedup();
         addrs
+    }
+
+    /// The addresses of running domain `name` (see `addresses`); none when
+    /// it is not running.
+    pub fn addresses_of(&self, name: &str) -> Result<Vec<String>, LibvirtError> {
+        let dom = self.lookup(name)?;
+        let running = dom
+            .is_active()
+            .map_err(self.err(format!("domain {name}: state")))?;
+        Ok(if running {
+            self.addresses(&dom)
+        } else {
+            Vec::new()
+        })
     }
 
     /// Defines (or redefines) a domain from XML.

@@ -6,6 +6,7 @@ pub mod dir;
 pub mod lease;
 pub mod libvirt;
 pub mod qcow2;
+pub mod seedstore;
 pub mod ssh;
 pub mod stats;
 pub mod storage;

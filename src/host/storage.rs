@@ -38,6 +38,19 @@ pub struct NewDisk<'a> {
     pub base: Option<(&'a str, &'a str)>,
 }
 
+/// A seed to write.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSeed<'a> {
+    /// Its volume name (`web.cidata`).
+    pub volume: &'a str,
+    /// Its ownership marker (disk `cidata`).
+    pub owner: &'a DiskOwner,
+    /// The vfat image.
+    pub image: &'a [u8],
+    /// What it holds (recorded beside it).
+    pub summary: &'a crate::resources::seed::SeedSummary,
+}
+
 /// Operations on one host's storage. `Sync`: a host's steps run on
 /// several threads at once, each on its own volumes.
 pub trait StorageBackend: Sync {
@@ -59,6 +72,9 @@ pub trait StorageBackend: Sync {
     ) -> Result<(), StorageError>;
     /// Creates a disk: a copy-on-write clone of its base, or blank.
     fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError>;
+    /// Writes a cloud-init seed (the layout is in the `seedstore` module); one in place
+    /// already is left alone.
+    fn write_seed(&self, seed: &NewSeed<'_>) -> Result<(), StorageError>;
     /// Grows a disk. `online`: a running guest uses it (the caller then
     /// tells libvirt); backends that cannot grow under a guest do nothing.
     fn grow(&self, volume: &str, size_gib: u64, online: bool) -> Result<(), StorageError>;

@@ -27,7 +27,7 @@ const PROTECT: &str = "virtfleet:protect";
 const GROW_UNTOLD: &str = "virtfleet:grow-untold";
 
 /// Properties read by one listing, after name, type, volsize and origin.
-pub const PROPS: [&str; 9] = [
+pub const PROPS: [&str; 10] = [
     "virtfleet:managed",
     "virtfleet:fleet",
     "virtfleet:machine",
@@ -37,6 +37,7 @@ pub const PROPS: [&str; 9] = [
     "virtfleet:trashed-at",
     GROW_UNTOLD,
     PROTECT,
+    super::seedstore::ZFS_SEED_PROP,
 ];
 
 /// One row of `zfs list -Hp -o name,type,volsize,origin,<PROPS>`.
@@ -146,6 +147,28 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> HostState {
                 // (it has no @base, so no clone can depend on it).
                 _ => state.incomplete.push(rel.to_owned()),
             },
+            ("disks", "volume")
+                if ours
+                    && r.props.get("virtfleet:disk").map(String::as_str)
+                        == Some(crate::resources::seed::SEED_DISK) =>
+            {
+                // Complete only once its summary is set (the last step).
+                match r
+                    .props
+                    .get(super::seedstore::ZFS_SEED_PROP)
+                    .and_then(|j| serde_json::from_str(j).ok())
+                {
+                    Some(summary) => {
+                        let seed = crate::resources::observed::OwnedSeed {
+                            owner: owner_of(r, fleet),
+                            path: format!("/dev/zvol/{}", r.name),
+                            summary,
+                        };
+                        state.seeds.insert(leaf.to_owned(), seed);
+                    }
+                    None => state.incomplete.push(rel.to_owned()),
+                }
+            }
             ("disks", "volume") if ours => {
                 state
                     .disks
@@ -394,6 +417,12 @@ impl StorageBackend for ZfsStorage<'_> {
         self.t.run_ok(&argv)?;
         crate::fault::point("disk-cloned");
         self.wait_device(&ds)
+    }
+
+    fn write_seed(&self, seed: &super::storage::NewSeed<'_>) -> Result<(), StorageError> {
+        self.containers()?;
+        let ds = self.ds(&layout::disk_rel(seed.volume));
+        super::seedstore::zfs_write(self.t, &ds, Self::owner_props(seed.owner), seed)
     }
 
     /// `volsize` grows the zvol in place; for a running guest the caller
@@ -646,7 +675,9 @@ impl StorageBackend for ZfsStorage<'_> {
     }
 
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
-        if !path.starts_with("images/") || path.contains('@') {
+        let seed = path.starts_with("disks/")
+            && path.ends_with(&format!(".{}", crate::resources::seed::SEED_DISK));
+        if !(path.starts_with("images/") || seed) || path.contains('@') {
             return Err(StorageError::NotRemovable {
                 path: path.into(),
                 why: "not an incomplete base image",
@@ -825,7 +856,7 @@ mod tests {
     fn reads_the_grow_and_protect_marks() {
         let line = |untold: &str, protect: &str| {
             format!(
-                "tank/vf/disks/t-a-root\tvolume\t2147483648\t-\ttrue\tt\tt-a\troot\t-\t-\t-\t{untold}\t{protect}\n"
+                "tank/vf/disks/t-a-root\tvolume\t2147483648\t-\ttrue\tt\tt-a\troot\t-\t-\t-\t{untold}\t{protect}\t-\n"
             )
         };
         for (untold, protect) in [("-", "-"), ("on", "-"), ("-", "on"), ("on", "on")] {

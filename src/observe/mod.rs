@@ -144,5 +144,6 @@ fn try_observe(
             .map_or(0, |d| d.as_secs());
         l.stale = lease::is_stale(l, now, &lease::controller_name());
     }
+    state.networks = Some(lv.networks()?);
     Ok(state)
 }

@@ -448,12 +448,7 @@ pub fn destroy_plan(basis: Basis<'_>, name: &VmName, force: bool) -> Result<Plan
         }
     }
     let (host, state) = find_managed(basis, name)?;
-    let volumes: Vec<String> = state
-        .disks
-        .iter()
-        .filter(|(_, od)| od.owner.machine == name.as_str())
-        .map(|(v, _)| v.clone())
-        .collect();
+    let volumes = state.volumes_of(name.as_str());
     let running = running(state, name.as_str());
     let reason = format!(
         "virtfleet destroy: {}undefine, move {} to the trash (restorable)",
@@ -502,7 +497,9 @@ pub fn restore_plan(basis: Basis<'_>, name: &VmName) -> Result<Plan, CommandRefu
     }
     let mut changes = Vec::new();
     for (vol, (entry, at, disk)) in newest {
-        if state.disks.contains_key(vol) || state.unmanaged_files.contains(&format!("disks/{vol}"))
+        if state.disks.contains_key(vol)
+            || state.seeds.contains_key(vol)
+            || state.unmanaged_files.contains(&format!("disks/{vol}"))
         {
             return Err(CommandRefusal::DiskExists {
                 host: h.into(),

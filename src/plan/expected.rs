@@ -10,8 +10,9 @@ use super::planner::{GIB, desired_domain};
 use crate::fleet::{Fleet, Host, Machine, Power};
 use crate::lock::ImageLock;
 use crate::resources::observed::{
-    DiskOwner, HostState, Live, ObservedDomain, OwnedDisk, PowerState,
+    DiskOwner, HostState, Live, ObservedDomain, OwnedDisk, OwnedSeed, PowerState,
 };
+use crate::resources::{layout, seed};
 use std::collections::BTreeMap;
 
 /// What observation reports for `host` right after `fleet` was applied
@@ -50,6 +51,20 @@ pub fn converged_state(fleet: &Fleet, lock: &ImageLock, host: &Host) -> HostStat
                 },
             };
             s.disks.insert(m.volume_name(&disk.owner.disk), disk);
+        }
+        if let Some(seed) = seed::seed(m) {
+            let volume = seed::seed_volume(m.name.as_str());
+            let owned = OwnedSeed {
+                owner: DiskOwner {
+                    fleet: fleet.name.to_string(),
+                    machine: m.name.to_string(),
+                    disk: seed::SEED_DISK.into(),
+                    protect: false,
+                },
+                path: layout::seed_path(&host.storage, &volume),
+                summary: seed.summary,
+            };
+            s.seeds.insert(volume, owned);
         }
         s.domains
             .insert(m.name.to_string(), domain(m, config, disk_sizes));

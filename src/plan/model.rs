@@ -6,6 +6,7 @@
 //! [`Action`] only; `reason` is for people.
 
 use crate::fleet::ImageFormat;
+pub use crate::resources::seed::SeedSummary;
 use crate::text::{human_bytes, plural};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -99,6 +100,31 @@ pub enum Action {
         /// The guest was running when planned (display only: the executor
         /// asks libvirt again).
         running: bool,
+    },
+    /// Write a machine's cloud-init seed (rebuilt from the fleet at apply
+    /// time and checked against `seed.sha256`).
+    CreateSeed {
+        /// Volume name on the host (`web.cidata`).
+        volume: String,
+        /// What the seed holds (no user-data text).
+        seed: SeedSummary,
+        /// user-data text, only with `--show-user-data` or `showUserData`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_data: Option<String>,
+    },
+    /// Replace a machine's seed: the old one goes to the trash, the new one
+    /// is written. A running guest keeps reading the old one until its
+    /// domain is restarted (the domain update says so).
+    ReplaceSeed {
+        /// Volume name on the host.
+        volume: String,
+        /// The observed seed.
+        from: SeedSummary,
+        /// The new seed.
+        seed: SeedSummary,
+        /// user-data text, only with `--show-user-data` or `showUserData`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_data: Option<String>,
     },
     /// Define a new domain.
     DefineDomain {
@@ -209,6 +235,22 @@ impl Action {
                 ..
             } => format!("create disk {size_gib} GiB (blank)"),
             Action::GrowDisk { to_gib, .. } => format!("grow disk to {to_gib} GiB"),
+            Action::CreateSeed { seed, .. } => {
+                format!("create cloud-init seed (instance-id {})", seed.instance_id)
+            }
+            Action::ReplaceSeed { from, seed, .. } => {
+                if from.instance_id == seed.instance_id {
+                    format!(
+                        "replace cloud-init seed (same instance-id {})",
+                        seed.instance_id
+                    )
+                } else {
+                    format!(
+                        "replace cloud-init seed (instance-id {} → {})",
+                        from.instance_id, seed.instance_id
+                    )
+                }
+            }
             Action::DefineDomain { .. } => "define domain".into(),
             Action::UpdateDomain {
                 memory_live_mib,

@@ -28,6 +28,9 @@ pub struct Owner {
     /// The machine was `protect`ed when last defined: never destroy it,
     /// even after it disappears from the fleet.
     pub protect: bool,
+    /// sha256 of the cloud-init seed attached when last defined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
 /// One disk device.
@@ -39,6 +42,9 @@ pub struct DiskRef {
     pub path: String,
     /// qcow2 or raw.
     pub format: String,
+    /// Attached read-only (the cloud-init seed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
 }
 
 /// The first NIC.
@@ -154,12 +160,16 @@ impl DomainSpec {
             let _ = writeln!(x, "  <metadata>");
             let _ = writeln!(
                 x,
-                "    <vf:owner xmlns:vf='{METADATA_NS}' fleet='{}' host='{}' machine='{}' spec='{}' protect='{}'/>",
+                "    <vf:owner xmlns:vf='{METADATA_NS}' fleet='{}' host='{}' machine='{}' spec='{}' protect='{}'{}/>",
                 esc(&o.fleet),
                 esc(&o.host),
                 esc(&o.machine),
                 esc(&o.spec_hash),
-                o.protect
+                o.protect,
+                o.seed
+                    .as_ref()
+                    .map(|s| format!(" seed='{}'", esc(s)))
+                    .unwrap_or_default()
             );
             let _ = writeln!(x, "  </metadata>");
         }
@@ -185,6 +195,10 @@ impl DomainSpec {
         self.write_disks(&mut x);
         self.write_nic(&mut x);
         x.push_str("    <serial type='pty'/>\n    <console type='pty'/>\n");
+        // The guest agent's channel: `status` asks the agent for addresses
+        // when no DHCP lease names the guest. Not parsed back: a domain
+        // defined without it is not redefined for it alone.
+        x.push_str("    <channel type='unix'>\n      <target type='virtio' name='org.qemu.guest_agent.0'/>\n    </channel>\n");
         x.push_str("    <memballoon model='virtio'/>\n");
         x.push_str("  </devices>\n</domain>\n");
         x
@@ -214,6 +228,16 @@ impl DomainSpec {
             } else {
                 ("file", "file")
             };
+            if d.readonly {
+                let _ = writeln!(
+                    x,
+                    "    <disk type='{kind}' device='disk'>\n      <driver name='qemu' type='{}'/>\n      <source {attr}='{}'/>\n      <target dev='{}' bus='virtio'/>\n      <readonly/>\n    </disk>",
+                    esc(&d.format),
+                    esc(&d.path),
+                    esc(&d.target)
+                );
+                continue;
+            }
             let _ = writeln!(
                 x,
                 "    <disk type='{kind}' device='disk'>\n      <driver name='qemu' type='{}' cache='none' discard='unmap'/>\n      <source {attr}='{}'/>\n      <target dev='{}' bus='virtio'/>\n    </disk>",
@@ -321,6 +345,7 @@ fn disks(devices: Node<'_, '_>) -> Vec<DiskRef> {
                 target: attr("target", &["dev"]).unwrap_or_default(),
                 path: attr("source", &["file", "dev"]).unwrap_or_default(),
                 format: attr("driver", &["type"]).unwrap_or_else(|| "raw".into()),
+                readonly: child(d, "readonly").is_some(),
             }
         })
         .collect()
@@ -365,6 +390,7 @@ fn owner(metadata: Node<'_, '_>) -> Option<Owner> {
         machine: attr("machine"),
         spec_hash: attr("spec"),
         protect: o.attribute("protect") == Some("true"),
+        seed: o.attribute("seed").map(str::to_owned),
     })
 }
 
@@ -386,11 +412,19 @@ mod tests {
                     target: "vda".into(),
                     path: "/srv/vf/disks/web-root/disk.qcow2".into(),
                     format: "qcow2".into(),
+                    readonly: false,
                 },
                 DiskRef {
                     target: "vdb".into(),
                     path: "/srv/vf/disks/web-data/disk.qcow2".into(),
                     format: "qcow2".into(),
+                    readonly: false,
+                },
+                DiskRef {
+                    target: "vdc".into(),
+                    path: "/srv/vf/disks/web.cidata/seed.img".into(),
+                    format: "raw".into(),
+                    readonly: true,
                 },
             ],
             nic: Some(Nic::Network {
@@ -403,6 +437,7 @@ mod tests {
                 machine: "web".into(),
                 spec_hash: "abc".into(),
                 protect: true,
+                seed: Some("5eed".into()),
             }),
         }
     }
@@ -437,7 +472,8 @@ mod tests {
             [DiskRef {
                 target: "vda".into(),
                 path: "/dev/zvol/tank/x".into(),
-                format: "raw".into()
+                format: "raw".into(),
+                readonly: false,
             }]
         );
         assert_eq!(s.owner, None);

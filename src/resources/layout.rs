@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! Dir:  <path>/images/<sha256>.<raw|qcow2>   <path>/disks/<vol>/disk.qcow2   <path>/trash/<vol>@<unix>/
+//!       <path>/disks/<machine>.cidata/seed.img  (+ owner.json, seed.sha256): a cloud-init seed
 //! Zfs:  <parent>/images/<sha256[..16]>       <parent>/disks/<vol>            <parent>/trash/<vol>-<unix>
+//!       <parent>/disks/<machine>.cidata: a cloud-init seed zvol
 //! ```
 
 use crate::fleet::Storage;
@@ -64,6 +66,27 @@ pub fn disk_path(storage: &Storage, volume: &str) -> String {
                 "{}/{}",
                 path.trim_end_matches('/'),
                 dir_disk_file_rel(volume)
+            )
+        }
+        Storage::Zfs { parent } => format!("/dev/zvol/{parent}/{}", disk_rel(volume)),
+    }
+}
+
+/// Dir hosts: the seed image in a seed's volume directory, relative to the
+/// storage path (`disks/<machine>.cidata/seed.img`).
+pub fn dir_seed_file_rel(volume: &str) -> String {
+    format!("disks/{volume}/seed.img")
+}
+
+/// The absolute path a domain uses for the cloud-init seed `volume`: a raw
+/// file on Dir hosts, a zvol on ZFS hosts.
+pub fn seed_path(storage: &Storage, volume: &str) -> String {
+    match storage {
+        Storage::Dir { path } => {
+            format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                dir_seed_file_rel(volume)
             )
         }
         Storage::Zfs { parent } => format!("/dev/zvol/{parent}/{}", disk_rel(volume)),

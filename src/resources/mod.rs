@@ -1,7 +1,7 @@
 //! Pure descriptions of the objects virtfleet manages on a host: the domain
 //! definition and its XML ([`domain`]), deterministic identities
-//! ([`identity`]), where disks live ([`layout`]), and what observation found
-//! ([`observed`]).
+//! ([`identity`]), where disks live ([`layout`]), the cloud-init seed
+//! ([`seed`]), and what observation found ([`observed`]).
 //!
 //! No I/O happens here. The planner, the renderers, the storage backends and
 //! the libvirt layer all build on these types, which is why they sit below
@@ -11,3 +11,4 @@ pub mod domain;
 pub mod identity;
 pub mod layout;
 pub mod observed;
+pub mod seed;

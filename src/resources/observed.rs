@@ -31,6 +31,8 @@ pub struct Observation {
 /// One host: its state, or why it could not be observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "camelCase")]
+// One per host, built once per run: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum HostObservation {
     Reachable(HostState),
     Unreachable { error: String },
@@ -52,6 +54,9 @@ pub struct HostState {
     pub changed_images: BTreeSet<String>,
     /// This fleet's disks, by volume name (`web-root`).
     pub disks: BTreeMap<String, OwnedDisk>,
+    /// This fleet's cloud-init seeds, by volume name (`web.cidata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seeds: BTreeMap<String, OwnedSeed>,
     /// This fleet's trash entries, by entry name (`web-root@1700000000`).
     pub trash: BTreeMap<String, TrashEntry>,
     /// This fleet's half-made objects left by a crash (backend paths:
@@ -59,6 +64,10 @@ pub struct HostState {
     pub incomplete: Vec<String>,
     /// Objects under the storage root that are not this fleet's (never touched).
     pub unmanaged_files: Vec<String>,
+    /// libvirt networks on the host, by name → active; `None` when they
+    /// were not listed (an older saved observation), which skips the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<BTreeMap<String, bool>>,
     /// The run changing this host right now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Box<Lease>>,
@@ -81,6 +90,18 @@ pub struct OwnedDisk {
     /// run stopped between the two): the grow must be finished.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub grow_untold: bool,
+}
+
+/// A cloud-init seed of this fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedSeed {
+    /// Its ownership marker (disk `cidata`).
+    pub owner: DiskOwner,
+    /// The path a domain uses for it.
+    pub path: String,
+    /// What it holds, as recorded when it was written (never user-data text).
+    pub summary: crate::resources::seed::SeedSummary,
 }
 
 /// A destroyed disk kept for restore.
@@ -128,6 +149,22 @@ impl HostState {
         self.domains
             .iter()
             .filter(move |(_, d)| d.config.owner.as_ref().is_some_and(|o| o.fleet == fleet))
+    }
+
+    /// Volumes of machine `machine`: its disks, then its seed; trashed
+    /// together when it is destroyed.
+    pub fn volumes_of(&self, machine: &str) -> Vec<String> {
+        let disks = self
+            .disks
+            .iter()
+            .filter(|(_, d)| d.owner.machine == machine)
+            .map(|(v, _)| v.clone());
+        let seeds = self
+            .seeds
+            .iter()
+            .filter(|(_, s)| s.owner.machine == machine)
+            .map(|(v, _)| v.clone());
+        disks.chain(seeds).collect()
     }
 
     /// Domains that do not carry this fleet's marker.

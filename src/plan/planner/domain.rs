@@ -6,7 +6,7 @@ use crate::fleet::{CpuMode, Fleet, Host, Machine, Power};
 use crate::plan::model::{Action, Change, Disruption};
 use crate::resources::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
 use crate::resources::observed::ObservedDomain;
-use crate::resources::{identity, layout};
+use crate::resources::{identity, layout, seed};
 use sha2::{Digest, Sha256};
 
 /// Hash of everything that goes into a machine's domain and disks, stored
@@ -15,17 +15,22 @@ use sha2::{Digest, Sha256};
 ///
 /// Only what goes into the definition counts: power, autostart and disk
 /// sizes have their own actions and must not trigger a redefinition.
-pub fn spec_hash(definition: &DomainSpec, image_sha: &str) -> String {
+pub fn spec_hash(definition: &DomainSpec, image_sha: &str, seed_sha: Option<&str>) -> String {
     let mut d = definition.clone();
     d.owner = None;
-    let v = serde_json::json!({ "domain": d, "image": image_sha });
+    // Without a seed the hash is what it was before seeds existed, so
+    // domains defined then are not redefined for nothing.
+    let v = match seed_sha {
+        None => serde_json::json!({ "domain": d, "image": image_sha }),
+        Some(s) => serde_json::json!({ "domain": d, "image": image_sha, "seed": s }),
+    };
     hex::encode(&Sha256::digest(serde_json::to_vec(&v).expect("spec serialises"))[..8])
 }
 
 /// The domain virtfleet wants for `m` on `host`.
 pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) -> DomainSpec {
     let (f, h, n) = (fleet.name.as_str(), host.name.as_str(), m.name.as_str());
-    let disks = m
+    let mut disks: Vec<DiskRef> = m
         .disks()
         .iter()
         .enumerate()
@@ -33,8 +38,20 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
             target: target_name(i),
             path: layout::disk_path(&host.storage, &m.volume_name(disk)),
             format: layout::disk_format(&host.storage).into(),
+            readonly: false,
         })
         .collect();
+    // The cloud-init seed comes last, read-only: adding or removing data
+    // disks never renames it, and the guest cannot write to it.
+    let seed_sha = seed::seed(m).map(|s| s.summary.sha256);
+    if seed_sha.is_some() {
+        disks.push(DiskRef {
+            target: target_name(disks.len()),
+            path: layout::seed_path(&host.storage, &seed::seed_volume(n)),
+            format: "raw".into(),
+            readonly: true,
+        });
+    }
     let mut spec = DomainSpec {
         name: n.into(),
         uuid: identity::uuid(f, h, n),
@@ -44,16 +61,17 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
         memory_mib: m.memory_mib,
         current_memory_mib: m.memory_mib,
         disks,
-        nic: Some(Nic::for_network(&host.network, identity::mac(f, h, n))),
+        nic: Some(Nic::for_network(&m.network, identity::mac(f, h, n))),
         owner: None,
     };
-    let hash = spec_hash(&spec, image_sha);
+    let hash = spec_hash(&spec, image_sha, seed_sha.as_deref());
     spec.owner = Some(Owner {
         fleet: f.into(),
         host: h.into(),
         machine: n.into(),
         spec_hash: hash,
         protect: m.protect,
+        seed: seed_sha,
     });
     spec
 }
@@ -129,6 +147,13 @@ fn compare(have: &DomainSpec, want: &DomainSpec, running: bool) -> Difference {
                 diff.restart = true;
             }
         }
+    }
+    let seed_of = |d: &DomainSpec| d.owner.as_ref().and_then(|o| o.seed.clone());
+    if seed_of(have) != seed_of(want) && have.disks == want.disks {
+        // Same disks, another seed behind the same path: only a restart
+        // makes QEMU open (and cloud-init read) the new one.
+        diff.what.push("cloud-init seed".into());
+        diff.restart |= running;
     }
     let fields = other_fields(have, want);
     if !fields.is_empty() {

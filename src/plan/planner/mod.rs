@@ -6,7 +6,7 @@
 //!
 //! The planner is split by resource, one module each, so a new resource
 //! (cloud-init seed, network, placement) slots in beside the others:
-//! [`images`] (base images), [`disks`], [`domain`] (definition and its
+//! [`images`] (base images), [`disks`], [`seed`] (cloud-init), [`domain`] (definition and its
 //! updates), [`power`], [`snapshots`] and [`removals`] (crash leftovers,
 //! destroys, trash expiry). Each pushes changes tagged with a [`Phase`];
 //! per host, changes run in phase order, so every step's prerequisites come
@@ -17,6 +17,7 @@ mod domain;
 mod images;
 mod power;
 mod removals;
+mod seed;
 mod snapshots;
 #[cfg(test)]
 mod testkit;
@@ -57,6 +58,8 @@ pub struct Options {
     pub allow_restart: bool,
     /// Where the observation came from.
     pub source: Source,
+    /// Show cloud-init user-data text in seed changes (it may hold secrets).
+    pub show_user_data: bool,
 }
 
 /// The order changes run in on one host: each phase's changes need only
@@ -289,6 +292,33 @@ fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPl
     removals::plan_trash_expiry(fleet, state, hp);
 }
 
+/// Why `m`'s libvirt network cannot be used on its host (it does not
+/// exist, or is not active), so the plan fails now rather than the define
+/// at apply time.
+fn network_problem(state: &HostState, m: &Machine) -> Option<String> {
+    let (crate::fleet::Network::Libvirt(net), Some(nets)) = (&m.network, &state.networks) else {
+        return None;
+    };
+    let (h, n) = (m.host.as_str(), m.name.as_str());
+    match nets.get(net) {
+        Some(true) => None,
+        Some(false) => Some(format!(
+            "machine {n}: libvirt network {net:?} on host {h} is not active (start it with `virsh net-start {net}` and `virsh net-autostart {net}` there, or give the machine another network)"
+        )),
+        None => {
+            let known: Vec<&str> = nets.keys().map(String::as_str).collect();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            Some(format!(
+                "machine {n}: libvirt network {net:?} does not exist on host {h} (its networks: {known})"
+            ))
+        }
+    }
+}
+
 /// One machine of the fleet on this host: its disks, its domain, its
 /// power, its snapshots, and the disks it no longer declares.
 fn plan_machine(
@@ -315,6 +345,10 @@ fn plan_machine(
         hp.refuse(addr, format!("a domain named {n:?} already exists on host {h} and is not managed by fleet {fleet_name:?}; virtfleet will not touch it (rename the machine or remove that domain)"));
         return;
     }
+    if let Some(why) = network_problem(state, m) {
+        hp.refuse(addr, why);
+        return;
+    }
     let running = observed.is_some_and(is_up);
     let Some(created) = disks::plan(fleet_name, state, m, pin, running, &addr, hp) else {
         // A refused disk: the domain must not be (re)defined on it.
@@ -325,6 +359,7 @@ fn plan_machine(
         None => domain::plan_new(m, &want, &addr, hp),
         Some(d) => domain::plan_update(hp, &addr, m, &want, d),
     }
+    seed::plan(state, m, &addr, hp);
     power::plan(m, observed, &addr, hp);
     snapshots::plan(hp, state, m, &addr, &created);
     removals::plan_removed_disks(state, m, &addr, hp);

@@ -114,12 +114,7 @@ pub(super) fn plan_removed_machines(
             hp.refuse(addr, format!("machine {n} is protected (protect = True when last applied); it is kept. To remove it, set protect = False, apply, then remove it"));
             continue;
         }
-        let volumes: Vec<String> = state
-            .disks
-            .iter()
-            .filter(|(_, od)| od.owner.machine == *n)
-            .map(|(v, _)| v.clone())
-            .collect();
+        let volumes = state.volumes_of(n);
         let stopping = if is_up(d) { "stop, " } else { "" };
         let reason = format!(
             "removed from the fleet: {stopping}undefine, move {} to the trash",
@@ -144,21 +139,27 @@ pub(super) fn plan_orphan_disks(
     hp: &mut HostPlan<'_>,
 ) {
     let h = hp.name();
-    for (vol, od) in &state.disks {
-        let m = od.owner.machine.as_str();
+    let owners = state
+        .disks
+        .iter()
+        .map(|(v, d)| (v, &d.owner))
+        .chain(state.seeds.iter().map(|(v, s)| (v, &s.owner)));
+    for (vol, owner) in owners {
+        let m = owner.machine.as_str();
         if desired.contains(m) || state.domains.contains_key(m) {
             continue;
         }
-        if od.owner.protect {
+        // (A seed carries no protection: it is rebuilt from the fleet.)
+        if owner.protect {
             hp.refuse(
-                format!("{h}/{m}/{}", od.owner.disk),
+                format!("{h}/{m}/{}", owner.disk),
                 format!("disk {vol} belongs to protected machine {m}, whose domain is gone; it is kept. Put {m} back in fleet.dhall to use it again, or move the disk away yourself"),
             );
             continue;
         }
         hp.add(
             Phase::Destroy,
-            format!("{h}/{m}/{}", od.owner.disk),
+            format!("{h}/{m}/{}", owner.disk),
             Some(m),
             Action::TrashDisk {
                 volume: vol.clone(),

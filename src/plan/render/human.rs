@@ -6,7 +6,7 @@
 //! it, so logs and snapshots stay greppable.
 
 use super::{counts, host_counts, hosts, observation_note, symbol};
-use crate::plan::model::{Action, Change, Plan};
+use crate::plan::model::{Change, Plan};
 use crate::text::{ERROR, WARN};
 use anstyle::{AnsiColor, Style};
 use std::fmt::Write;
@@ -161,7 +161,7 @@ impl Renderer {
             change.disruption.as_str()
         );
         let _ = writeln!(out, "    # {}", change.reason);
-        if let (Action::UpdateDomain { .. }, Some(diff)) = (&change.action, &change.diff) {
+        if let (true, Some(diff)) = (super::shows_diff(&change.action), &change.diff) {
             for line in diff.lines() {
                 let style = if line.starts_with("+++") || line.starts_with("---") {
                     Some(BOLD)

@@ -3,7 +3,7 @@
 //! refused and unmanaged, and each domain XML diff folded away.
 
 use super::{counts, hosts, observation_note, symbol};
-use crate::plan::model::{Action, Change, Plan};
+use crate::plan::model::{Change, Plan};
 use std::fmt::Write;
 
 /// Renders `plan` as Markdown; `now` (unix seconds) dates a saved observation.
@@ -128,9 +128,9 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\r', '\n'], " ")
 }
 
-/// A folded diff block for a domain update that carries a diff.
+/// A folded diff block for a change that carries one (domain updates, seeds).
 fn diff_block(out: &mut String, c: &Change) {
-    let (Action::UpdateDomain { .. }, Some(diff)) = (&c.action, &c.diff) else {
+    let (true, Some(diff)) = (super::shows_diff(&c.action), &c.diff) else {
         return;
     };
     // A fence longer than any backtick run inside the diff.

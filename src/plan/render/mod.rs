@@ -35,6 +35,7 @@ pub fn kind(action: &Action) -> Kind {
     match action {
         Action::EnsureImage { .. }
         | Action::CreateDisk { .. }
+        | Action::CreateSeed { .. }
         | Action::DefineDomain { .. }
         | Action::Start
         | Action::SetAutostart { .. }
@@ -43,6 +44,7 @@ pub fn kind(action: &Action) -> Kind {
         // Cleaning up an interrupted creation alters what is there; it loses
         // nothing (the directory never became a disk), so it is no destroy.
         Action::UpdateDomain { .. }
+        | Action::ReplaceSeed { .. }
         | Action::GrowDisk { .. }
         | Action::Stop
         | Action::ProtectDisk { .. }
@@ -56,6 +58,21 @@ pub fn kind(action: &Action) -> Kind {
         | Action::PurgeTrash { .. }
         | Action::PruneSnapshot { .. } => Kind::Destroy,
     }
+}
+
+/// Changes whose diff is shown: domain updates (the XML), replaced seeds
+/// (their facts: hashes and counts, never user-data text unless asked for)
+/// and new seeds whose user-data was asked for.
+pub fn shows_diff(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::UpdateDomain { .. }
+            | Action::ReplaceSeed { .. }
+            | Action::CreateSeed {
+                user_data: Some(_),
+                ..
+            }
+    )
 }
 
 /// The one-character mark of a change: `+` add, `~` change in place,
