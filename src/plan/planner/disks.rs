@@ -193,7 +193,6 @@ fn plan_missing_init(
     if !super::snapshots::disk_policy(m, disk).init || od.snapshots.iter().any(|s| s == INIT) {
         return;
     }
-    let vol = m.volume_name(disk);
     // Used by a guest only if a domain has it attached: a disk added to an
     // existing machine is not attached before its vf-init is taken.
     let used = state
@@ -206,16 +205,23 @@ fn plan_missing_init(
         ));
         return;
     }
+    let why = "init snapshot missing (an earlier run stopped before taking it); no guest has used the disk yet";
+    add_init(hp, m, disk, addr, why);
+}
+
+/// The `vf-init` snapshot of `m`'s disk `disk`, taken before any guest
+/// writes to it.
+fn add_init(hp: &mut HostPlan<'_>, m: &Machine, disk: &str, addr: &str, why: &str) {
     hp.add(
         Phase::Disk,
         format!("{addr}/{disk}@{INIT}"),
-        Some(n),
+        Some(m.name.as_str()),
         Action::Snapshot {
-            volumes: vec![vol],
+            volumes: vec![m.volume_name(disk)],
             name: INIT.into(),
         },
         Disruption::None,
-        "init snapshot missing (an earlier run stopped before taking it); no guest has used the disk yet".into(),
+        why.into(),
     );
 }
 
@@ -264,17 +270,7 @@ fn plan_new(
     );
     // Before the first boot: "fresh out of the box" for reinit.
     if super::snapshots::disk_policy(m, disk).init {
-        hp.add(
-            Phase::Disk,
-            format!("{addr}/{disk}@{INIT}"),
-            Some(n),
-            Action::Snapshot {
-                volumes: vec![vol],
-                name: INIT.into(),
-            },
-            Disruption::None,
-            "init snapshot of the new disk".into(),
-        );
+        add_init(hp, m, disk, addr, "init snapshot of the new disk");
     }
 }
 
