@@ -119,7 +119,13 @@ pub fn load_cached(
         return loaded;
     }
     let (loaded, raw, inputs) = super::load_full(path, opts)?;
-    if let Some(deps) = inputs
+    // user-data may hold passwords and tokens: it is never written to a
+    // state file, so a fleet that has any is evaluated every time.
+    let secret = raw
+        .machines
+        .iter()
+        .any(|m| m.cloud_init.as_ref().is_some_and(|c| c.user_data.is_some()));
+    if let Some(deps) = inputs.filter(|_| !secret)
         && let Some(digest) = fingerprint(&deps)
     {
         let entry = Entry {
