@@ -33,7 +33,7 @@ impl NetnsLibvirtd {
         // A fresh daemon: a lease left by an earlier run (the MAC is
         // deterministic) must not pass for this guest's.
         let _ = Command::new(repo("tests/libvirtd-instance"))
-            .arg("stop")
+            .arg("teardown")
             .arg(dir)
             .output();
         let _ = std::fs::remove_dir_all(dir);
@@ -77,7 +77,7 @@ impl NetnsLibvirtd {
 impl Drop for NetnsLibvirtd {
     fn drop(&mut self) {
         let _ = Command::new(repo("tests/libvirtd-instance"))
-            .arg("stop")
+            .arg("teardown")
             .arg(&self.dir)
             .output();
     }
