@@ -36,9 +36,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "report.rs"]
+mod report;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use common::{Behaviour, TestServer};
+use report::{Table, best_of, mkdir, ms, ratio, run_expect, run_ok, write};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write;
@@ -108,7 +111,12 @@ fn main() {
     let mut table = Table::default();
     let result = run(only, &mut table);
     // The guard inside `run` has cleaned up by now.
-    table.print();
+    table.print(&format!(
+        "ratio = value / baseline value (below 1: cheaper than the baseline). Times: best of {RUNS} \
+         (processes of section 1: best of {PLAN_RUNS}; in-process baselines of section 3: best of \
+         {BASELINE_RUNS}), except sections 2 and 4 (one run each, sync included in 2). Sections 1, 2 \
+         and 4 run against {URI}; disk space in MiB of 2^20 bytes."
+    ));
     if let Err(e) = result {
         eprintln!("\nbench plan FAILED: {e:#}");
         std::process::exit(1);
@@ -1111,41 +1119,6 @@ fn ensure_libvirtd() -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd`; fails unless it exits with one of `codes`, quoting its output.
-fn run_expect(cmd: &mut Command, codes: &[i32], what: &str) -> Result<Output> {
-    let desc = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("{what}: cannot run {desc}"))?;
-    if out.status.code().is_some_and(|c| codes.contains(&c)) {
-        return Ok(out);
-    }
-    bail!(
-        "{what}: {desc} exited with {} (expected {codes:?})\n--- stderr ---\n{}\n--- stdout ---\n{}",
-        out.status,
-        tail(&out.stderr),
-        tail(&out.stdout)
-    )
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> Result<Output> {
-    run_expect(cmd, &[0], what)
-}
-
-/// The last 8 KiB of a command's output, as text.
-fn tail(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let max = 8192;
-    if text.len() <= max {
-        return text.into_owned();
-    }
-    let mut cut = text.len() - max;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    format!("[...]{}", &text[cut..])
-}
-
 fn sync() -> Result<()> {
     run_ok(&mut Command::new("sync"), "sync")?;
     Ok(())
@@ -1271,41 +1244,6 @@ fn bench_domains(prefix: &str) -> Result<Vec<String>> {
 // ---------------------------------------------------------------------------
 // Measuring and reporting
 
-/// Runs `f` `runs` times and returns the fastest run.
-fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed());
-    }
-    Ok(best)
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
-}
-
-/// `0.298x`, or `1/5330` when the value is under a hundredth of the baseline.
-fn ratio_text(x: f64) -> String {
-    if x > 0.0 && x < 0.01 {
-        format!("1/{:.0}", 1.0 / x)
-    } else {
-        format!("{x:.3}x")
-    }
-}
-
-fn ms(d: Duration) -> String {
-    let v = d.as_secs_f64() * 1e3;
-    if v >= 100.0 {
-        format!("{v:.0} ms")
-    } else if v >= 1.0 {
-        format!("{v:.2} ms")
-    } else {
-        format!("{v:.4} ms")
-    }
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / MIB as f64)
 }
@@ -1315,81 +1253,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))
-}
-
-fn write(p: &Path, text: &str) -> Result<()> {
-    std::fs::write(p, text).with_context(|| format!("write {}", p.display()))
-}
-
-struct Row {
-    section: String,
-    what: String,
-    value: String,
-    baseline: String,
-    base_value: String,
-    ratio: Option<f64>,
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<Row>,
-}
-
-impl Table {
-    fn row(
-        &mut self,
-        section: impl Into<String>,
-        what: impl Into<String>,
-        value: String,
-        baseline: impl Into<String>,
-        base_value: String,
-        ratio: Option<f64>,
-    ) {
-        self.rows.push(Row {
-            section: section.into(),
-            what: what.into(),
-            value,
-            baseline: baseline.into(),
-            base_value,
-            ratio,
-        });
-    }
-
-    fn print(&self) {
-        if self.rows.is_empty() {
-            return;
-        }
-        let w = |f: fn(&Row) -> usize, title: &str| {
-            self.rows.iter().map(f).max().unwrap_or(0).max(title.len())
-        };
-        let ws = w(|r| r.section.len(), "section");
-        let ww = w(|r| r.what.len(), "measurement");
-        let wv = w(|r| r.value.len(), "value");
-        let wb = w(|r| r.baseline.len(), "baseline");
-        let wbv = w(|r| r.base_value.len(), "baseline value");
-        println!();
-        println!(
-            "{:<ws$}  {:<ww$}  {:>wv$}  {:<wb$}  {:>wbv$}  {:>9}",
-            "section", "measurement", "value", "baseline", "baseline value", "ratio"
-        );
-        println!("{}", "-".repeat(ws + ww + wv + wb + wbv + 9 + 10));
-        for r in &self.rows {
-            let ratio = r.ratio.map_or_else(|| "-".to_owned(), ratio_text);
-            println!(
-                "{:<ws$}  {:<ww$}  {:>wv$}  {:<wb$}  {:>wbv$}  {:>9}",
-                r.section, r.what, r.value, r.baseline, r.base_value, ratio
-            );
-        }
-        println!();
-        println!(
-            "ratio = value / baseline value (below 1: cheaper than the baseline). Times: best of {RUNS} \
-             (processes of section 1: best of {PLAN_RUNS}; in-process baselines of section 3: best of \
-             {BASELINE_RUNS}), except sections 2 and 4 (one run each, sync included in 2). Sections 1, 2 \
-             and 4 run against {URI}; disk space in MiB of 2^20 bytes."
-        );
-    }
 }

@@ -23,13 +23,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "report.rs"]
+mod report;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use common::{Behaviour, TestServer};
-use std::fmt::Write as _;
+use report::{Table, best_of, mkdir, ms, ratio, run_ok, write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use virtfleet::apply::{Event, Events, Report};
 use virtfleet::state::{Recorder, Retention, Store};
 
@@ -70,7 +72,9 @@ fn main() {
             result = section(&mut table);
         }
     }
-    table.print();
+    table.print(
+        "ratio = value / baseline value, measured in this run. Times: best of N whole processes (release build).",
+    );
     if let Err(e) = result {
         eprintln!("\nbench state FAILED: {e:#}");
         std::process::exit(1);
@@ -559,126 +563,6 @@ fn repo(p: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(p)
 }
 
-fn run_ok(cmd: &mut Command, what: &str) -> Result<Output> {
-    let desc = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("{what}: cannot run {desc}"))?;
-    ensure!(
-        out.status.success(),
-        "{what}: {desc} exited with {}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
-
-fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed());
-    }
-    Ok(best)
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
-}
-
-fn ms(d: Duration) -> String {
-    let v = d.as_secs_f64() * 1e3;
-    if v >= 100.0 {
-        format!("{v:.0} ms")
-    } else if v >= 1.0 {
-        format!("{v:.2} ms")
-    } else {
-        format!("{v:.4} ms")
-    }
-}
-
 fn kib(bytes: u64) -> String {
     format!("{:.0} KiB", bytes as f64 / 1024.0)
-}
-
-fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))
-}
-
-fn write(p: &Path, text: &str) -> Result<()> {
-    std::fs::write(p, text).with_context(|| format!("write {}", p.display()))
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<[String; 6]>,
-}
-
-impl Table {
-    fn row(
-        &mut self,
-        section: &str,
-        what: impl Into<String>,
-        value: String,
-        baseline: impl Into<String>,
-        base_value: String,
-        ratio: Option<f64>,
-    ) {
-        let ratio = ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}x"));
-        self.rows.push([
-            section.to_owned(),
-            what.into(),
-            value,
-            baseline.into(),
-            base_value,
-            ratio,
-        ]);
-    }
-
-    fn print(&self) {
-        if self.rows.is_empty() {
-            return;
-        }
-        let head = [
-            "section",
-            "measurement",
-            "value",
-            "baseline",
-            "baseline value",
-            "ratio",
-        ];
-        let w: Vec<usize> = (0..6)
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .map(|r| r[i].len())
-                    .max()
-                    .unwrap_or(0)
-                    .max(head[i].len())
-            })
-            .collect();
-        let line = |cells: [&str; 6]| {
-            let mut s = String::new();
-            for (i, c) in cells.iter().enumerate() {
-                // Text left, figures right.
-                if matches!(i, 2 | 4 | 5) {
-                    let _ = write!(s, "{c:>width$}  ", width = w[i]);
-                } else {
-                    let _ = write!(s, "{c:<width$}  ", width = w[i]);
-                }
-            }
-            println!("{}", s.trim_end());
-        };
-        println!();
-        line(head);
-        println!("{}", "-".repeat(w.iter().sum::<usize>() + 10));
-        for r in &self.rows {
-            line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
-        }
-        println!();
-        println!(
-            "ratio = value / baseline value, measured in this run. Times: best of N whole processes (release build)."
-        );
-    }
 }
