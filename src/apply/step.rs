@@ -56,11 +56,7 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
             base,
         } => {
             let m = machine(c)?;
-            let protect = env
-                .fleet
-                .machines
-                .values()
-                .any(|x| x.name.as_str() == m && x.protect);
+            let protect = declared(env, m).is_some_and(|x| x.protect);
             let owner = DiskOwner {
                 fleet: env.fleet.name.to_string(),
                 machine: m.into(),
@@ -177,10 +173,7 @@ fn build_seed(
     sha256: &str,
 ) -> Result<crate::resources::seed::Seed, StepError> {
     let m = machine(c)?;
-    let seed = crate::fleet::VmName::new(m)
-        .ok()
-        .and_then(|n| env.fleet.machines.get(&n))
-        .and_then(crate::resources::seed::seed);
+    let seed = declared(env, m).and_then(crate::resources::seed::seed);
     match seed {
         Some(s) if s.summary.sha256 == sha256 => Ok(s),
         other => Err(StepError::SeedChanged {
@@ -206,6 +199,12 @@ fn write_seed(c: &Change, env: &StepEnv<'_>, volume: &str, sha256: &str) -> Resu
         summary: &seed.summary,
     })?;
     Ok(())
+}
+
+/// Machine `m` as the fleet declares it (None for a name it no longer has).
+fn declared<'f>(env: &StepEnv<'f>, m: &str) -> Option<&'f crate::fleet::Machine> {
+    let name = crate::fleet::VmName::new(m).ok()?;
+    env.fleet.machines.get(&name)
 }
 
 fn machine(c: &Change) -> Result<&str, StepError> {
