@@ -489,6 +489,7 @@ fn execute(
         break_lock: false,
         permits,
         concurrency: 1,
+        stop: None,
     };
     virtfleet::apply::apply(
         plan,

@@ -72,6 +72,9 @@ pub struct Settings {
     /// At most this many steps in flight per host (see [`schedule`]); 1
     /// runs a host's changes one by one, in plan order.
     pub concurrency: usize,
+    /// Set from outside (a SIGTERM in `watch`): steps in flight finish,
+    /// nothing new starts, the rest are reported as skipped.
+    pub stop: Option<&'static AtomicBool>,
 }
 
 /// Which disruptive changes a run was permitted, checked again by the
@@ -408,8 +411,10 @@ impl Run<'_> {
             }
             None
         };
-        let stop =
-            || self.settings.on_failure == OnFailure::Stop && self.abort.load(Ordering::SeqCst);
+        let stop = || {
+            (self.settings.on_failure == OnFailure::Stop && self.abort.load(Ordering::SeqCst))
+                || self.settings.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+        };
         // Steps may run on other threads: their spans name the host's.
         let host_span = tracing::Span::current();
         let work = |i: usize| {

@@ -27,6 +27,13 @@ use std::time::Duration;
 /// applied. Destroyed disks go to the trash (`virtfleet restore NAME`).
 /// Without a terminal, --auto-approve is required.
 ///
+/// With --unattended (timers, scripts): never asks and never shows a
+/// progress display; logs one line per step (logfmt, or JSON with
+/// --json-logs), records changes withheld for lack of permission as
+/// `pending` in the history, and writes --metrics-file if given. Restarts
+/// and destroys still need --allow-restart / --allow-destroy or the
+/// fleet's settings: a timer firing is never a permission.
+///
 /// Exit status: 0 converged, nothing pending; 1 error / not converged; 3 some
 /// host unreachable (named after the apply); 4 everything allowed was
 /// applied, but changes stay pending for lack of permission (so CI and
@@ -34,6 +41,7 @@ use std::time::Duration;
 ///
 /// Examples:
 ///   virtfleet apply
+///   virtfleet apply --unattended --metrics-file /var/lib/node-exporter/virtfleet.prom
 ///   virtfleet apply --auto-approve --allow-restart
 ///   virtfleet plan --out p.plan && virtfleet apply p.plan --auto-approve
 #[derive(Debug, clap::Args)]
@@ -46,6 +54,15 @@ pub struct Args {
     /// Do not ask for confirmation (required without a terminal).
     #[arg(long)]
     auto_approve: bool,
+    /// Run as a timer does: never ask, log one line per event, record pending changes, exit 0/4/3/1 for converged/pending/incomplete/error.
+    #[arg(long, conflicts_with = "plan_file")]
+    unattended: bool,
+    /// With --unattended: write Prometheus metrics of the run to FILE (atomically, for node_exporter's textfile collector).
+    #[arg(long, value_name = "FILE", requires = "unattended")]
+    metrics_file: Option<PathBuf>,
+    /// With --unattended: log JSON objects, one per line, instead of key=value lines.
+    #[arg(long, requires = "unattended")]
+    json_logs: bool,
     /// How long a guest may take to shut down by ACPI before it is powered off.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -61,6 +78,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             "{}: apply never acts on a saved observation (the hosts may have changed since); run `virtfleet apply` against the live hosts. Nothing was changed.",
             path.display()
         );
+    }
+    if args.unattended {
+        return Ok(unattended(ctx, &args));
     }
     // The run lock is taken before anything is observed: two runs of one
     // fleet must never plan against the same state and both act on it.
@@ -125,6 +145,64 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
         EXIT_OK | EXIT_PENDING if incomplete == EXIT_INCOMPLETE => Ok(EXIT_INCOMPLETE),
         code => Ok(code),
     }
+}
+
+/// `apply --unattended`: one pass over every host under the unattended
+/// policy; the exit status says how it ended, and the metrics file (if
+/// asked) says so too, even when the fleet did not load.
+fn unattended(ctx: &Context, args: &Args) -> u8 {
+    use super::unattended::{Pass, Policy, load, log_pass, reconcile};
+    let log = super::logline::Log {
+        json: args.json_logs,
+    };
+    let policy = Policy {
+        allow_restart: args.common.allow_restart,
+        allow_destroy: args.common.allow_destroy,
+        shutdown_grace: args.shutdown_timeout,
+    };
+    let mut fleet_name = String::new();
+    let mut eval = 0.0;
+    let pass = match load(ctx) {
+        Err(e) => Pass::failed_early(format!("{e:#}")),
+        Ok(inputs) => {
+            fleet_name = inputs.fleet.name.to_string();
+            eval = inputs.eval.as_secs_f64();
+            match execute::lock(ctx, &inputs.fleet) {
+                Err(e) => Pass::failed_early(format!("{e:#}")),
+                Ok(_run) => reconcile(
+                    ctx,
+                    &inputs.fleet,
+                    &inputs.lock,
+                    policy,
+                    None,
+                    &log,
+                    None,
+                    "apply",
+                ),
+            }
+        }
+    };
+    log_pass(&log, "*", &pass);
+    if let Some(path) = &args.metrics_file {
+        let snapshot = super::metrics::Snapshot {
+            fleet: fleet_name,
+            passes: [("*".to_owned(), pass.clone())].into(),
+            eval_seconds: eval,
+            runs_total: None,
+        };
+        if let Err(e) = super::metrics::write_atomic(path, &super::metrics::render(&snapshot)) {
+            log.line(
+                "error",
+                "metrics.write_failed",
+                &[
+                    ("path", path.display().to_string()),
+                    ("error", e.to_string()),
+                ],
+            );
+            return EXIT_ERROR;
+        }
+    }
+    pass.verdict.exit_code()
 }
 
 /// Prints failures and one line per host; false when a step failed.

@@ -127,8 +127,26 @@ pub fn execute(
         break_lock: ctx.break_lock,
         permits,
         concurrency: ctx.concurrency,
+        stop: None,
     };
     let progress = ApplyProgress::new();
+    let report = run_recorded(ctx, plan, fleet, lock, settings, &command_name(), &progress);
+    // Dropping the display clears its bars before anything else is printed.
+    drop(progress);
+    report
+}
+
+/// Runs `plan` through the executor with `settings`, recording it as
+/// `command` in the state file and passing every event on to `events`.
+pub fn run_recorded(
+    ctx: &Context,
+    plan: &Plan,
+    fleet: &Fleet,
+    lock: &ImageLock,
+    settings: Settings,
+    command: &str,
+    events: &dyn crate::apply::Events,
+) -> Report {
     // Each step is recorded in the state file as it starts and ends; a
     // file that cannot be written only costs the history (a warning).
     let store = (!ctx.no_history)
@@ -140,12 +158,9 @@ pub fn execute(
                 .ok()
         })
         .flatten();
-    let recorder =
-        crate::state::Recorder::start(store, plan, &command_name(), ctx.retention, &progress);
+    let recorder = crate::state::Recorder::start(store, plan, command, ctx.retention, events);
     let report = crate::apply::apply(plan, fleet, lock, &ctx.cache, settings, &recorder);
     recorder.finish(&report);
-    // Dropping the display clears its bars before anything else is printed.
-    drop(progress);
     report
 }
 

@@ -11,6 +11,8 @@ mod execute;
 mod history;
 mod images;
 mod init;
+mod logline;
+mod metrics;
 mod observe;
 mod plan;
 mod restore;
@@ -18,6 +20,8 @@ mod show;
 mod snapshot;
 mod ssh;
 mod status;
+mod unattended;
+mod watch;
 
 use crate::lock::cache::Cache;
 use clap::{Parser, Subcommand};
@@ -56,7 +60,8 @@ Getting started:
   virtfleet ssh web               log into a machine (its cloud-init user, its address)
 
 Exit status: 0 ok, 1 error, 2 changes present (plan --detailed-exitcode),
-3 incomplete (some host could not be observed).";
+3 incomplete (some host could not be observed), 4 changes left pending for
+lack of permission (apply).";
 
 /// The virtfleet command line.
 #[derive(Debug, Parser)]
@@ -138,6 +143,7 @@ enum Command {
     Reinit(snapshot::ReinitArgs),
     History(history::Args),
     Ssh(ssh::Args),
+    Watch(watch::Args),
 }
 
 /// Paths every command works with, resolved once from the global flags.
@@ -238,6 +244,7 @@ pub fn main() -> ExitCode {
         Command::Reinit(a) => snapshot::reinit(&ctx, a),
         Command::History(a) => history::run(&ctx, a),
         Command::Ssh(a) => ssh::run(&ctx, a),
+        Command::Watch(a) => watch::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -260,6 +267,12 @@ const SLOW_EVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// and notes on stderr when evaluation was slow, so a fleet that grew into
 /// the slow case says so instead of looking hung.
 pub fn load_fleet_timed(ctx: &Context) -> Result<crate::fleet::Fleet, crate::fleet::LoadError> {
+    Ok(load_fleet_loaded(ctx)?.fleet)
+}
+
+/// [`load_fleet_timed`], with what loading cost and which files it read
+/// (`watch` watches them; metrics report the evaluation time).
+pub fn load_fleet_loaded(ctx: &Context) -> Result<crate::fleet::Loaded, crate::fleet::LoadError> {
     let opts = match crate::fleet::EvalOptions::from_env() {
         Ok(o) => o,
         Err(e) => {
@@ -286,7 +299,7 @@ pub fn load_fleet_timed(ctx: &Context) -> Result<crate::fleet::Fleet, crate::fle
             loaded.eval_time.as_secs_f64()
         );
     }
-    Ok(loaded.fleet)
+    Ok(loaded)
 }
 
 /// Loads the fleet and the lock, and checks that every image the fleet uses

@@ -313,16 +313,28 @@ impl Store {
     /// longer seen on a host that was observed is closed.
     pub fn record_findings(&self, plan: &crate::plan::Plan, now: u64) -> Result<(), StateError> {
         let mut current: Vec<(String, &str, String, String)> = Vec::new();
-        for c in plan
-            .changes
-            .iter()
-            .chain(plan.pending.iter().map(|p| &p.change))
-        {
+        for c in &plan.changes {
             current.push((
                 c.host.clone(),
                 "drift",
                 c.address.clone(),
                 c.action.describe(),
+            ));
+        }
+        // A change withheld for lack of permission is its own kind: what an
+        // unattended run left for a person, with the permission it needs.
+        for p in &plan.pending {
+            let c = &p.change;
+            current.push((
+                c.host.clone(),
+                "pending",
+                c.address.clone(),
+                format!(
+                    "{} ({}; needs {})",
+                    c.action.describe(),
+                    c.disruption.as_str(),
+                    p.needs
+                ),
             ));
         }
         for (host, why) in &plan.unreachable {

@@ -98,8 +98,12 @@ impl<'a> Recorder<'a> {
                     )?;
                 }
             }
+            // A run told to stop (SIGTERM in `watch`) skipped steps with
+            // no failure: it says so rather than "ok".
             let outcome = if report.failures().next().is_some() {
                 "failed"
+            } else if report.steps().any(|(_, s)| s.outcome == Outcome::Skipped) {
+                "stopped"
             } else {
                 "ok"
             };
