@@ -153,7 +153,14 @@ impl Lexer {
                 {
                     self.bump();
                 }
-                self.last = 'x';
+                // A keyword or a function before whitespace may be followed
+                // by an import (`in ./machines.dhall`, `f ./x.dhall`); only
+                // a character right after the word (`a.b/c`) may not.
+                self.last = if self.peek(0).is_some_and(char::is_whitespace) {
+                    ' '
+                } else {
+                    'x'
+                };
             } else {
                 self.bump();
                 if !c.is_whitespace() {
@@ -420,5 +427,24 @@ mod tests {
         assert!(scan("\\(x : Natural) -> x").is_empty());
         assert!(scan("List/length Natural xs").is_empty());
         assert!(scan("Natural/fold 3 Natural (\\(x : Natural) -> x) 0").is_empty());
+    }
+
+    /// Regression: `let V = ... in ./more.dhall` was not seen as an import
+    /// (the keyword before it looked like part of a word), so a change to
+    /// that file missed the evaluation cache and `watch`.
+    #[test]
+    fn an_import_after_a_keyword_or_an_argument_is_found() {
+        let found = |t: &str| scan(t).into_iter().map(|s| s.target).collect::<Vec<_>>();
+        assert_eq!(
+            found("let V = ./a.dhall in ./more.dhall # x"),
+            vec![
+                Target::Path("./a.dhall".into()),
+                Target::Path("./more.dhall".into())
+            ]
+        );
+        assert_eq!(found("if b then ./t.dhall else ./e.dhall").len(), 2);
+        assert_eq!(found("f ./x.dhall").len(), 1);
+        assert!(found("a.b/c").is_empty());
+        assert!(found("x // y").is_empty());
     }
 }
