@@ -17,7 +17,7 @@ use crate::fleet::Fleet;
 use crate::lock::ImageLock;
 use crate::plan::Plan;
 use crate::resources::observed::Observation;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -284,11 +284,6 @@ fn plan_scope(
         plan.unmanaged.retain(|h, _| h == name);
     }
     plan
-}
-
-/// Host names of `fleet`, in order.
-pub fn host_names(fleet: &Fleet) -> BTreeSet<String> {
-    fleet.hosts.values().map(|h| h.name.to_string()).collect()
 }
 
 /// What a pass works from: the fleet, the lock, what evaluating cost and
