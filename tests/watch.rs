@@ -466,14 +466,12 @@ fn unattended_apply_exit_codes_metrics_and_an_unreachable_host_in_watch() {
         "qemu+unix:///system?socket=/nonexistent/vfwatch3.sock",
         &lab.root.join("dead"),
     );
+    let on = |m: &str, extra: &str| {
+        let sep = if extra.is_empty() { "" } else { ", " };
+        lab.machine(m, &format!("host = Some \"local\"{sep}{extra}"))
+    };
     write_nested(&lab, &[host.clone(), dead]);
-    write_more(
-        &lab,
-        &[
-            lab.machine("a", "power = V.Power.Stopped"),
-            lab.machine("b", ""),
-        ],
-    );
+    write_more(&lab, &[on("a", "power = V.Power.Stopped"), on("b", "")]);
     let (code, m, log) = run(&[]);
     assert_eq!(code, 3, "{log}");
     assert_eq!(m[&format!("virtfleet_unreachable_hosts{}", f(""))], 1.0);
@@ -484,7 +482,7 @@ fn unattended_apply_exit_codes_metrics_and_an_unreachable_host_in_watch() {
     let (code, m, _) = run(&[]);
     assert_eq!(code, 1);
     assert_eq!(
-        m[&format!("virtfleet_last_run_outcome{{fleet=\"\",outcome=\"error\"}}")],
+        m["virtfleet_last_run_outcome{fleet=\"\",outcome=\"error\"}"],
         1.0
     );
 
@@ -493,11 +491,7 @@ fn unattended_apply_exit_codes_metrics_and_an_unreachable_host_in_watch() {
     // served on loopback.
     write_more(
         &lab,
-        &[
-            lab.machine("a", "power = V.Power.Stopped"),
-            lab.machine("b", ""),
-            lab.machine("c", ""),
-        ],
+        &[on("a", "power = V.Power.Stopped"), on("b", ""), on("c", "")],
     );
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
