@@ -206,7 +206,7 @@ pub fn observe_machine_host(
             let host = &fleet.hosts[&m.host];
             BTreeMap::from([(
                 host.name.to_string(),
-                crate::observe::observe_host(fleet, host),
+                crate::observe::observe_host(fleet, host, crate::observe::Depth::Plan),
             )])
         }
         None => BTreeMap::new(),

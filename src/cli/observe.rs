@@ -22,7 +22,7 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let fleet = super::load_fleet(ctx)?;
-    let obs = crate::observe::observe(&fleet, now());
+    let obs = crate::observe::observe_to(&fleet, now(), crate::observe::Depth::Addresses);
     let json = serde_json::to_string_pretty(&obs)? + "\n";
     match &args.out {
         Some(p) => crate::lock::write_private(p, json.as_bytes())

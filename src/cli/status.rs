@@ -69,7 +69,7 @@ struct Status {
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
-    let obs = crate::observe::observe(&fleet, super::now());
+    let obs = crate::observe::observe_to(&fleet, super::now(), crate::observe::Depth::Addresses);
     // Permissions only decide pending vs not; status lists both alike.
     let opts = crate::plan::Options {
         now: obs.taken_at,

@@ -268,7 +268,12 @@ fn plan_scope(
                 .hosts
                 .values()
                 .filter(|h| h.name.as_str() == name)
-                .map(|h| (h.name.to_string(), crate::observe::observe_host(fleet, h)))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        crate::observe::observe_host(fleet, h, crate::observe::Depth::Plan),
+                    )
+                })
                 .collect();
             Observation {
                 format_version: crate::resources::observed::FORMAT_VERSION,

@@ -5,8 +5,9 @@
 //! which of them carry this fleet's ownership marker. The cost per host is
 //! a fixed number of libvirt calls plus one definition read per domain that
 //! may be this fleet's: other domains are known by name, UUID and state
-//! only, however many there are (see [`Libvirt::domains_where`]). A host that cannot be
-//! reached becomes `Unreachable` with the reason; it never fails the run.
+//! only, however many there are (see [`Libvirt::domains_where`]); guest
+//! addresses only when asked ([`Depth`]). A host that cannot be reached
+//! becomes `Unreachable` with the reason; it never fails the run.
 //! An [`Observation`] is plain data: it can be saved (`observe --out`) and
 //! planned against later without contacting any host.
 
@@ -23,13 +24,36 @@ use crate::resources::observed::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Observes every host of `fleet` in parallel; `now` is the unix time to stamp.
+/// How much to ask each host beyond what planning needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// What the planner needs: no guest addresses. Planning never uses
+    /// them, and asking costs three calls per running machine, one of
+    /// them to the guest agent (logged as an error on the host by every
+    /// guest without an agent).
+    Plan,
+    /// Also each running machine's addresses (`status`, `observe`).
+    Addresses,
+}
+
+/// Observes every host of `fleet` in parallel for planning; `now` is the
+/// unix time to stamp.
 pub fn observe(fleet: &Fleet, now: u64) -> Observation {
+    observe_to(fleet, now, Depth::Plan)
+}
+
+/// Observes every host of `fleet` in parallel, to `depth`.
+pub fn observe_to(fleet: &Fleet, now: u64, depth: Depth) -> Observation {
     let hosts = std::thread::scope(|s| {
         let handles: Vec<_> = fleet
             .hosts
             .values()
-            .map(|h| (h.name.to_string(), s.spawn(move || observe_host(fleet, h))))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    s.spawn(move || observe_host(fleet, h, depth)),
+                )
+            })
             .collect();
         handles
             .into_iter()
@@ -51,8 +75,8 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
     }
 }
 
-/// Observes one host.
-pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
+/// Observes one host, to `depth`.
+pub fn observe_host(fleet: &Fleet, host: &Host, depth: Depth) -> HostObservation {
     let _span = tracing::info_span!("observe", host = %host.name).entered();
     // Every disk of the fleet's machines needs its snapshot list, even under
     // a policy that keeps nothing: snapshots taken under an earlier policy
@@ -83,7 +107,7 @@ pub fn observe_host(fleet: &Fleet, host: &Host) -> HostObservation {
                 .values()
                 .any(|h| identity::uuid(fleet.name.as_str(), h.name.as_str(), name) == uuid)
     };
-    match try_observe(fleet.name.as_str(), host, &with_snapshots, &interest) {
+    match try_observe(fleet.name.as_str(), host, &with_snapshots, &interest, depth) {
         Ok(state) => HostObservation::Reachable(state),
         Err(error) => {
             tracing::info!(error = %error, "host unreachable");
@@ -114,10 +138,11 @@ fn try_observe(
     host: &Host,
     with_snapshots: &BTreeSet<String>,
     interest: &dyn Fn(&str, &str) -> bool,
+    depth: Depth,
 ) -> Result<HostState, ObserveError> {
     let lv = Libvirt::open(&host.uri)?;
     let domains: BTreeMap<String, ObservedDomain> = lv
-        .domains_where(interest)?
+        .domains_where(interest, depth == Depth::Addresses)?
         .into_iter()
         .map(|d| (d.config.name.clone(), d))
         .collect();
