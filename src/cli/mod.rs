@@ -121,6 +121,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_history: bool,
 
+    /// SSH private key for hosts reached over SSH whose URI names no keyfile= (it is added to their qemu+ssh/libssh URI, so libvirt and the storage commands both use it). For services: the NixOS module passes its sshKeyFile here.
+    #[arg(long, global = true, env = "VIRTFLEET_SSH_KEY", value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -165,6 +169,8 @@ pub struct Context {
     pub concurrency: usize,
     /// `--no-history`: write nothing to the state file.
     pub no_history: bool,
+    /// `--ssh-key`: the key for SSH hosts whose URI names none.
+    pub ssh_key: Option<PathBuf>,
 }
 
 impl Context {
@@ -186,6 +192,7 @@ impl Context {
             },
             concurrency: usize::from(cli.concurrency),
             no_history: cli.no_history,
+            ssh_key: cli.ssh_key.clone(),
         }
     }
 }
@@ -227,6 +234,12 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let ctx = Context::new(&cli);
+    if let Some(key) = &ctx.ssh_key
+        && let Err(message) = crate::host::ssh::check_keyfile(key)
+    {
+        crate::ui::print_error(&anyhow::anyhow!("--ssh-key {}: {message}", key.display()));
+        return ExitCode::from(EXIT_ERROR);
+    }
     let result = match cli.command {
         Command::Init(a) => init::run(a),
         Command::Check(a) => check::run(&ctx, a),
@@ -289,10 +302,19 @@ pub fn load_fleet_loaded(ctx: &Context) -> Result<crate::fleet::Loaded, crate::f
     };
     // Through the evaluation cache when there can be one: a warm load
     // skips Dhall; any changed input misses (see `fleet::inputs`).
-    let loaded = match crate::state::cache::CacheFile::open(&ctx.state_dir) {
+    let mut loaded = match crate::state::cache::CacheFile::open(&ctx.state_dir) {
         Some(cache) => crate::fleet::inputs::load_cached(&ctx.fleet, &opts, &cache)?,
         None => crate::fleet::load_with(&ctx.fleet, &opts)?,
     };
+    if let Some(key) = &ctx.ssh_key {
+        // After the evaluation cache: the key is the caller's, not the
+        // fleet's, and must not be cached as part of it.
+        for host in loaded.fleet.hosts.values_mut() {
+            if let Some(uri) = crate::host::ssh::with_keyfile(&host.uri, key) {
+                host.uri = uri;
+            }
+        }
+    }
     if loaded.eval_time >= SLOW_EVAL {
         anstream::eprintln!(
             "{}note{:#}: evaluating {} took {:.1} s; large literal files are slow to parse: build machines with a function or split them into imported files (README: \"Large fleets\")",

@@ -93,6 +93,36 @@ impl SshTarget {
     }
 }
 
+/// `uri` with `keyfile=KEY` added, when it is a `qemu+ssh://`-like URI
+/// that names no key of its own (a key in the URI wins: it was chosen for
+/// that host); None when nothing changes. `key` must have passed
+/// [`check_keyfile`], so it needs no URI escaping.
+pub fn with_keyfile(uri: &str, key: &Path) -> Option<String> {
+    let target = SshTarget::from_uri(uri)?;
+    if target.keyfile.is_some() {
+        return None;
+    }
+    let key = key.to_str()?;
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    Some(format!("{uri}{sep}keyfile={key}"))
+}
+
+/// Why `key` cannot be used as an SSH key file: not readable, or a name
+/// that would need escaping inside a libvirt URI.
+pub fn check_keyfile(key: &Path) -> Result<(), String> {
+    let text = key.to_str().ok_or("the path is not UTF-8")?;
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@:,~".contains(*c)))
+    {
+        return Err(format!(
+            "{c:?} cannot be put in a libvirt URI; use a path of letters, digits and / . _ - + @ : , ~"
+        ));
+    }
+    std::fs::File::open(key).map_err(|e| format!("cannot read it: {e}"))?;
+    Ok(())
+}
+
 /// Quotes one argument for a POSIX shell: safe words stay as they are,
 /// anything else is single-quoted with embedded quotes escaped.
 pub fn shell_quote(s: &str) -> String {
@@ -396,6 +426,33 @@ impl Transport for Ssh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service's key reaches SSH hosts, never overriding a key chosen
+    /// in the URI, and never local ones.
+    #[test]
+    fn ssh_key_is_added_only_to_ssh_uris_without_one() {
+        let k = Path::new("/run/credentials/virtfleet.service/ssh-key");
+        assert_eq!(
+            with_keyfile("qemu+ssh://root@hv1/system", k).as_deref(),
+            Some("qemu+ssh://root@hv1/system?keyfile=/run/credentials/virtfleet.service/ssh-key")
+        );
+        assert_eq!(
+            with_keyfile("qemu+libssh://hv2/system?known_hosts=/k/kh", k).as_deref(),
+            Some(
+                "qemu+libssh://hv2/system?known_hosts=/k/kh&keyfile=/run/credentials/virtfleet.service/ssh-key"
+            )
+        );
+        assert_eq!(with_keyfile("qemu+ssh://hv3/system?keyfile=/mine", k), None);
+        assert_eq!(with_keyfile("qemu:///system", k), None);
+    }
+
+    #[test]
+    fn ssh_key_path_that_needs_escaping_is_refused() {
+        let e = check_keyfile(Path::new("/tmp/my key")).unwrap_err();
+        assert!(e.contains("' '"), "{e}");
+        let e = check_keyfile(Path::new("/nonexistent/vf-key")).unwrap_err();
+        assert!(e.contains("cannot read it"), "{e}");
+    }
 
     /// Parallel steps never open more sessions than sshd allows on the
     /// shared master connection.
