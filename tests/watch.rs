@@ -191,6 +191,12 @@ fn watch_converges_on_edits_resyncs_drift_and_keeps_restarts_pending() {
     eprintln!("latency from save to running: {latency:?}");
     assert!(latency < Duration::from_secs(30), "{latency:?}");
     assert!(saved.elapsed() < Duration::from_secs(60));
+    // The pass that started it checks convergence after its steps: let it
+    // finish first, or the destroy below races that check (the pass then
+    // ends in error and the restart comes from its retry, not a resync).
+    w.wait_log(Duration::from_secs(60), "the pass after the edit", |l| {
+        events(l, "pass.done", &["host=local", "outcome=converged"]).len() >= 2
+    });
 
     // Destroyed behind its back: started again within one resync interval
     // (4 s) plus the pass itself.
