@@ -265,6 +265,9 @@ in
         // {
           ExecStart = builtins.concatStringsSep " " (map escapeArg command);
           StateDirectory = mkIf stateManaged (removePrefix "/var/lib/" cfg.stateDir);
+          # virtfleet creates its state directory 0700 (history describes
+          # the machines); systemd would make it 0755.
+          StateDirectoryMode = mkIf stateManaged "0700";
           CacheDirectory = mkIf cacheManaged (removePrefix "/var/cache/" cfg.cacheDir);
           # The step in flight finishes on SIGTERM; a shutdown step may take
           # the whole shutdown timeout.
