@@ -272,6 +272,10 @@ in
           # The step in flight finishes on SIGTERM; a shutdown step may take
           # the whole shutdown timeout.
           TimeoutStopSec = "${cfg.shutdownTimeout} 30s";
+          # SIGTERM to virtfleet only: the ssh (and qemu-img) processes of
+          # the step in flight must live until it finishes; whatever is left
+          # gets SIGKILL at the timeout.
+          KillMode = "mixed";
           LoadCredential = mkIf (cfg.sshKeyFile != null) "ssh-key:${cfg.sshKeyFile}";
           Environment = mkIf (cfg.sshKeyFile != null) "VIRTFLEET_SSH_KEY=%d/ssh-key";
         }

@@ -273,6 +273,12 @@ fn every_option_changes_the_units_as_documented() {
     assert_eq!(d.values("SuccessExitStatus"), ["4"]);
     assert_eq!(d.values("StateDirectory"), ["virtfleet"]);
     assert_eq!(d.values("StateDirectoryMode"), ["0700"]);
+    assert_eq!(
+        d.values("KillMode"),
+        ["mixed"],
+        "SIGTERM to virtfleet alone: the step's ssh must live"
+    );
+    assert_eq!(d.values("TimeoutStopSec"), ["60s 30s"]);
     assert_eq!(d.values("CacheDirectory"), ["virtfleet"]);
     assert_eq!(d.values("ProtectSystem"), ["strict"]);
     assert!(d.values("ReadWritePaths").is_empty());
