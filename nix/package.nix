@@ -3,6 +3,7 @@
 #   nix-build nix                       (through ./default.nix)
 #   pkgs.callPackage ./nix/package.nix { }
 #
+# Needs a nixpkgs whose rustc is at least Cargo.toml's rust-version (1.95).
 # The tests are not run in the build: they need a running libvirtd (and
 # some a ZFS host), which a Nix build sandbox does not have.
 {
