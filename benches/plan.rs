@@ -531,6 +531,19 @@ fn section_parallel(bin: &Path, table: &mut Table) -> Result<()> {
         ms(timeout),
         Some(ratio(acpi, timeout)),
     );
+    // What the timeout itself costs: the same delete with a 0 s timeout
+    // (measured above, default concurrency) plus one timeout. About 1
+    // means the ten timeouts ran side by side; ten in turn would be ~5.
+    let (_, _, d_default) = rows[rows.len() - 1];
+    let one_timeout = d_default + timeout;
+    table.row(
+        "4 parallel",
+        format!("delete {n} ignoring ACPI, timeout 5s"),
+        ms(acpi),
+        "delete with timeout 0s + one timeout",
+        ms(one_timeout),
+        Some(ratio(acpi, one_timeout)),
+    );
     drop(server);
     Ok(())
 }

@@ -9,6 +9,8 @@
     capacity    optional limits checked before anything is planned.
     sshTarget   optional `user@host[:port]` for storage commands; by default it
                 derives from `uri`.
+    concurrency optional cap (1 to 64) on the steps in flight at once on this
+                host when it is changed; `--concurrency` caps every host.
 -}
 let DomainType = ./DomainType.dhall
 
@@ -29,6 +31,7 @@ in  { Type =
         , network : Network
         , capacity : Optional Capacity
         , sshTarget : Optional Text
+        , concurrency : Optional Natural
         }
     , default =
       { domainType = DomainType.Kvm
@@ -36,5 +39,6 @@ in  { Type =
       , network = Network.Libvirt "default"
       , capacity = None Capacity
       , sshTarget = None Text
+      , concurrency = None Natural
       }
     }

@@ -199,6 +199,13 @@ fn semantic_errors_are_all_reported_at_once_with_places() {
             ],
         ),
         (
+            "memoryMiB = 8192 }",
+            "memoryMiB = 8192 }, concurrency = Some 0",
+            &[
+                r#"fleet.dhall:6: host "hv1": concurrency = 0 is too small (allowed 1..64 steps at once)"#,
+            ],
+        ),
+        (
             "cpus = 2 }",
             "cpus = 0 }",
             &[r#"fleet.dhall:15: machine "db": cpus = 0 is too small (allowed 1..256)"#],

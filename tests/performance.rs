@@ -277,7 +277,21 @@ fn guests_that_ignore_acpi_share_one_timeout_and_each_machine_keeps_its_order() 
         t.elapsed(),
         out.all()
     );
+    assert_sequential(&step_events(&out.stderr));
+
+    // The host's own `concurrency = Some 1` caps the default 16: the two
+    // guests are started one at a time.
+    let host = lab.host("local", SYSTEM, &lab.root);
+    let capped = format!("{}, concurrency = Some 1 }}", host.trim_end_matches('}'));
+    lab.write_hosts(&[capped], &machines("Running")[..2], "");
+    let out = lab.apply(&[]).expect_code(0);
     let events = step_events(&out.stderr);
+    assert!(events.len() >= 4, "two starts: {events:#?}\n{}", out.all());
+    assert_sequential(&events);
+}
+
+/// Every step ends before the next one starts.
+fn assert_sequential(events: &[(&str, String)]) {
     for pair in events.chunks(2) {
         assert_eq!(pair[0].0, "start", "{events:#?}");
         assert_eq!(pair.get(1).map(|p| p.0), Some("done"), "{events:#?}");

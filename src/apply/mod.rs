@@ -70,7 +70,8 @@ pub struct Settings {
     /// The disruption classes this run may carry out.
     pub permits: Permits,
     /// At most this many steps in flight per host (see [`schedule`]); 1
-    /// runs a host's changes one by one, in plan order.
+    /// runs a host's changes one by one, in plan order. A host's own
+    /// `concurrency` lowers it there.
     pub concurrency: usize,
     /// Set from outside (a SIGTERM in `watch`): steps in flight finish,
     /// nothing new starts, the rest are reported as skipped.
@@ -461,7 +462,17 @@ impl Run<'_> {
                 }
             }
         };
-        let results = schedule::run(&deps, self.settings.concurrency, admit, stop, work);
+        // A host's own `concurrency` caps the run's.
+        let limit = self
+            .fleet
+            .hosts
+            .values()
+            .find(|h| h.name.as_str() == name)
+            .and_then(|h| h.concurrency)
+            .map_or(self.settings.concurrency, |n| {
+                n.min(self.settings.concurrency)
+            });
+        let results = schedule::run(&deps, limit, admit, stop, work);
         results
             .into_iter()
             .zip(changes)

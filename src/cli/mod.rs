@@ -113,7 +113,7 @@ pub struct Cli {
         value_name = "N"
     )]
     pub history_runs: u64,
-    /// At most N steps in flight per host when changing hosts (apply, destroy, rollback, ...): each machine's steps stay in plan order, different machines overlap (starts, shutdowns and their timeouts, destroys); 1 runs them one by one.
+    /// At most N steps in flight per host when changing hosts (apply, destroy, rollback, ...): each machine's steps stay in plan order, different machines overlap (starts, shutdowns and their timeouts, destroys); 1 runs them one by one. A host's `concurrency` in fleet.dhall lowers it for that host.
     #[arg(long, global = true, env = "VIRTFLEET_CONCURRENCY", value_name = "N", default_value_t = crate::apply::schedule::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
 

@@ -59,6 +59,10 @@ pub struct Host {
     pub capacity: Option<Capacity>,
     /// Where storage commands run over SSH, when not the URI's host.
     pub ssh_target: Option<String>,
+    /// At most this many steps in flight at once when changing this host
+    /// (1 to 64), when declared: a cap under `--concurrency`, for a host
+    /// that a burst of defines and starts would overload.
+    pub concurrency: Option<usize>,
 }
 
 /// A validated base image declaration (its pin lives in images.lock).

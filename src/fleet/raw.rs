@@ -41,6 +41,7 @@ pub struct Host {
     pub network: Network,
     pub capacity: Option<Capacity>,
     pub ssh_target: Option<String>,
+    pub concurrency: Option<u64>,
 }
 
 /// `dhall/Storage.dhall`.

@@ -164,6 +164,7 @@ impl Checker<'_> {
                     network: h.network.clone(),
                     capacity: h.capacity,
                     ssh_target: h.ssh_target.clone(),
+                    concurrency: h.concurrency.and_then(|n| usize::try_from(n).ok()),
                 },
             );
         }
@@ -267,6 +268,10 @@ impl Checker<'_> {
                 subject.to_owned(),
                 format!("CPU model {} is not a QEMU model name", clip(m)),
             );
+        }
+        if let Some(n) = h.concurrency {
+            let who = ("host", h.name.as_str());
+            self.range(who, "concurrency", n, (1, 64, " steps at once"));
         }
         if let Some(cap) = &h.capacity {
             let who = ("host", h.name.as_str());
