@@ -1240,18 +1240,7 @@ impl Drop for Guard {
 /// Names of the domains on [`URI`] starting with `prefix`, through virsh
 /// (an independent witness).
 fn bench_domains(prefix: &str) -> Result<Vec<String>> {
-    let out = run_ok(
-        Command::new("virsh").args(["-c", URI, "list", "--all", "--name"]),
-        "virsh list",
-    )?;
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    Ok(names)
+    report::domains_named(URI, prefix)
 }
 
 // ---------------------------------------------------------------------------

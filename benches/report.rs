@@ -152,3 +152,20 @@ impl Table {
         println!("{footer}");
     }
 }
+
+/// The domains on `uri` whose names start with `prefix`, sorted, through
+/// virsh (a witness independent of the binary measured).
+pub fn domains_named(uri: &str, prefix: &str) -> Result<Vec<String>> {
+    let out = run_ok(
+        Command::new("virsh").args(["-c", uri, "list", "--all", "--name"]),
+        "virsh list",
+    )?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    Ok(names)
+}

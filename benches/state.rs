@@ -391,16 +391,7 @@ fn undefine_all() -> Result<()> {
 
 /// The `vfbst-*` domains, through virsh (an independent witness).
 fn domains() -> Result<Vec<String>> {
-    let out = run_ok(
-        Command::new("virsh").args(["-c", URI, "list", "--all", "--name"]),
-        "virsh list",
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(PREFIX))
-        .map(str::to_owned)
-        .collect())
+    report::domains_named(URI, PREFIX)
 }
 
 // ---------------------------------------------------------------------------

@@ -461,16 +461,7 @@ fn virtfleet_bin() -> Result<PathBuf> {
 }
 
 fn domains() -> Result<Vec<String>> {
-    let out = run_ok(
-        Command::new("virsh").args(["-c", URI, "list", "--all", "--name"]),
-        "virsh list",
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|n| n.starts_with(PREFIX))
-        .map(str::to_owned)
-        .collect())
+    report::domains_named(URI, PREFIX)
 }
 
 /// Removes every `vfbwatch-*` domain and [`ROOT`] when made and when dropped.
