@@ -169,3 +169,37 @@ pub fn domains_named(uri: &str, prefix: &str) -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+/// Destroys and undefines every domain on `uri` named with `prefix`, then
+/// checks through virsh that none is left.
+pub fn remove_domains(uri: &str, prefix: &str) -> Result<()> {
+    for name in domains_named(uri, prefix)? {
+        // Not running is fine: the undefine below is what must succeed.
+        let _ = Command::new("virsh")
+            .args(["-c", uri, "destroy", &name])
+            .output();
+        run_ok(
+            Command::new("virsh").args([
+                "-c",
+                uri,
+                "undefine",
+                &name,
+                "--snapshots-metadata",
+                "--managed-save",
+            ]),
+            "virsh undefine",
+        )?;
+    }
+    let left = domains_named(uri, prefix)?;
+    anyhow::ensure!(left.is_empty(), "domains left after cleanup: {left:?}");
+    Ok(())
+}
+
+/// Removes `dir` and everything in it; not being there is fine.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
+    }
+}

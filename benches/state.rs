@@ -349,11 +349,7 @@ impl Guard {
 
     fn clean(&self) -> Result<()> {
         undefine_all()?;
-        match std::fs::remove_dir_all(ROOT) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove {ROOT}")),
-        }
+        report::remove_tree(Path::new(ROOT))
     }
 }
 
@@ -368,25 +364,7 @@ impl Drop for Guard {
 }
 
 fn undefine_all() -> Result<()> {
-    for name in domains()? {
-        let _ = Command::new("virsh")
-            .args(["-c", URI, "destroy", &name])
-            .output();
-        run_ok(
-            Command::new("virsh").args([
-                "-c",
-                URI,
-                "undefine",
-                &name,
-                "--snapshots-metadata",
-                "--managed-save",
-            ]),
-            "virsh undefine",
-        )?;
-    }
-    let left = domains()?;
-    ensure!(left.is_empty(), "domains left after cleanup: {left:?}");
-    Ok(())
+    report::remove_domains(URI, PREFIX)
 }
 
 /// The `vfbst-*` domains, through virsh (an independent witness).

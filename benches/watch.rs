@@ -478,22 +478,8 @@ impl Guard {
     }
 
     fn clean(&self) -> Result<()> {
-        for d in domains()? {
-            let _ = Command::new("virsh")
-                .args(["-c", URI, "destroy", &d])
-                .output();
-            run_ok(
-                Command::new("virsh").args(["-c", URI, "undefine", "--snapshots-metadata", &d]),
-                "virsh undefine",
-            )?;
-        }
-        let left = domains()?;
-        ensure!(left.is_empty(), "domains left after cleanup: {left:?}");
-        match std::fs::remove_dir_all(ROOT) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove {ROOT}")),
-        }
+        report::remove_domains(URI, PREFIX)?;
+        report::remove_tree(Path::new(ROOT))
     }
 }
 
