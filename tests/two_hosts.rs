@@ -1,6 +1,7 @@
 //! Two hosts: the system libvirtd and a second, independent libvirtd
-//! (tests/libvirtd-instance). Stopping the second mid-test must make the
-//! plan incomplete for it while the first is still planned normally.
+//! (tests/libvirtd-instance). Freezing the second (SIGSTOP), then stopping
+//! it, mid-test must make the plan incomplete for it, never hung, while the
+//! first is still planned normally.
 
 mod common;
 
@@ -42,6 +43,28 @@ impl Drop for Instance {
     }
 }
 
+/// A process stopped with SIGSTOP, continued when dropped (also when the
+/// test fails), so the daemon can be stopped cleanly afterwards.
+struct Frozen(String);
+
+impl Frozen {
+    fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.0])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
 #[test]
 fn an_unreachable_host_makes_the_plan_incomplete_not_failed() {
     // Declared before the lab, so the lab's cleanup runs while it is up.
@@ -71,6 +94,28 @@ fn an_unreachable_host_makes_the_plan_incomplete_not_failed() {
         virsh_ok(&uri2, &["domstate", &lab.m("two")]).trim(),
         "running"
     );
+
+    // Freeze the second daemon (SIGSTOP): it accepts connections and never
+    // answers. Observation gives up on it after --observe-timeout; the
+    // first host is still planned and the plan is incomplete, not hung.
+    {
+        let pid =
+            std::fs::read_to_string("/var/lib/virtfleet-tests/t-two-libvirtd/runroot/libvirtd.pid")
+                .unwrap();
+        let frozen = Frozen(pid.trim().to_owned());
+        frozen.signal("-STOP");
+        let t = std::time::Instant::now();
+        let out = lab
+            .vf(&["--observe-timeout", "3s", "plan", "--detailed-exitcode"])
+            .expect_code(3);
+        let took = t.elapsed();
+        assert!(out.stdout.contains("host h2: INCOMPLETE"), "{}", out.all());
+        assert!(out.all().contains("no answer within 3s"), "{}", out.all());
+        assert!(
+            took < std::time::Duration::from_secs(60),
+            "a frozen host held the plan for {took:?}"
+        );
+    }
 
     // Stop the second daemon; change a machine on the first.
     second.stop();

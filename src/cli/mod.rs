@@ -113,6 +113,9 @@ pub struct Cli {
         value_name = "N"
     )]
     pub history_runs: u64,
+    /// How long to wait for one host while observing before calling it unreachable (it is then left out of the plan, which is incomplete, exit 3): a libvirtd that accepts connections but never answers would otherwise hold the whole run.
+    #[arg(long, global = true, env = "VIRTFLEET_OBSERVE_TIMEOUT", value_name = "DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub observe_timeout: std::time::Duration,
     /// At most N steps in flight per host when changing hosts (apply, destroy, rollback, ...): each machine's steps stay in plan order, different machines overlap (starts, shutdowns and their timeouts, destroys); 1 runs them one by one. A host's `concurrency` in fleet.dhall lowers it for that host.
     #[arg(long, global = true, env = "VIRTFLEET_CONCURRENCY", value_name = "N", default_value_t = crate::apply::schedule::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -233,6 +236,7 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    crate::observe::set_timeout(cli.observe_timeout);
     let ctx = Context::new(&cli);
     if let Some(key) = &ctx.ssh_key
         && let Err(message) = crate::host::ssh::check_keyfile(key)

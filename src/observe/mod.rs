@@ -23,6 +23,8 @@ use crate::resources::observed::{
     FORMAT_VERSION, HostObservation, HostState, Observation, ObservedDomain,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 /// How much to ask each host beyond what planning needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,31 +44,72 @@ pub fn observe(fleet: &Fleet, now: u64) -> Observation {
     observe_to(fleet, now, Depth::Plan)
 }
 
+/// How long observation waits for a host by default (see [`set_timeout`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+static TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Sets, once per process (`--observe-timeout`), how long observation
+/// waits for one host before calling it unreachable.
+pub fn set_timeout(timeout: Duration) {
+    let _ = TIMEOUT.set(timeout);
+}
+
 /// Observes every host of `fleet` in parallel, to `depth`.
+///
+/// A host that has not answered within the observation timeout is
+/// `Unreachable`, and the others are planned without it: a libvirtd that
+/// accepts connections but never answers (hung, or stopped with SIGSTOP)
+/// would otherwise hold the whole run for ever, since libvirt's connect
+/// has no timeout of its own (keepalive starts only once connected). The
+/// thread still waiting is left behind; it only reads.
 pub fn observe_to(fleet: &Fleet, now: u64, depth: Depth) -> Observation {
-    let hosts = std::thread::scope(|s| {
-        let handles: Vec<_> = fleet
-            .hosts
-            .values()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    s.spawn(move || observe_host(fleet, h, depth)),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(name, handle)| {
-                let obs = handle
-                    .join()
-                    .unwrap_or_else(|_| HostObservation::Unreachable {
-                        error: "observation crashed".into(),
-                    });
-                (name, obs)
-            })
-            .collect()
-    });
+    let timeout = *TIMEOUT.get().unwrap_or(&DEFAULT_TIMEOUT);
+    let (tx, rx) = mpsc::channel();
+    let mut hosts: BTreeMap<String, HostObservation> = BTreeMap::new();
+    for h in fleet.hosts.values() {
+        let (fleet, host, tx) = (fleet.clone(), h.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("observe {}", h.name))
+            .spawn(move || {
+                let obs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    observe_host(&fleet, &host, depth)
+                }))
+                .unwrap_or_else(|_| HostObservation::Unreachable {
+                    error: "observation crashed".into(),
+                });
+                let _ = tx.send((host.name.to_string(), obs));
+            });
+        if let Err(e) = spawned {
+            hosts.insert(
+                h.name.to_string(),
+                HostObservation::Unreachable {
+                    error: format!("cannot start its observation: {e}"),
+                },
+            );
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout;
+    while hosts.len() < fleet.hosts.len() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((name, obs)) => {
+                hosts.insert(name, obs);
+            }
+            Err(_) => break,
+        }
+    }
+    for h in fleet.hosts.values() {
+        hosts.entry(h.name.to_string()).or_insert_with(|| {
+            tracing::warn!(host = %h.name, "no answer within the observation timeout");
+            HostObservation::Unreachable {
+                error: format!(
+                    "no answer within {} (--observe-timeout): is libvirtd (or sshd) on the host hung?",
+                    humantime::format_duration(timeout)
+                ),
+            }
+        });
+    }
     Observation {
         format_version: FORMAT_VERSION,
         fleet: fleet.name.to_string(),
