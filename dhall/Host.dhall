@@ -9,6 +9,7 @@
     capacity    optional limits checked before anything is planned.
     sshTarget   optional `user@host[:port]` for storage commands; by default it
                 derives from `uri`.
+    labels      words machines can ask for with `hostLabels` (default none).
 -}
 let DomainType = ./DomainType.dhall
 
@@ -29,6 +30,7 @@ in  { Type =
         , network : Network
         , capacity : Optional Capacity
         , sshTarget : Optional Text
+        , labels : List Text
         }
     , default =
       { domainType = DomainType.Kvm
@@ -36,5 +38,6 @@ in  { Type =
       , network = Network.Libvirt "default"
       , capacity = None Capacity
       , sshTarget = None Text
+      , labels = [] : List Text
       }
     }

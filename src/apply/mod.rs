@@ -14,6 +14,7 @@
 
 mod bytes;
 mod error;
+mod moving;
 pub mod runlock;
 pub mod schedule;
 mod step;
@@ -29,7 +30,7 @@ use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
 use crate::lock::cache::Cache;
-use crate::plan::{Change, Disruption, Plan};
+use crate::plan::{Action, Change, Disruption, Plan};
 use crate::resources::observed::Lease;
 use runlock::Holder;
 use schedule::Done;
@@ -351,20 +352,7 @@ impl Run<'_> {
 
     /// The lease this run takes on host `name`.
     fn lease(&self, name: &str) -> Lease {
-        let me = Holder::me(self.settings.now);
-        let controller = lease::controller_name();
-        let now = unix_now();
-        Lease {
-            id: format!("{controller}-{}-{now}-{name}", me.pid),
-            fleet: self.fleet.name.to_string(),
-            controller,
-            pid: me.pid,
-            user: me.user,
-            command: me.command,
-            since: now,
-            expires: now + LEASE_TTL,
-            stale: false,
-        }
+        lease_for(self.fleet, self.settings, name)
     }
 
     fn connect(&self, name: &str) -> Result<(Libvirt, Box<dyn Transport>, &Host), StepError> {
@@ -425,7 +413,7 @@ impl Run<'_> {
             let _in_step = span.enter();
             tracing::info!("started");
             let r = if self.settings.permits.allow(c.disruption) {
-                step(c, env)
+                run_step(c, env)
             } else {
                 Err(StepError::NotPermitted {
                     address: c.address.clone(),
@@ -462,6 +450,42 @@ impl Run<'_> {
             .zip(changes)
             .map(|(r, c)| r.unwrap_or_else(|| report(c, Outcome::Skipped)))
             .collect()
+    }
+}
+
+/// The lease a run of this process takes on host `name` (a move also
+/// takes one on the host it moves a machine from).
+pub(crate) fn lease_for(fleet: &Fleet, settings: Settings, name: &str) -> Lease {
+    let me = Holder::me(settings.now);
+    let controller = lease::controller_name();
+    let now = unix_now();
+    Lease {
+        id: format!("{controller}-{}-{now}-{name}", me.pid),
+        fleet: fleet.name.to_string(),
+        controller,
+        pid: me.pid,
+        user: me.user,
+        command: me.command,
+        since: now,
+        expires: now + LEASE_TTL,
+        stale: false,
+    }
+}
+
+/// Carries out `c`: the steps that reach a second host (a move's) here,
+/// every other one in `step`.
+fn run_step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
+    match &c.action {
+        Action::MoveIn {
+            from,
+            volumes,
+            base,
+            ..
+        } => moving::move_in(c, env, step::machine(c)?, from, volumes, base.as_ref()),
+        Action::FinishMove { from, volumes } => {
+            moving::finish_move(env, step::machine(c)?, from, volumes)
+        }
+        _ => step(c, env),
     }
 }
 

@@ -27,6 +27,26 @@ pub struct Settings {
     pub allow_destroy: bool,
     pub allow_restart: bool,
     pub trash_retention_days: u64,
+    /// Absent in fleets written before placement existed (JSON, literals).
+    #[serde(default)]
+    pub placement: Strategy,
+    #[serde(default = "default_overcommit")]
+    pub cpu_overcommit: u64,
+}
+
+fn default_overcommit() -> u64 {
+    4
+}
+
+/// `dhall/Strategy.dhall`: where the planner puts a machine that may go to
+/// several hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Strategy {
+    /// The host with the most room left (memory, then vCPUs).
+    #[default]
+    Spread,
+    /// The fullest host the machine still fits on.
+    Pack,
 }
 
 /// `dhall/Host.dhall`.
@@ -41,6 +61,8 @@ pub struct Host {
     pub network: Network,
     pub capacity: Option<Capacity>,
     pub ssh_target: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// `dhall/Storage.dhall`.
@@ -121,6 +143,12 @@ impl ImageFormat {
 pub struct Machine {
     pub name: String,
     pub host: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub host_labels: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
     pub image: String,
     pub cpus: u64,
     #[serde(rename = "memoryMiB")]

@@ -360,6 +360,20 @@ impl StorageBackend for ZfsStorage<'_> {
         if rows.iter().any(|r| r.name == lease_ds) {
             state.lease = self.read_lease()?.map(Box::new);
         }
+        state.storage_free_bytes = self
+            .t
+            .run(&[
+                "zfs",
+                "get",
+                "-Hp",
+                "-o",
+                "value",
+                "available",
+                &self.parent,
+            ])
+            .ok()
+            .filter(|o| o.success)
+            .and_then(|o| o.stdout.trim().parse().ok());
         Ok(state)
     }
 

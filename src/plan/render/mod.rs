@@ -49,7 +49,9 @@ pub fn kind(action: &Action) -> Kind {
         | Action::Stop
         | Action::ProtectDisk { .. }
         | Action::ReleaseLease { .. }
-        | Action::RemoveIncomplete { .. } => Kind::Change,
+        | Action::RemoveIncomplete { .. }
+        | Action::MoveIn { .. }
+        | Action::FinishMove { .. } => Kind::Change,
         // A rollback keeps the disk and loses what was written since: it is
         // marked destructive by its disruption, and counted as a change.
         Action::Shutdown { .. } | Action::RollbackDisk { .. } => Kind::Change,
@@ -269,6 +271,7 @@ mod tests {
             unreachable: BTreeMap::new(),
             unmanaged: BTreeMap::new(),
             notes: Vec::new(),
+            placements: Vec::new(),
         }
     }
 

@@ -1,0 +1,157 @@
+//! The two host-crossing steps of a move (see `plan::planner::moves`):
+//! `MoveIn` and `FinishMove`. They run on the destination host's thread
+//! and reach the source host with their own connection, under a lease on
+//! the source taken for the step (so no other run changes the machine
+//! there meanwhile).
+//!
+//! Safety: the source machine is never touched beyond a stop until the
+//! copy here is verified and the machine defined and started here (those
+//! are the steps between the two). A failed copy starts the guest again on
+//! the source when it was running, and the error says where it is.
+
+use super::bytes::StepBytes;
+use super::error::StepError;
+use super::step::{StepEnv, destroy};
+use crate::fleet::{Host, Storage};
+use crate::host::dir::DirStorage;
+use crate::host::lease::{self, LeaseError};
+use crate::host::libvirt::Libvirt;
+use crate::host::transport::Transport;
+use crate::host::{backend, transport_for};
+use crate::plan::{BaseRef, Change};
+
+/// A connection to the host a machine moves from, with its lease held.
+struct Source<'f> {
+    host: &'f Host,
+    lv: Libvirt,
+    t: Box<dyn Transport>,
+    lease: Option<String>,
+}
+
+impl Drop for Source<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.lease.take() {
+            let storage = backend(self.host, self.t.as_ref());
+            if let Err(e) = storage.remove_lease(&id) {
+                tracing::warn!(host = %self.host.name, error = %e, "could not release the lease of the move's source");
+            }
+        }
+    }
+}
+
+fn host<'f>(env: &StepEnv<'f>, name: &str) -> Result<&'f Host, StepError> {
+    env.fleet
+        .hosts
+        .values()
+        .find(|h| h.name.as_str() == name)
+        .ok_or_else(|| StepError::HostNotInFleet { host: name.into() })
+}
+
+/// Opens host `from` and takes its lease, unless this very process holds
+/// it already (the run has changes of its own there).
+fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
+    let host = host(env, from)?;
+    let lv = Libvirt::open(&host.uri)?;
+    let t = transport_for(host)?;
+    let want = super::lease_for(env.fleet, env.settings, from);
+    let storage = backend(host, t.as_ref());
+    let now = want.since;
+    let taken = match lease::acquire(storage.as_ref(), from, &want, now, false) {
+        Ok(()) => Some(want.id),
+        Err(LeaseError::Held { lease, .. }) if lease.pid == want.pid => None,
+        Err(e) => return Err(e.into()),
+    };
+    drop(storage);
+    Ok(Source {
+        host,
+        lv,
+        t,
+        lease: taken,
+    })
+}
+
+fn dir_root(h: &Host) -> Option<&str> {
+    match &h.storage {
+        Storage::Dir { path } => Some(path),
+        Storage::Zfs { .. } => None,
+    }
+}
+
+/// `MoveIn`: stop the machine on `from`, copy and verify each of `volumes`
+/// here. The root disk (the first volume) is re-pointed at this host's
+/// copy of `base`.
+pub(super) fn move_in(
+    c: &Change,
+    env: &StepEnv<'_>,
+    m: &str,
+    from: &str,
+    volumes: &[String],
+    base: Option<&BaseRef>,
+) -> Result<(), StepError> {
+    let src = open(env, from)?;
+    let dst_host = host(env, &c.host)?;
+    let (Some(src_root), Some(dst_root)) = (dir_root(src.host), dir_root(dst_host)) else {
+        return Err(StepError::MoveUnsupported {
+            machine: m.into(),
+            why: format!(
+                "from {from} to {}: only moves between two Dir hosts are implemented so far",
+                c.host
+            ),
+        });
+    };
+    let src_env = StepEnv {
+        lv: &src.lv,
+        ..*env
+    };
+    super::step::owned_domain(&src_env, m)?;
+    let was_running = src.lv.is_running(m)?;
+    if was_running {
+        // Graceful first, powered off after the grace period, as any stop.
+        src.lv.stop(m, env.settings.shutdown_grace)?;
+    }
+    crate::fault::point("move-stopped");
+    let dst_t = transport_for(dst_host)?;
+    let (from_dir, to_dir) = (
+        DirStorage::new(src_root, src.t.as_ref()),
+        DirStorage::new(dst_root, dst_t.as_ref()),
+    );
+    let bytes = StepBytes::new(env.events, &c.host, &c.address);
+    let copied = volumes.iter().enumerate().try_for_each(|(i, v)| {
+        let b = base
+            .filter(|_| i == 0)
+            .map(|b| (b.sha256.as_str(), b.format.as_str()));
+        to_dir.receive_disk(&from_dir, v, b, &bytes).map(|_| ())
+    });
+    if let Err(e) = copied {
+        let restarted = was_running && src.lv.start(m).is_ok();
+        return Err(StepError::MoveFailed {
+            machine: m.into(),
+            from: from.into(),
+            state: if restarted {
+                "running again there"
+            } else {
+                "stopped there; start it with `virsh start` or apply again"
+            },
+            source: Box::new(e.into()),
+        });
+    }
+    Ok(())
+}
+
+/// `FinishMove`: the machine runs here; undefine it on `from` and move its
+/// volumes there to that host's trash.
+pub(super) fn finish_move(
+    env: &StepEnv<'_>,
+    m: &str,
+    from: &str,
+    volumes: &[String],
+) -> Result<(), StepError> {
+    let src = open(env, from)?;
+    let storage = backend(src.host, src.t.as_ref());
+    let src_env = StepEnv {
+        lv: &src.lv,
+        storage: storage.as_ref(),
+        ..*env
+    };
+    destroy(&src_env, m, volumes)
+}
