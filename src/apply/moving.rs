@@ -11,7 +11,7 @@
 
 use super::bytes::StepBytes;
 use super::error::StepError;
-use super::step::{StepEnv, destroy};
+use super::step::{StepEnv, destroy, owned};
 use crate::fleet::{Host, Storage};
 use crate::host::dir::DirStorage;
 use crate::host::lease::{self, LeaseError};
@@ -19,6 +19,7 @@ use crate::host::libvirt::Libvirt;
 use crate::host::transport::Transport;
 use crate::host::{backend, transport_for};
 use crate::plan::{BaseRef, Change};
+use crate::resources::layout;
 
 /// A connection to the host a machine moves from, with its lease held.
 struct Source<'f> {
@@ -153,5 +154,13 @@ pub(super) fn finish_move(
         storage: storage.as_ref(),
         ..*env
     };
-    destroy(&src_env, m, volumes)
+    if src.lv.exists(m) {
+        return destroy(&src_env, m, volumes);
+    }
+    // A run stopped between the undefine and the trashing left disks only.
+    for v in volumes {
+        owned(&src_env, &layout::disk_rel(v))?;
+        src_env.storage.trash(v, env.settings.now)?;
+    }
+    Ok(())
 }

@@ -137,7 +137,7 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
 /// Checks, on the host and right before it is moved or deleted, that the
 /// object at `rel` is this fleet's (or already gone). A saved plan, an
 /// observation that aged, or another run may all say otherwise.
-fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
+pub(super) fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
     let fleet = env.fleet.name.as_str();
     let now = env.storage.ownership(rel)?;
     if now.allows(fleet) {

@@ -245,6 +245,21 @@ pub fn place(fleet: &Fleet, obs: &Observation) -> Placement {
     out
 }
 
+/// `fleet` with every machine's `host` set to where placement puts it
+/// (where it is, for a machine that exists); a machine placement cannot
+/// decide keeps its provisional host. For commands that act on machines
+/// where they are (`snapshot`, `ssh`, `status`...).
+pub fn locate(fleet: &Fleet, obs: &Observation) -> Fleet {
+    let p = place(fleet, obs);
+    let mut out = fleet.clone();
+    if let Some(placed) = &p.fleet {
+        for (n, m) in &placed.machines {
+            set_host(&mut out, n, m.host.clone());
+        }
+    }
+    out
+}
+
 fn set_host(fleet: &mut Fleet, m: &VmName, host: HostName) {
     if let Some(x) = fleet.machines.get_mut(m) {
         x.host = host;

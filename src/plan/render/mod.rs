@@ -182,7 +182,15 @@ pub fn hosts(plan: &Plan) -> Vec<&str> {
         .iter()
         .map(|c| c.host.as_str())
         .chain(plan.pending.iter().map(|p| p.change.host.as_str()))
-        .chain(plan.refused.iter().map(|r| address_host(&r.address)))
+        // A machine that fits on no host is refused under its own name.
+        .chain(
+            plan.refused
+                .iter()
+                .map(|r| address_host(&r.address))
+                .filter(|h| {
+                    plan.inputs.hosts.contains_key(*h) || plan.unreachable.contains_key(*h)
+                }),
+        )
         .chain(plan.unreachable.keys().map(String::as_str))
         .chain(plan.unmanaged.keys().map(String::as_str))
         .collect();
