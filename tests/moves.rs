@@ -406,3 +406,57 @@ fn a_move_killed_at_any_point_never_loses_the_machine_and_a_rerun_finishes_it() 
     }
     drop(lab);
 }
+
+#[test]
+fn a_move_that_fails_leaves_the_machine_running_on_its_old_host_and_says_so() {
+    let (_second, uri2) = Instance::start("/var/lib/virtfleet-tests/t-movef-libvirtd");
+    let mut lab = Lab::new("t-movef");
+    lab.add_uri(&uri2);
+    let (r1, r2) = (lab.root.join("h1"), lab.root.join("h2"));
+    let hosts = [
+        host(
+            "h1",
+            SYSTEM,
+            &r1,
+            "None { cpus : Natural, memoryMiB : Natural }",
+            "",
+        ),
+        host(
+            "h2",
+            &uri2,
+            &r2,
+            "None { cpus : Natural, memoryMiB : Natural }",
+            "",
+        ),
+    ];
+    let dom = lab.m("mv");
+    write_mover(&lab, &hosts, "h1", "Running", 1);
+    lab.apply(&[]).expect_code(0);
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &dom]).trim(), "running");
+    // Something that is not virtfleet's sits where the copy would go: the
+    // copy cannot start (virtfleet never overwrites or removes it).
+    let blocker = r2.join("disks").join(format!(".new-{dom}-root"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    std::fs::write(blocker.join("mine.txt"), "not virtfleet's").unwrap();
+    write_mover(&lab, &hosts, "h2", "Running", 1);
+    let out = lab.apply(&["--allow-restart"]).expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "machine {dom}: the move from h1 failed, the machine is still on h1, running again there"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(virsh_ok(SYSTEM, &["domstate", &dom]).trim(), "running");
+    assert!(domains(&uri2, &lab.m("")).is_empty());
+    assert_eq!(
+        std::fs::read_to_string(blocker.join("mine.txt")).unwrap(),
+        "not virtfleet's"
+    );
+    // Cleared, the same plan goes through.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    lab.apply(&["--allow-restart"]).expect_code(0);
+    assert!(domains(SYSTEM, &lab.m("")).is_empty());
+    assert_eq!(virsh_ok(&uri2, &["domstate", &dom]).trim(), "running");
+    drop(lab);
+}

@@ -1,8 +1,8 @@
 //! The two host-crossing steps of a move (see `plan::planner::moves`):
 //! `MoveIn` and `FinishMove`. They run on the destination host's thread
-//! and reach the source host with their own connection, under a lease on
-//! the source taken for the step (so no other run changes the machine
-//! there meanwhile).
+//! and reach the source host with their own connection, under the run's
+//! lease on the source (so no other run changes the machine there
+//! meanwhile; see `leases`).
 //!
 //! Safety: the source machine is never touched beyond a stop until the
 //! copy here is verified and the machine defined and started here (those
@@ -14,7 +14,6 @@ use super::error::StepError;
 use super::step::{StepEnv, destroy, owned};
 use crate::fleet::{Host, Storage};
 use crate::host::dir::DirStorage;
-use crate::host::lease::{self, LeaseError};
 use crate::host::libvirt::Libvirt;
 use crate::host::transport::Transport;
 use crate::host::{backend, transport_for};
@@ -26,17 +25,14 @@ struct Source<'f> {
     host: &'f Host,
     lv: Libvirt,
     t: Box<dyn Transport>,
-    lease: Option<String>,
+    leases: &'f super::leases::Leases,
 }
 
 impl Drop for Source<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.lease.take() {
-            let storage = backend(self.host, self.t.as_ref());
-            if let Err(e) = storage.remove_lease(&id) {
-                tracing::warn!(host = %self.host.name, error = %e, "could not release the lease of the move's source");
-            }
-        }
+        let storage = backend(self.host, self.t.as_ref());
+        self.leases
+            .release(self.host.name.as_str(), storage.as_ref());
     }
 }
 
@@ -48,26 +44,21 @@ fn host<'f>(env: &StepEnv<'f>, name: &str) -> Result<&'f Host, StepError> {
         .ok_or_else(|| StepError::HostNotInFleet { host: name.into() })
 }
 
-/// Opens host `from` and takes its lease, unless this very process holds
-/// it already (the run has changes of its own there).
+/// Opens host `from` under this run's lease there (shared with that
+/// host's own thread when the run changes it too: see `leases`).
 fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
     let host = host(env, from)?;
     let lv = Libvirt::open(&host.uri)?;
     let t = transport_for(host)?;
-    let want = super::lease_for(env.fleet, env.settings, from);
     let storage = backend(host, t.as_ref());
-    let now = want.since;
-    let taken = match lease::acquire(storage.as_ref(), from, &want, now, false) {
-        Ok(()) => Some(want.id),
-        Err(LeaseError::Held { lease, .. }) if lease.pid == want.pid => None,
-        Err(e) => return Err(e.into()),
-    };
+    env.leases
+        .take(env.fleet, env.settings, from, storage.as_ref())?;
     drop(storage);
     Ok(Source {
         host,
         lv,
         t,
-        lease: taken,
+        leases: env.leases,
     })
 }
 

@@ -34,6 +34,8 @@ pub struct StepEnv<'a> {
     pub settings: Settings,
     /// Where byte progress goes.
     pub events: &'a dyn Events,
+    /// The run's host leases (a move takes its source host's).
+    pub leases: &'a super::leases::Leases,
 }
 
 /// Carries out `c`.
