@@ -4,6 +4,9 @@
 //! lease on the source (so no other run changes the machine there
 //! meanwhile; see `leases`).
 //!
+//! Dir to Dir copies the qcow2 files (`DirStorage::receive_disk`); ZFS to
+//! ZFS streams `zfs send -R | zfs receive` (`ZfsStorage::receive_disk`).
+//!
 //! Safety: the source machine is never touched beyond a stop until the
 //! copy here is verified and the machine defined and started here (those
 //! are the steps between the two). A failed copy starts the guest again on
@@ -15,7 +18,9 @@ use super::step::{StepEnv, destroy, owned};
 use crate::fleet::{Host, Storage};
 use crate::host::dir::DirStorage;
 use crate::host::libvirt::Libvirt;
+use crate::host::storage::StorageError;
 use crate::host::transport::Transport;
+use crate::host::zfs::ZfsStorage;
 use crate::host::{backend, transport_for};
 use crate::plan::{BaseRef, Change};
 use crate::resources::layout;
@@ -62,10 +67,38 @@ fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
     })
 }
 
-fn dir_root(h: &Host) -> Option<&str> {
-    match &h.storage {
-        Storage::Dir { path } => Some(path),
-        Storage::Zfs { .. } => None,
+/// Copies and verifies each of `volumes` from the source into `dst`.
+fn copy_disks(
+    src: &Source<'_>,
+    dst: &Host,
+    dst_t: &dyn Transport,
+    volumes: &[String],
+    base: Option<&BaseRef>,
+    bytes: &StepBytes<'_>,
+) -> Result<(), StorageError> {
+    match (&src.host.storage, &dst.storage) {
+        (Storage::Dir { path: from }, Storage::Dir { path: to }) => {
+            let (from, to) = (
+                DirStorage::new(from, src.t.as_ref()),
+                DirStorage::new(to, dst_t),
+            );
+            volumes.iter().enumerate().try_for_each(|(i, v)| {
+                let b = base
+                    .filter(|_| i == 0)
+                    .map(|b| (b.sha256.as_str(), b.format.as_str()));
+                to.receive_disk(&from, v, b, bytes).map(|_| ())
+            })
+        }
+        (Storage::Zfs { parent: from }, Storage::Zfs { parent: to }) => {
+            let (from, to) = (
+                ZfsStorage::new(from, src.t.as_ref()),
+                ZfsStorage::new(to, dst_t),
+            );
+            volumes
+                .iter()
+                .try_for_each(|v| to.receive_disk(&from, v, bytes).map(|_| ()))
+        }
+        _ => unreachable!("checked by move_in"),
     }
 }
 
@@ -82,15 +115,19 @@ pub(super) fn move_in(
 ) -> Result<(), StepError> {
     let src = open(env, from)?;
     let dst_host = host(env, &c.host)?;
-    let (Some(src_root), Some(dst_root)) = (dir_root(src.host), dir_root(dst_host)) else {
+    let kinds = matches!(
+        (&src.host.storage, &dst_host.storage),
+        (Storage::Dir { .. }, Storage::Dir { .. }) | (Storage::Zfs { .. }, Storage::Zfs { .. })
+    );
+    if !kinds {
         return Err(StepError::MoveUnsupported {
             machine: m.into(),
             why: format!(
-                "from {from} to {}: only moves between two Dir hosts are implemented so far",
+                "from {from} to {}: between a Dir and a ZFS host (only Dir to Dir and ZFS to ZFS so far)",
                 c.host
             ),
         });
-    };
+    }
     let src_env = StepEnv {
         lv: &src.lv,
         ..*env
@@ -103,17 +140,8 @@ pub(super) fn move_in(
     }
     crate::fault::point("move-stopped");
     let dst_t = transport_for(dst_host)?;
-    let (from_dir, to_dir) = (
-        DirStorage::new(src_root, src.t.as_ref()),
-        DirStorage::new(dst_root, dst_t.as_ref()),
-    );
     let bytes = StepBytes::new(env.events, &c.host, &c.address);
-    let copied = volumes.iter().enumerate().try_for_each(|(i, v)| {
-        let b = base
-            .filter(|_| i == 0)
-            .map(|b| (b.sha256.as_str(), b.format.as_str()));
-        to_dir.receive_disk(&from_dir, v, b, &bytes).map(|_| ())
-    });
+    let copied = copy_disks(&src, dst_host, dst_t.as_ref(), volumes, base, &bytes);
     if let Err(e) = copied {
         let restarted = was_running && src.lv.start(m).is_ok();
         return Err(StepError::MoveFailed {

@@ -173,12 +173,6 @@ impl<'a> DirStorage<'a> {
         if self.t.run(&["test", "-d", &final_dir])?.success {
             return Ok(0);
         }
-        if !from.t.is_local() {
-            return Err(StorageError::Parse(format!(
-                "disk {volume}: moving a Dir disk off a remote host ({}) is not supported yet; only moves from the controller's own host are",
-                from.root
-            )));
-        }
         let src_dir = from.path(&layout::disk_rel(volume));
         let src_file = format!("{src_dir}/disk.qcow2");
         let owner = from.t.run_ok(&["cat", &format!("{src_dir}/owner.json")])?;
@@ -190,10 +184,28 @@ impl<'a> DirStorage<'a> {
         self.t
             .write_file(&format!("{tmp_dir}/owner.json"), owner.as_bytes())?;
         let file = format!("{tmp_dir}/disk.qcow2");
-        let size = std::fs::metadata(&src_file).map(|m| m.len()).ok();
+        let size = from
+            .t
+            .run_ok(&["stat", "-c", "%s", "--", &src_file])?
+            .trim()
+            .parse::<u64>()
+            .ok();
         progress.start(&format!("copy {volume}"), size);
-        self.t
-            .put_file(std::path::Path::new(&src_file), &file, progress)?;
+        if from.t.is_local() {
+            self.t
+                .put_file(std::path::Path::new(&src_file), &file, progress)?;
+        } else {
+            // Streamed through this process: the hosts need no way to reach
+            // each other.
+            let of = format!("of={file}");
+            super::transport::pipe(
+                from.t,
+                &["cat", "--", &src_file],
+                self.t,
+                &["dd", &of, "bs=4M", "status=none"],
+                progress,
+            )?;
+        }
         progress.finish("copied");
         crate::fault::point("move-copied");
         let sum = |t: &dyn Transport, f: &str| -> Result<String, StorageError> {

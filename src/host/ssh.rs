@@ -335,6 +335,28 @@ impl Ssh {
 }
 
 impl Transport for Ssh {
+    fn spawn_reader(&self, argv: &[&str]) -> Result<std::process::Child, ExecError> {
+        tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "stream from over ssh");
+        self.command(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                argv: format!("{}: {}", self.describe(), argv.join(" ")),
+                source,
+            })
+    }
+
+    fn run_with_stdin(
+        &self,
+        argv: &[&str],
+        input: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        self.run_with_input(argv, input, progress)
+    }
+
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
         tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "run over ssh");
         let _slot = self.sessions.take();
