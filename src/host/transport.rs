@@ -91,13 +91,13 @@ pub trait Transport: Send + Sync {
     }
 
     /// Runs `argv` on the host with `input` streamed into its stdin; the
-    /// bytes are counted on `progress`.
+    /// bytes are counted on `progress` and returned.
     fn run_with_stdin(
         &self,
         argv: &[&str],
         input: &mut dyn Read,
         progress: &dyn Progress,
-    ) -> Result<(), ExecError> {
+    ) -> Result<u64, ExecError> {
         let _ = (input, progress);
         Err(unsupported(argv))
     }
@@ -129,14 +129,15 @@ fn unsupported(argv: &[&str]) -> ExecError {
 
 /// Streams the stdout of `send` on host `from` into the stdin of `recv` on
 /// host `to` through this process (no direct connection between the hosts
-/// is needed), counting bytes on `progress`. Fails when either side does.
+/// is needed), counting bytes on `progress`; returns the bytes streamed.
+/// Fails when either side does.
 pub fn pipe(
     from: &dyn Transport,
     send: &[&str],
     to: &dyn Transport,
     recv: &[&str],
     progress: &dyn Progress,
-) -> Result<(), ExecError> {
+) -> Result<u64, ExecError> {
     let mut child = from.spawn_reader(send)?;
     let mut out = child.stdout.take().expect("piped stdout");
     let received = to.run_with_stdin(recv, &mut out, progress);
@@ -207,7 +208,7 @@ impl Transport for Local {
         argv: &[&str],
         input: &mut dyn Read,
         progress: &dyn Progress,
-    ) -> Result<(), ExecError> {
+    ) -> Result<u64, ExecError> {
         let (prog, args) = argv.split_first().expect("argv is never empty");
         let mut child = Command::new(prog)
             .args(args)
@@ -221,7 +222,7 @@ impl Transport for Local {
                 source,
             })?;
         let stdin = child.stdin.take().expect("piped stdin");
-        feed(argv, child, stdin, input, progress)
+        feed(&argv.join(" "), child, stdin, input, progress)
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
@@ -263,16 +264,18 @@ impl Transport for Local {
     }
 }
 
-/// Copies `input` into `stdin` of `child` (running `argv`), then waits for
-/// it; an error names the command with its stderr and any copy failure.
+/// Copies `input` into `stdin` of `child` (running the command `shown`),
+/// then waits for it; returns the bytes copied. An error names the command
+/// with its stderr and any copy failure.
 pub(crate) fn feed(
-    argv: &[&str],
+    shown: &str,
     child: std::process::Child,
     mut stdin: std::process::ChildStdin,
     input: &mut dyn Read,
     progress: &dyn Progress,
-) -> Result<(), ExecError> {
+) -> Result<u64, ExecError> {
     let mut buf = vec![0u8; crate::lock::cache::CHUNK];
+    let mut total = 0u64;
     let copy = (|| -> std::io::Result<()> {
         loop {
             let n = input.read(&mut buf)?;
@@ -280,6 +283,7 @@ pub(crate) fn feed(
                 return Ok(());
             }
             stdin.write_all(&buf[..n])?;
+            total += n as u64;
             progress.advance(n as u64);
             crate::fault::point("copy-chunk");
         }
@@ -288,17 +292,17 @@ pub(crate) fn feed(
     let out = child
         .wait_with_output()
         .map_err(|source| ExecError::Spawn {
-            argv: argv.join(" "),
+            argv: shown.to_owned(),
             source,
         })?;
     if !out.status.success() || copy.is_err() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         let why = copy.err().map(|e| format!("{e}; ")).unwrap_or_default();
         return Err(ExecError::Failed {
-            argv: argv.join(" "),
+            argv: shown.to_owned(),
             status: out.status.to_string(),
             stderr: format!("{why}{stderr}"),
         });
     }
-    Ok(())
+    Ok(total)
 }

@@ -318,7 +318,7 @@ impl<'a> ZfsStorage<'a> {
     /// `@vf-move` on both sides. A receive is atomic (an interrupted one
     /// leaves nothing), so a disk already here came whole; if its
     /// `@vf-move` is still there, its guid is checked now. Returns the
-    /// stream's size in bytes (0 when the disk was here already).
+    /// bytes streamed (0 when the disk was here already).
     pub fn receive_disk(
         &self,
         from: &ZfsStorage<'_>,
@@ -344,16 +344,16 @@ impl<'a> ZfsStorage<'a> {
             if !from.exists(&src_snap)? {
                 from.t.run_ok(&["zfs", "snapshot", &src_snap])?;
             }
-            // The stream's size, for the progress bar (a dry run: no data read).
+            // The stream's estimated size, for the progress bar (a dry run:
+            // no data read).
             let dry = from.t.run_ok(&["zfs", "send", "-nP", "-R", &src_snap])?;
-            bytes = dry
+            let estimate = dry
                 .lines()
                 .filter_map(|l| l.strip_prefix("size\t"))
                 .filter_map(|n| n.trim().parse::<u64>().ok())
-                .next_back()
-                .unwrap_or(0);
-            progress.start(&format!("zfs send {volume}"), (bytes > 0).then_some(bytes));
-            super::transport::pipe(
+                .next_back();
+            progress.start(&format!("zfs send {volume}"), estimate);
+            bytes = super::transport::pipe(
                 from.t,
                 &["zfs", "send", "-R", &src_snap],
                 self.t,
