@@ -309,6 +309,33 @@ fn a_machine_moves_between_dir_hosts_with_its_data_snapshots_and_identity() {
         base_took.as_secs_f64(),
         base_bytes
     );
+
+    // `restore` on the old host: destroyed on h2 and declared on h1 again,
+    // the machine comes back from h1's trash with its data and identity.
+    lab.vf(&[
+        "destroy",
+        &dom,
+        "--force",
+        "--auto-approve",
+        "--shutdown-timeout",
+        "1s",
+    ])
+    .expect_code(0);
+    write_mover(&lab, &hosts, "h1", "Stopped", 1);
+    let out = lab.vf(&["restore", &dom]).expect_code(0);
+    assert!(
+        out.stdout.contains(&format!("restored {root_vol}")),
+        "{}",
+        out.all()
+    );
+    lab.apply(&[]).expect_code(0);
+    assert_eq!(domains(SYSTEM, &lab.m("")), std::slice::from_ref(&dom));
+    assert!(
+        read(&disk(&r1, &root_vol), 0xab, "100M"),
+        "restored data on h1"
+    );
+    assert_eq!(uuid(SYSTEM, &dom), id);
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
     drop(lab);
 }
 
