@@ -11,6 +11,7 @@
                 derives from `uri`.
     concurrency optional cap (1 to 64) on the steps in flight at once on this
                 host when it is changed; `--concurrency` caps every host.
+    labels      words machines can ask for with `hostLabels` (default none).
 -}
 let DomainType = ./DomainType.dhall
 
@@ -32,6 +33,7 @@ in  { Type =
         , capacity : Optional Capacity
         , sshTarget : Optional Text
         , concurrency : Optional Natural
+        , labels : List Text
         }
     , default =
       { domainType = DomainType.Kvm
@@ -40,5 +42,6 @@ in  { Type =
       , capacity = None Capacity
       , sshTarget = None Text
       , concurrency = None Natural
+      , labels = [] : List Text
       }
     }

@@ -1,7 +1,12 @@
 {-| A virtual machine.
 
     name       unique machine name, `[a-z0-9][a-z0-9-]{0,62}`.
-    host       the host it runs on; may be omitted when the fleet has one host.
+    host       the host it runs on. `None` (default): the planner places it on one of
+               `hosts` (all of the fleet's when empty) carrying every label of
+               `hostLabels`, within their capacity, and keeps it there.
+    hosts      the hosts it may be placed on when `host` is `None` (default: any).
+    hostLabels labels its host must carry (default none).
+    group      machines of one group are spread over different hosts where they fit.
     image      name of an image in `images`; the root disk is a copy-on-write clone of it.
     cpus       virtual CPUs (1..256; default 1).
     memoryMiB  memory in MiB (64..4194304; default 1024).
@@ -27,6 +32,9 @@ let Network = ./Network.dhall
 in  { Type =
         { name : Text
         , host : Optional Text
+        , hosts : List Text
+        , hostLabels : List Text
+        , group : Optional Text
         , image : Text
         , cpus : Natural
         , memoryMiB : Natural
@@ -41,6 +49,9 @@ in  { Type =
         }
     , default =
       { host = None Text
+      , hosts = [] : List Text
+      , hostLabels = [] : List Text
+      , group = None Text
       , cpus = 1
       , memoryMiB = 1024
       , diskGiB = 10

@@ -16,6 +16,7 @@
 -}
 { Fleet = ./Fleet.dhall
 , Settings = ./Settings.dhall
+, Strategy = ./Strategy.dhall
 , Host = ./Host.dhall
 , Capacity = ./Capacity.dhall
 , Storage = ./Storage.dhall

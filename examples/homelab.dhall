@@ -1,6 +1,8 @@
 -- A three-host homelab on ZFS: two hypervisors reached over SSH plus the
 -- local one, zvols cloned from pinned base images, snapshot policies, and a
--- protected database machine that virtfleet will never destroy.
+-- protected database machine that virtfleet will never destroy, and two k3s
+-- nodes the planner places on the hypervisors, one per host (their group),
+-- and keeps where they are.
 let V = ../dhall/package.dhall
 
 let zfsHost =
@@ -13,11 +15,35 @@ let zfsHost =
         , storage = V.Storage.Zfs { parent = "tank/vms" }
         , network = V.Network.Bridge "br0"
         , capacity = Some { cpus, memoryMiB = memoryGiB * 1024 }
+        , labels = [ "hypervisor" ]
         }
 
 let keys = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOnlyForDocs admin@lab" ]
 
 let nightly = V.Snapshots::{ daily = 7, weekly = 4, monthly = 6 }
+
+let k3s =
+      \(name : Text) ->
+        V.Machine::{
+        , name
+        , hostLabels = [ "hypervisor" ]
+        , group = Some "k3s"
+        , image = "ubuntu-24-04"
+        , cpus = 4
+        , memoryMiB = 8192
+        , diskGiB = 50
+        , cloudInit = Some V.CloudInit::{
+          , sshAuthorizedKeys = keys
+          , userData = Some
+              ''
+              #cloud-config
+              package_update: true
+              packages: [curl]
+              runcmd:
+                - curl -sfL https://get.k3s.io | sh -
+              ''
+          }
+        }
 
 in  V.Fleet::{
     , name = "homelab"
@@ -73,25 +99,8 @@ in  V.Fleet::{
         , snapshots = nightly
         , cloudInit = Some V.CloudInit::{ sshAuthorizedKeys = keys }
         }
-      , V.Machine::{
-        , name = "k3s-1"
-        , host = Some "hv2"
-        , image = "ubuntu-24-04"
-        , cpus = 4
-        , memoryMiB = 8192
-        , diskGiB = 50
-        , cloudInit = Some V.CloudInit::{
-          , sshAuthorizedKeys = keys
-          , userData = Some
-              ''
-              #cloud-config
-              package_update: true
-              packages: [curl]
-              runcmd:
-                - curl -sfL https://get.k3s.io | sh -
-              ''
-          }
-        }
+      , k3s "k3s-1"
+      , k3s "k3s-2"
       , V.Machine::{
         , name = "backup"
         , host = Some "nas"

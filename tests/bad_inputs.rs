@@ -706,3 +706,37 @@ fn root_disks_smaller_than_their_pinned_image_are_refused() {
         assert_eq!(problems, expected, "case {i}");
     }
 }
+
+#[test]
+fn placement_mistakes_name_the_machine_and_field() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            r#"host = Some "hv2""#,
+            r#"host = None Text, hosts = [ "hv1", "hv7" ]"#,
+            &[r#"fleet.dhall:15: machine "db": unknown host "hv7" (hosts: hv1, hv2)"#],
+        ),
+        (
+            r#"host = Some "hv2""#,
+            r#"host = None Text, hostLabels = [ "gpu" ]"#,
+            &[
+                r#"fleet.dhall:15: machine "db": no allowed host carries every label of hostLabels [gpu] (host labels: hv1: []; hv2: [])"#,
+            ],
+        ),
+        (
+            r#"host = Some "hv2""#,
+            r#"host = Some "hv2", hosts = [ "hv1" ]"#,
+            &[
+                r#"fleet.dhall:15: machine "db": `host` fixes the machine's host: leave `hosts` and `hostLabels` empty, or set `host = None Text` to let the planner choose"#,
+            ],
+        ),
+        (
+            r#"name = "lab""#,
+            r#"name = "lab", settings = V.Settings::{ cpuOvercommit = 0 }"#,
+            &[r#"fleet.dhall:3: settings: cpuOvercommit = 0 is out of range (allowed 1..64)"#],
+        ),
+    ];
+    for (from, to, want) in cases {
+        let got = first_lines(errors(&with(from, to)));
+        assert_eq!(&got, want, "case {to}");
+    }
+}

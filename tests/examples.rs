@@ -76,6 +76,16 @@ fn homelab_is_multi_host_zfs() {
         pg.data_disks[0].snapshots.hourly, 24,
         "a data disk keeps its own policy"
     );
+    let k3s = &fleet.machines[&virtfleet::fleet::VmName::new("k3s-2").unwrap()];
+    assert!(!k3s.placement.fixed, "placed by the planner");
+    let hosts: Vec<&str> = k3s
+        .placement
+        .candidates
+        .iter()
+        .map(|h| h.as_str())
+        .collect();
+    assert_eq!(hosts, ["hv1", "hv2"], "the hosts labelled hypervisor");
+    assert_eq!(k3s.placement.group.as_deref(), Some("k3s"));
     let backup = &fleet.machines[&virtfleet::fleet::VmName::new("backup").unwrap()];
     assert_eq!(backup.power, Power::Stopped);
     assert_eq!(

@@ -154,6 +154,8 @@ fn kind(a: &Action) -> &'static str {
         Action::RestoreDisk { .. } => "restoreDisk",
         Action::Shutdown { .. } => "shutdown",
         Action::RollbackDisk { .. } => "rollbackDisk",
+        Action::MoveIn { .. } => "moveIn",
+        Action::FinishMove { .. } => "finishMove",
     }
 }
 

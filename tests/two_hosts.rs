@@ -5,43 +5,7 @@
 
 mod common;
 
-use common::lab::{Lab, SYSTEM, domains, virsh_ok};
-use std::path::Path;
-use std::process::Command;
-
-struct Instance(String);
-
-impl Instance {
-    fn start(dir: &str) -> (Instance, String) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
-        let out = Command::new(&script).args(["start", dir]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "second libvirtd did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            Instance(dir.into()),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
-    }
-    fn stop(&self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
-        assert!(
-            Command::new(script)
-                .args(["stop", &self.0])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::lab::{Instance, Lab, SYSTEM, domains, virsh_ok};
 
 /// A process stopped with SIGSTOP, continued when dropped (also when the
 /// test fails), so the daemon can be stopped cleanly afterwards.

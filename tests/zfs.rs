@@ -7,87 +7,9 @@
 mod common;
 
 use common::lab::Lab;
-use std::path::{Path, PathBuf};
+use common::zfshost::ZfsHost;
+use std::path::Path;
 use std::process::Command;
-
-struct ZfsHost {
-    run: PathBuf,
-    uri: String,
-    port: String,
-}
-
-impl ZfsHost {
-    fn boot() -> ZfsHost {
-        let run = PathBuf::from("/var/lib/virtfleet-tests/zfs-host-run");
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot"))
-            .arg("start")
-            .arg(&run)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "the ZFS host did not boot:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let uri = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let port = std::fs::read_to_string(run.join("port"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        ZfsHost { run, uri, port }
-    }
-
-    /// Runs a shell command inside the guest; returns (success, stdout+stderr).
-    fn sh(&self, cmd: &str) -> (bool, String) {
-        let out = Command::new("ssh")
-            .args([
-                "-i",
-                self.run.join("id_ed25519").to_str().unwrap(),
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.run.join("known_hosts").display()
-            ))
-            .args(["-p", &self.port, "root@127.0.0.1", cmd])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-
-    fn sh_ok(&self, cmd: &str) -> String {
-        let (ok, out) = self.sh(cmd);
-        assert!(ok, "in the ZFS host, `{cmd}` failed: {out}");
-        out
-    }
-
-    /// `zfs get -Hp -o value PROP DS`.
-    fn prop(&self, ds: &str, prop: &str) -> String {
-        self.sh_ok(&format!("zfs get -Hp -o value {prop} {ds}"))
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for ZfsHost {
-    fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot"))
-            .arg("stop")
-            .arg(&self.run)
-            .status();
-    }
-}
 
 const GIB: u64 = 1 << 30;
 const P: &str = "tank/vf";
@@ -102,7 +24,7 @@ fn zfs_fleet(lab: &Lab, host: &ZfsHost, machines: &[String]) {
 
 #[test]
 fn zfs_host_end_to_end() {
-    let host = ZfsHost::boot();
+    let host = ZfsHost::boot("zfs-host-run");
     let mut lab = Lab::new("t-zfs");
     // The host is an emulated (TCG) guest: everything in it is slow.
     lab.timeout = std::time::Duration::from_secs(900);

@@ -123,6 +123,29 @@ pub enum StepError {
         /// Its disruption class.
         class: String,
     },
+    /// A move cannot be done between these hosts (yet).
+    #[error("machine {machine}: cannot move {why}; nothing was changed")]
+    MoveUnsupported {
+        /// The machine.
+        machine: String,
+        /// Why.
+        why: String,
+    },
+    /// A move failed before the machine was taken in here.
+    #[error(
+        "machine {machine}: the move from {from} failed, the machine is still on {from}, {state}: {source}"
+    )]
+    MoveFailed {
+        /// The machine.
+        machine: String,
+        /// The host it stays on.
+        from: String,
+        /// Running again, or stopped.
+        state: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<StepError>,
+    },
     /// A disk was to be rolled back while its guest runs.
     #[error("{machine} is running; {volume} is only rolled back while no guest uses it")]
     GuestRunning {

@@ -14,6 +14,8 @@
 
 mod bytes;
 mod error;
+mod leases;
+mod moving;
 pub mod runlock;
 pub mod schedule;
 mod step;
@@ -29,9 +31,8 @@ use crate::host::transport::Transport;
 use crate::host::transport_for;
 use crate::lock::ImageLock;
 use crate::lock::cache::Cache;
-use crate::plan::{Change, Disruption, Plan};
+use crate::plan::{Action, Change, Disruption, Plan};
 use crate::resources::observed::Lease;
-use runlock::Holder;
 use schedule::Done;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,6 +240,7 @@ pub fn apply(
         by_host.entry(c.host.as_str()).or_default().push(c);
     }
     let abort = AtomicBool::new(false);
+    let leases = leases::Leases::default();
     // One span per run, one per host thread under it, one per step under
     // that: `VIRTFLEET_LOG=debug` shows every libvirt and host command in
     // its place.
@@ -250,6 +252,7 @@ pub fn apply(
         settings,
         events,
         abort: &abort,
+        leases: &leases,
     };
     let hosts = std::thread::scope(|s| {
         let handles: Vec<_> = by_host
@@ -289,6 +292,7 @@ struct Run<'a> {
     settings: Settings,
     events: &'a dyn Events,
     abort: &'a AtomicBool,
+    leases: &'a leases::Leases,
 }
 
 impl Run<'_> {
@@ -307,19 +311,19 @@ impl Run<'_> {
                 let storage = backend(host, t.as_ref());
                 // Nothing is changed on a host without its lease: two runs
                 // (two controllers) never change one host at once.
-                let lease = self.lease(name);
-                let now = unix_now();
-                if let Err(e) = lease::acquire(
-                    storage.as_ref(),
-                    name,
-                    &lease,
-                    now,
-                    self.settings.break_lock,
-                ) {
-                    let failed = failed(&StepError::from(e));
-                    let results = changes.iter().map(|c| report(c, failed.clone())).collect();
-                    return self.finish(name, results);
-                }
+                let lease =
+                    match self
+                        .leases
+                        .take(self.fleet, self.settings, name, storage.as_ref())
+                    {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let failed = failed(&StepError::from(e));
+                            let results =
+                                changes.iter().map(|c| report(c, failed.clone())).collect();
+                            return self.finish(name, results);
+                        }
+                    };
                 let env = StepEnv {
                     fleet: self.fleet,
                     lock: self.lock,
@@ -328,13 +332,10 @@ impl Run<'_> {
                     storage: storage.as_ref(),
                     settings: self.settings,
                     events: self.events,
+                    leases: self.leases,
                 };
-                let results = self.steps(name, changes, &env, lease.clone());
-                // Released even after a failure: what is left is planned
-                // again by the next run, which needs the host.
-                if let Err(e) = storage.remove_lease(&lease.id) {
-                    tracing::warn!(host = name, error = %e, "could not release the host's lease");
-                }
+                let results = self.steps(name, changes, &env, lease);
+                self.leases.release(name, storage.as_ref());
                 results
             }
         };
@@ -351,24 +352,6 @@ impl Run<'_> {
             skipped: count(|o| *o == Outcome::Skipped),
         });
         results
-    }
-
-    /// The lease this run takes on host `name`.
-    fn lease(&self, name: &str) -> Lease {
-        let me = Holder::me(self.settings.now);
-        let controller = lease::controller_name();
-        let now = unix_now();
-        Lease {
-            id: format!("{controller}-{}-{now}-{name}", me.pid),
-            fleet: self.fleet.name.to_string(),
-            controller,
-            pid: me.pid,
-            user: me.user,
-            command: me.command,
-            since: now,
-            expires: now + LEASE_TTL,
-            stale: false,
-        }
     }
 
     fn connect(&self, name: &str) -> Result<(Libvirt, Box<dyn Transport>, &Host), StepError> {
@@ -431,7 +414,7 @@ impl Run<'_> {
             let _in_step = span.enter();
             tracing::info!("started");
             let r = if self.settings.permits.allow(c.disruption) {
-                step(c, env)
+                run_step(c, env)
             } else {
                 Err(StepError::NotPermitted {
                     address: c.address.clone(),
@@ -478,6 +461,23 @@ impl Run<'_> {
             .zip(changes)
             .map(|(r, c)| r.unwrap_or_else(|| report(c, Outcome::Skipped)))
             .collect()
+    }
+}
+
+/// Carries out `c`: the steps that reach a second host (a move's) here,
+/// every other one in `step`.
+fn run_step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
+    match &c.action {
+        Action::MoveIn {
+            from,
+            volumes,
+            base,
+            ..
+        } => moving::move_in(c, env, step::machine(c)?, from, volumes, base.as_ref()),
+        Action::FinishMove { from, volumes } => {
+            moving::finish_move(env, step::machine(c)?, from, volumes)
+        }
+        _ => step(c, env),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::resources::layout;
 use crate::resources::observed::DiskOwner;
 
 /// Everything a step may use on its host.
+#[derive(Clone, Copy)]
 pub struct StepEnv<'a> {
     /// The fleet (its name goes into disk ownership).
     pub fleet: &'a Fleet,
@@ -33,6 +34,8 @@ pub struct StepEnv<'a> {
     pub settings: Settings,
     /// Where byte progress goes.
     pub events: &'a dyn Events,
+    /// The run's host leases (a move takes its source host's).
+    pub leases: &'a super::leases::Leases,
 }
 
 /// Carries out `c`.
@@ -103,6 +106,11 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
         }
         Action::Shutdown { force: false } => shutdown(env, machine(c)?),
         Action::Destroy { volumes } => destroy(env, machine(c)?, volumes),
+        // They reach a second host: the executor runs them (`moving`).
+        Action::MoveIn { .. } | Action::FinishMove { .. } => Err(StepError::MoveUnsupported {
+            machine: machine(c)?.into(),
+            why: "outside the executor".into(),
+        }),
         Action::TrashDisk { volume } => {
             owned(env, &layout::disk_rel(volume))?;
             Ok(storage.trash(volume, s.now)?)
@@ -131,7 +139,7 @@ pub fn step(c: &Change, env: &StepEnv<'_>) -> Result<(), StepError> {
 /// Checks, on the host and right before it is moved or deleted, that the
 /// object at `rel` is this fleet's (or already gone). A saved plan, an
 /// observation that aged, or another run may all say otherwise.
-fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
+pub(super) fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
     let fleet = env.fleet.name.as_str();
     let now = env.storage.ownership(rel)?;
     if now.allows(fleet) {
@@ -149,7 +157,7 @@ fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
 
 /// Checks that domain `m` is this fleet's (or gone) before it is undefined
 /// or has its disks changed.
-fn owned_domain(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
+pub(super) fn owned_domain(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
     let fleet = env.fleet.name.as_str();
     match env.lv.owner_fleet(m)? {
         None => Ok(()),
@@ -207,7 +215,7 @@ fn declared<'f>(env: &StepEnv<'f>, m: &str) -> Option<&'f crate::fleet::Machine>
     env.fleet.machines.get(&name)
 }
 
-fn machine(c: &Change) -> Result<&str, StepError> {
+pub(super) fn machine(c: &Change) -> Result<&str, StepError> {
     c.machine.as_deref().ok_or_else(|| StepError::NoMachine {
         address: c.address.clone(),
     })
@@ -323,7 +331,7 @@ fn shutdown(env: &StepEnv<'_>, m: &str) -> Result<(), StepError> {
     Ok(())
 }
 
-fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepError> {
+pub(super) fn destroy(env: &StepEnv<'_>, m: &str, volumes: &[String]) -> Result<(), StepError> {
     owned_domain(env, m)?;
     for v in volumes {
         owned(env, &layout::disk_rel(v))?;

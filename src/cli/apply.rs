@@ -22,9 +22,10 @@ use std::time::Duration;
 /// what virtfleet plans from them (an edited file); its destroys and restarts
 /// need --allow-destroy / --allow-restart here too.
 ///
-/// Restart-class changes need --allow-restart and destroys --allow-destroy (or
-/// the fleet's settings); without them they stay pending and the rest is
-/// applied. Destroyed disks go to the trash (`virtfleet restore NAME`).
+/// Restart-class changes (moving a machine to another host among them) need
+/// --allow-restart and destroys --allow-destroy (or the fleet's settings);
+/// without them they stay pending and the rest is applied. Destroyed disks,
+/// and the old disks of a moved machine, go to the trash (`virtfleet restore NAME`).
 /// Without a terminal, --auto-approve is required.
 ///
 /// With --unattended (timers, scripts): never asks and never shows a

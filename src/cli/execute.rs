@@ -46,10 +46,11 @@ pub enum Scope {
 impl MachineRun {
     /// Loads, locks and observes for a command on machine `name`.
     pub fn start(ctx: &Context, name: &str, scope: Scope) -> anyhow::Result<MachineRun> {
-        let (fleet, lock) = load(ctx)?;
+        let (mut fleet, lock) = load(ctx)?;
         let name = machine_name(name)?;
         let run = self::lock(ctx, &fleet)?;
         let now = super::now();
+        locate_machine(&mut fleet, &name, now);
         let obs = match scope {
             Scope::MachineHost => observe_machine_host(&fleet, &name, now),
             Scope::AllHosts => crate::observe::observe(&fleet, now),
@@ -192,6 +193,20 @@ pub fn print_failures(report: &Report) -> usize {
         }
     }
     n
+}
+
+/// Sets the `host` of machine `name` to where it is (or would be placed)
+/// when the fleet does not name it: the hosts are observed for
+/// that (all of the fleet's: it may be on one it may no longer use).
+/// A machine with a fixed host, or not in the fleet, is left alone.
+pub fn locate_machine(fleet: &mut Fleet, name: &crate::fleet::VmName, now: u64) {
+    if fleet.machines.get(name).is_none_or(|m| m.placement.fixed) {
+        return;
+    }
+    // Every host: the machine may be on one it may no longer use.
+    let obs = crate::observe::observe(fleet, now);
+    let located = crate::plan::placement::locate(fleet, &obs);
+    *fleet = located;
 }
 
 /// An observation of only the host of `machine` (nothing when the fleet

@@ -14,6 +14,7 @@ pub const PACKAGE: &[(&str, &str)] = &[
     ("package.dhall", include_str!("../../dhall/package.dhall")),
     ("Fleet.dhall", include_str!("../../dhall/Fleet.dhall")),
     ("Settings.dhall", include_str!("../../dhall/Settings.dhall")),
+    ("Strategy.dhall", include_str!("../../dhall/Strategy.dhall")),
     ("Host.dhall", include_str!("../../dhall/Host.dhall")),
     ("Capacity.dhall", include_str!("../../dhall/Capacity.dhall")),
     ("Storage.dhall", include_str!("../../dhall/Storage.dhall")),

@@ -69,7 +69,7 @@ pub struct PlanArgs {
     /// Allow destroying machines removed from the fleet and purging expired trash.
     #[arg(long)]
     pub allow_destroy: bool,
-    /// Allow changes that restart or stop guests.
+    /// Allow changes that restart or stop guests (moves to another host too).
     #[arg(long)]
     pub allow_restart: bool,
     /// Show cloud-init user-data text in seed changes. Off by default: user-data

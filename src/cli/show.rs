@@ -91,7 +91,14 @@ fn machines_table(fleet: &Fleet) -> String {
             let s = &m.snapshots;
             vec![
                 m.name.to_string(),
-                m.host.to_string(),
+                // Unobserved, a machine the planner places is shown with the
+                // hosts it may go to (`plan` and `status` say where it is).
+                if m.placement.fixed {
+                    m.host.to_string()
+                } else {
+                    let c: Vec<&str> = m.placement.candidates.iter().map(|h| h.as_str()).collect();
+                    format!("{{{}}}", c.join("|"))
+                },
                 m.image.to_string(),
                 m.cpus.to_string(),
                 format!("{} MiB", m.memory_mib),

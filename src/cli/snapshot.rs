@@ -181,12 +181,17 @@ pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> anyhow::Result<u8> {
 
 /// Prints the snapshots table (read only: no plan, nothing changes).
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<u8> {
-    let fleet = super::load_fleet(ctx)?;
+    let mut fleet = super::load_fleet(ctx)?;
     let names: Vec<String> = match &args.name {
         Some(n) => vec![n.clone()],
         None => fleet.machines.keys().map(|k| k.to_string()).collect(),
     };
     let now = now();
+    if fleet.machines.values().any(|m| !m.placement.fixed) {
+        // Machines the planner places are listed where they are.
+        let obs = crate::observe::observe(&fleet, now);
+        fleet = crate::plan::placement::locate(&fleet, &obs);
+    }
     let mut rows = Vec::new();
     for n in names {
         let t = Target::new(&fleet, &n)?;

@@ -107,9 +107,10 @@ fn ssh_argv(
 
 /// Resolves and runs ssh; returns only when it could not be started.
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
-    let fleet = super::load_fleet(ctx)?;
+    let mut fleet = super::load_fleet(ctx)?;
     let name = crate::fleet::VmName::new(&args.name)
         .map_err(|e| anyhow::anyhow!("machine name {:?}: {e}", args.name))?;
+    super::execute::locate_machine(&mut fleet, &name, super::now());
     let Some(m) = fleet.machines.get(&name) else {
         bail!("machine {name} is not in {}", fleet.source.display());
     };

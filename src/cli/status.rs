@@ -70,6 +70,9 @@ struct Status {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
     let (fleet, lock) = super::load_fleet_and_lock(ctx)?;
     let obs = crate::observe::observe_to(&fleet, super::now(), crate::observe::Depth::Addresses);
+    // Machines are listed where they are (or are placed), not where the
+    // fleet's provisional host would be.
+    let located = crate::plan::placement::locate(&fleet, &obs);
     // Permissions only decide pending vs not; status lists both alike.
     let opts = crate::plan::Options {
         now: obs.taken_at,
@@ -96,7 +99,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<u8> {
             .map(|host| {
                 (
                     host.name.to_string(),
-                    host_status(&fleet, host, &obs, &plan),
+                    host_status(&located, host, &obs, &plan),
                 )
             })
             .collect(),

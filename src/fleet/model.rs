@@ -2,13 +2,15 @@
 //!
 //! Invariants hold by construction (see `validate`): every name is a valid
 //! newtype, every reference (machine → host, machine → image) resolves,
-//! sizes are in range, and each machine has a host. Collections are
+//! sizes are in range, and each machine has a host (the one it names, or
+//! a provisional one among its candidates that the planner's placement
+//! replaces: see `plan::placement`). Collections are
 //! BTreeMaps so iteration, output and plans are deterministic.
 
 use super::names::{DiskName, FleetName, HostName, ImageName, VmName};
 pub use super::raw::{
     Capacity, CloudInit, CpuMode, DomainType, ImageFormat, Network, Power, Settings, Snapshots,
-    Storage,
+    Storage, Strategy,
 };
 use crate::diag::SourceIndex;
 use serde::Serialize;
@@ -63,6 +65,8 @@ pub struct Host {
     /// (1 to 64), when declared: a cap under `--concurrency`, for a host
     /// that a burst of defines and starts would overload.
     pub concurrency: Option<usize>,
+    /// Labels machines may require (`hostLabels`), sorted.
+    pub labels: Vec<String>,
 }
 
 /// A validated base image declaration (its pin lives in images.lock).
@@ -86,8 +90,11 @@ pub struct Image {
 pub struct Machine {
     /// The machine's (and its domain's) name.
     pub name: VmName,
-    /// The host it is placed on.
+    /// The host it is placed on: the one the fleet names, or (until the
+    /// planner's placement decides) the first of its candidates.
     pub host: HostName,
+    /// Where it may run and with whom it should not share a host.
+    pub placement: Placement,
     /// The base image its root disk is cloned from.
     pub image: ImageName,
     /// vCPUs.
@@ -112,6 +119,22 @@ pub struct Machine {
     pub snapshots: Snapshots,
     /// Never destroyed by virtfleet, even when removed from the fleet.
     pub protect: bool,
+}
+
+/// Where a machine may run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The fleet names its host (`host = Some ..`, or the fleet's only
+    /// host): the planner never chooses.
+    pub fixed: bool,
+    /// Hosts it may run on, in name order, never empty: the named host, or
+    /// the allowed hosts (all when none are listed) carrying every label asked.
+    pub candidates: Vec<HostName>,
+    /// Labels asked for (`hostLabels`), for the plan's reasons.
+    pub labels: Vec<String>,
+    /// Machines of one group are spread over hosts (anti-affinity).
+    pub group: Option<String>,
 }
 
 /// A validated extra disk; its snapshot policy is resolved (inherited from
@@ -149,6 +172,17 @@ impl Machine {
 }
 
 impl Fleet {
+    /// Machines that may be on `host` (it is one of their candidates, or
+    /// their provisional host), in name order: the ones observation looks for there.
+    pub fn machines_maybe_on<'a>(
+        &'a self,
+        host: &'a HostName,
+    ) -> impl Iterator<Item = &'a Machine> + 'a {
+        self.machines
+            .values()
+            .filter(move |m| &m.host == host || m.placement.candidates.contains(host))
+    }
+
     /// Machines placed on `host`, in name order.
     pub fn machines_on<'a>(&'a self, host: &'a HostName) -> impl Iterator<Item = &'a Machine> + 'a {
         self.machines.values().filter(move |m| &m.host == host)

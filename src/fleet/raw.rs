@@ -27,6 +27,26 @@ pub struct Settings {
     pub allow_destroy: bool,
     pub allow_restart: bool,
     pub trash_retention_days: u64,
+    /// Absent in fleets written before placement existed (JSON, literals).
+    #[serde(default)]
+    pub placement: Strategy,
+    #[serde(default = "default_overcommit")]
+    pub cpu_overcommit: u64,
+}
+
+fn default_overcommit() -> u64 {
+    4
+}
+
+/// `dhall/Strategy.dhall`: where the planner puts a machine that may go to
+/// several hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Strategy {
+    /// The host with the most room left (memory, then vCPUs).
+    #[default]
+    Spread,
+    /// The fullest host the machine still fits on.
+    Pack,
 }
 
 /// `dhall/Host.dhall`.
@@ -42,6 +62,8 @@ pub struct Host {
     pub capacity: Option<Capacity>,
     pub ssh_target: Option<String>,
     pub concurrency: Option<u64>,
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// `dhall/Storage.dhall`.
@@ -122,6 +144,12 @@ impl ImageFormat {
 pub struct Machine {
     pub name: String,
     pub host: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub host_labels: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
     pub image: String,
     pub cpus: u64,
     #[serde(rename = "memoryMiB")]

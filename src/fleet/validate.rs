@@ -9,7 +9,7 @@
 use super::endpoints::{
     Reach, SUPPORTED_URIS, check_dataset, check_dir_path, check_ssh_target, check_uri,
 };
-use super::model::{DataDisk, Fleet, Host, Image, Machine};
+use super::model::{DataDisk, Fleet, Host, Image, Machine, Placement};
 use super::names::{DiskName, FleetName, HostName, ImageName, VmName, check_name};
 use super::raw;
 use crate::diag::{Diagnostic, SourceIndex, clip};
@@ -112,9 +112,17 @@ pub fn validate(raw: raw::Fleet, src: &SourceIndex) -> Result<Fleet, Vec<Diagnos
     let images = c.images(&raw.images);
     let machines = c.machines(&raw, &hosts, &images);
     for host in hosts.values() {
-        let on_host: Vec<&Machine> = machines.values().filter(|m| m.host == host.name).collect();
-        c.capacity(host, &on_host);
-        c.volume_collisions(host, &on_host);
+        // Capacity of machines the planner places is checked when it places them.
+        let fixed: Vec<&Machine> = machines
+            .values()
+            .filter(|m| m.placement.fixed && m.host == host.name)
+            .collect();
+        c.capacity(host, &fixed);
+        let maybe: Vec<&Machine> = machines
+            .values()
+            .filter(|m| m.placement.candidates.contains(&host.name))
+            .collect();
+        c.volume_collisions(host, &maybe);
     }
     match fleet_name {
         Some(name) if c.errors.is_empty() => Ok(Fleet {
@@ -143,6 +151,12 @@ impl Checker<'_> {
                 ),
             );
         }
+        let over = raw.settings.cpu_overcommit;
+        if !(1..=64).contains(&over) {
+            let line = self.src.field(&raw.name, "cpuOvercommit");
+            let msg = format!("cpuOvercommit = {over} is out of range (allowed 1..64)");
+            self.err(line, "settings".into(), msg);
+        }
     }
 
     /// Hosts with valid, unique names; each one's fields are checked.
@@ -165,6 +179,12 @@ impl Checker<'_> {
                     capacity: h.capacity,
                     ssh_target: h.ssh_target.clone(),
                     concurrency: h.concurrency.and_then(|n| usize::try_from(n).ok()),
+                    labels: {
+                        let mut l = h.labels.clone();
+                        l.sort();
+                        l.dedup();
+                        l
+                    },
                 },
             );
         }
@@ -316,12 +336,15 @@ impl Checker<'_> {
             let Some(name) = self.declared("machine", &m.name, VmName::new, &machines) else {
                 continue;
             };
-            let host = self.placement(m, raw.hosts.len(), hosts);
+            let placement = self.placement(m, raw.hosts.len(), hosts);
             let image = self.image_ref(m, images);
             let mut ok = self.machine_sizes(m);
             let data_disks = self.data_disks(m, &mut ok);
             self.cloud_init(m);
-            let (Some(host), Some(image), true) = (host, image, ok) else {
+            let (Some(placement), Some(image), true) = (placement, image, ok) else {
+                continue;
+            };
+            let Some(host) = placement.candidates.first().cloned() else {
                 continue;
             };
             let network = m
@@ -333,6 +356,7 @@ impl Checker<'_> {
                 Machine {
                     name,
                     host,
+                    placement,
                     image,
                     cpus: m.cpus as u32,
                     memory_mib: m.memory_mib,
@@ -350,36 +374,86 @@ impl Checker<'_> {
         machines
     }
 
-    /// The machine's host: the one it names, or the fleet's only host.
+    /// Where the machine may run: the host it names, the fleet's only host,
+    /// or the allowed hosts carrying the labels it asks for (at least one).
     /// A host whose declaration was already reported is not reported again.
     fn placement(
         &mut self,
         m: &raw::Machine,
         declared: usize,
         hosts: &BTreeMap<HostName, Host>,
-    ) -> Option<HostName> {
+    ) -> Option<Placement> {
         let subject = format!("machine {}", clip(&m.name));
-        match &m.host {
-            Some(h) => {
-                let found = HostName::new(h).ok().filter(|h| hosts.contains_key(h));
-                if found.is_none() && !self.rejected.contains(&("host", h.clone())) {
-                    let known = join_names(hosts.keys());
-                    let msg = format!("unknown host {} (hosts: {known})", clip(h));
-                    self.err(self.src.field(&m.name, "host"), subject, msg);
-                }
-                found
+        let group = m.group.clone().filter(|g| !g.is_empty());
+        let mut labels = m.host_labels.clone();
+        labels.sort();
+        labels.dedup();
+        let resolve = |c: &mut Self, h: &str, field: &str| {
+            let found = HostName::new(h).ok().filter(|h| hosts.contains_key(h));
+            if found.is_none() && !c.rejected.contains(&("host", h.to_owned())) {
+                let known = join_names(hosts.keys());
+                let msg = format!("unknown host {} (hosts: {known})", clip(h));
+                c.err(c.src.field(&m.name, field), subject.clone(), msg);
             }
-            None if hosts.len() == 1 && declared == 1 => hosts.keys().next().cloned(),
-            // The only declared host was refused: its problem is the one to fix.
-            None if declared == 1 => None,
-            None => {
-                let msg = format!(
-                    "no host given and the fleet has {declared} hosts; set `host` (automatic placement is not available yet)"
-                );
-                self.err(self.src.record(&m.name), subject, msg);
-                None
+            found
+        };
+        if let Some(h) = &m.host {
+            if !m.hosts.is_empty() || !labels.is_empty() {
+                let msg = "`host` fixes the machine's host: leave `hosts` and `hostLabels` empty, or set `host = None Text` to let the planner choose".to_owned();
+                self.err(self.src.field(&m.name, "host"), subject.clone(), msg);
+                return None;
             }
+            return resolve(self, h, "host").map(|h| Placement {
+                fixed: true,
+                candidates: vec![h],
+                labels,
+                group,
+            });
         }
+        if declared == 1 && m.hosts.is_empty() && labels.is_empty() {
+            // The only declared host may have been refused: its problem is the one to fix.
+            return hosts.keys().next().map(|h| Placement {
+                fixed: true,
+                candidates: vec![h.clone()],
+                labels,
+                group,
+            });
+        }
+        let allowed: Vec<HostName> = if m.hosts.is_empty() {
+            hosts.keys().cloned().collect()
+        } else {
+            let named: Vec<Option<HostName>> =
+                m.hosts.iter().map(|h| resolve(self, h, "hosts")).collect();
+            if named.iter().any(Option::is_none) {
+                return None;
+            }
+            named.into_iter().flatten().collect()
+        };
+        let mut candidates: Vec<HostName> = allowed
+            .into_iter()
+            .filter(|h| labels.iter().all(|l| hosts[h].labels.contains(l)))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        if candidates.is_empty() {
+            let have: Vec<String> = hosts
+                .values()
+                .map(|h| format!("{}: [{}]", h.name, h.labels.join(", ")))
+                .collect();
+            let msg = format!(
+                "no allowed host carries every label of hostLabels [{}] (host labels: {})",
+                labels.join(", "),
+                have.join("; ")
+            );
+            self.err(self.src.field(&m.name, "hostLabels"), subject, msg);
+            return None;
+        }
+        Some(Placement {
+            fixed: false,
+            candidates,
+            labels,
+            group,
+        })
     }
 
     /// The machine's image, when it names a declared one.

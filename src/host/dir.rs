@@ -154,6 +154,86 @@ impl<'a> DirStorage<'a> {
         }
     }
 
+    /// Takes disk `volume` in from another Dir host's storage `from` (the
+    /// second half of a move; its guest is stopped there): copies the
+    /// qcow2 file with its internal snapshots and its ownership record
+    /// into a `disks/.new-*` directory, checks the copy's sha256 against
+    /// the original's, points an overlay at this host's copy of its base
+    /// (`base`: sha256 and format), and only then renames it into place.
+    /// Returns the bytes copied. Idempotent: a disk already in place here
+    /// came through this same check, and is left alone (0 bytes).
+    pub fn receive_disk(
+        &self,
+        from: &DirStorage<'_>,
+        volume: &str,
+        base: Option<(&str, &str)>,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<u64, StorageError> {
+        let final_dir = self.path(&layout::disk_rel(volume));
+        if self.t.run(&["test", "-d", &final_dir])?.success {
+            return Ok(0);
+        }
+        let src_dir = from.path(&layout::disk_rel(volume));
+        let src_file = format!("{src_dir}/disk.qcow2");
+        let owner = from.t.run_ok(&["cat", &format!("{src_dir}/owner.json")])?;
+        let tmp_dir = self.path(&format!("disks/.new-{volume}"));
+        self.private_dir(&self.path("disks"))?;
+        if !self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?.success {
+            return Err(StorageError::Exists(tmp_dir));
+        }
+        self.t
+            .write_file(&format!("{tmp_dir}/owner.json"), owner.as_bytes())?;
+        let file = format!("{tmp_dir}/disk.qcow2");
+        let size = from
+            .t
+            .run_ok(&["stat", "-c", "%s", "--", &src_file])?
+            .trim()
+            .parse::<u64>()
+            .ok();
+        progress.start(&format!("copy {volume}"), size);
+        if from.t.is_local() {
+            self.t
+                .put_file(std::path::Path::new(&src_file), &file, progress)?;
+        } else {
+            // Streamed through this process: the hosts need no way to reach
+            // each other.
+            let of = format!("of={file}");
+            super::transport::pipe(
+                from.t,
+                &["cat", "--", &src_file],
+                self.t,
+                &["dd", &of, "bs=4M", "status=none"],
+                progress,
+            )?;
+        }
+        progress.finish("copied");
+        crate::fault::point("move-copied");
+        let sum = |t: &dyn Transport, f: &str| -> Result<String, StorageError> {
+            let out = t.run_ok(&["sha256sum", "--", f])?;
+            Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+        };
+        let (want, got) = (sum(from.t, &src_file)?, sum(self.t, &file)?);
+        if want != got {
+            return Err(StorageError::ImageHashMismatch {
+                path: file,
+                expected: want,
+                actual: got,
+            });
+        }
+        if let Some((sha, fmt)) = base {
+            // The header names the base by its path on the old host; the
+            // base's bytes are the same here (its sha256 is pinned), so only
+            // the name changes (`-u`: no data is read or written).
+            let backing = self.image_path(sha, fmt);
+            self.t
+                .run_ok(&["qemu-img", "rebase", "-u", "-F", fmt, "-b", &backing, &file])?;
+        }
+        self.t.run_ok(&["chmod", "0600", &file])?;
+        self.t.run_ok(&["mv", "-T", "--", &tmp_dir, &final_dir])?;
+        crate::fault::point("move-disk-in");
+        Ok(size.unwrap_or(0))
+    }
+
     /// Absolute path of `rel` under the root.
     pub fn path(&self, rel: &str) -> String {
         format!("{}/{rel}", self.root)
@@ -409,6 +489,23 @@ impl<'a> DirStorage<'a> {
         out
     }
 
+    /// Bytes available on the filesystem of the storage root (or of its
+    /// parent, before the root is made); `None` when `df` cannot tell.
+    fn free_bytes(&self) -> Option<u64> {
+        let root = std::path::Path::new(&self.root);
+        [Some(root), root.parent()]
+            .into_iter()
+            .flatten()
+            .find_map(|dir| {
+                let dir = dir.to_str()?;
+                let out = self.t.run(&["df", "-B1", "--output=avail", dir]).ok()?;
+                if !out.success {
+                    return None;
+                }
+                out.stdout.lines().nth(1)?.trim().parse().ok()
+            })
+    }
+
     /// `<size> <mtime> <inode>` of a file, as the listing prints them; `None`
     /// when it does not exist.
     fn stat(&self, path: &str) -> Result<Option<String>, ExecError> {
@@ -556,6 +653,7 @@ impl StorageBackend for DirStorage<'_> {
         if listing.entries.contains_key(LEASE) {
             state.lease = self.read_lease()?.map(Box::new);
         }
+        state.storage_free_bytes = self.free_bytes();
         Ok(state)
     }
 

@@ -10,7 +10,7 @@
 
 use super::transport::{ExecError, ExecResult, Output, Transport};
 use crate::progress::Progress;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -312,13 +312,13 @@ impl Ssh {
         )
     }
 
-    /// Streams `input` into `argv`'s stdin on the host.
+    /// Streams `input` into `argv`'s stdin on the host; returns the bytes sent.
     fn run_with_input(
         &self,
         argv: &[&str],
         input: &mut dyn Read,
         progress: &dyn Progress,
-    ) -> Result<(), ExecError> {
+    ) -> Result<u64, ExecError> {
         let shown = format!("{}: {}", self.describe(), argv.join(" "));
         let _slot = self.sessions.take();
         let mut child = self
@@ -331,40 +331,34 @@ impl Ssh {
                 argv: shown.clone(),
                 source,
             })?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let mut buf = vec![0u8; crate::lock::cache::CHUNK];
-        let copy = (|| -> std::io::Result<()> {
-            loop {
-                let n = input.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                stdin.write_all(&buf[..n])?;
-                progress.advance(n as u64);
-                crate::fault::point("copy-chunk");
-            }
-        })();
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .map_err(|source| ExecError::Spawn {
-                argv: shown.clone(),
-                source,
-            })?;
-        if !out.status.success() || copy.is_err() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            let why = copy.err().map(|e| format!("{e}; ")).unwrap_or_default();
-            return Err(ExecError::Failed {
-                argv: shown,
-                status: out.status.to_string(),
-                stderr: format!("{why}{stderr}"),
-            });
-        }
-        Ok(())
+        let stdin = child.stdin.take().expect("piped stdin");
+        super::transport::feed(&shown, child, stdin, input, progress)
     }
 }
 
 impl Transport for Ssh {
+    fn spawn_reader(&self, argv: &[&str]) -> Result<std::process::Child, ExecError> {
+        tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "stream from over ssh");
+        self.command(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                argv: format!("{}: {}", self.describe(), argv.join(" ")),
+                source,
+            })
+    }
+
+    fn run_with_stdin(
+        &self,
+        argv: &[&str],
+        input: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<u64, ExecError> {
+        self.run_with_input(argv, input, progress)
+    }
+
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
         tracing::debug!(host = %self.describe(), argv = %argv.join(" "), "run over ssh");
         let _slot = self.sessions.take();
@@ -408,6 +402,7 @@ impl Transport for Ssh {
             &mut &bytes[..],
             &crate::progress::NoProgress,
         )
+        .map(|_| ())
     }
 
     fn put_file(&self, local: &Path, remote: &str, progress: &dyn Progress) -> ExecResult<()> {
@@ -420,6 +415,7 @@ impl Transport for Ssh {
             &mut f,
             progress,
         )
+        .map(|_| ())
     }
 }
 

@@ -84,6 +84,24 @@ pub trait Transport: Send + Sync {
         false
     }
 
+    /// Starts `argv` on the host with its stdout piped back, the source end
+    /// of a stream between two hosts (see [`pipe`]).
+    fn spawn_reader(&self, argv: &[&str]) -> Result<std::process::Child, ExecError> {
+        Err(unsupported(argv))
+    }
+
+    /// Runs `argv` on the host with `input` streamed into its stdin; the
+    /// bytes are counted on `progress` and returned.
+    fn run_with_stdin(
+        &self,
+        argv: &[&str],
+        input: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<u64, ExecError> {
+        let _ = (input, progress);
+        Err(unsupported(argv))
+    }
+
     /// Runs `argv` and returns its stdout, or an error carrying its stderr.
     fn run_ok(&self, argv: &[&str]) -> Result<String, ExecError> {
         let out = self.run(argv)?;
@@ -97,6 +115,49 @@ pub trait Transport: Send + Sync {
             })
         }
     }
+}
+
+fn unsupported(argv: &[&str]) -> ExecError {
+    ExecError::Spawn {
+        argv: argv.join(" "),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this transport cannot stream",
+        ),
+    }
+}
+
+/// Streams the stdout of `send` on host `from` into the stdin of `recv` on
+/// host `to` through this process (no direct connection between the hosts
+/// is needed), counting bytes on `progress`; returns the bytes streamed.
+/// Fails when either side does.
+pub fn pipe(
+    from: &dyn Transport,
+    send: &[&str],
+    to: &dyn Transport,
+    recv: &[&str],
+    progress: &dyn Progress,
+) -> Result<u64, ExecError> {
+    let mut child = from.spawn_reader(send)?;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let received = to.run_with_stdin(recv, &mut out, progress);
+    // A receiver that failed early leaves the sender blocked on a full
+    // pipe: closing our end lets it see EPIPE and exit.
+    drop(out);
+    let sent = child
+        .wait_with_output()
+        .map_err(|source| ExecError::Spawn {
+            argv: send.join(" "),
+            source,
+        })?;
+    if !sent.status.success() {
+        return Err(ExecError::Failed {
+            argv: send.join(" "),
+            status: sent.status.to_string(),
+            stderr: String::from_utf8_lossy(&sent.stderr).trim().to_owned(),
+        });
+    }
+    received
 }
 
 /// This machine.
@@ -125,6 +186,43 @@ impl Transport for Local {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    fn spawn_reader(&self, argv: &[&str]) -> Result<std::process::Child, ExecError> {
+        let (prog, args) = argv.split_first().expect("argv is never empty");
+        Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                argv: argv.join(" "),
+                source,
+            })
+    }
+
+    fn run_with_stdin(
+        &self,
+        argv: &[&str],
+        input: &mut dyn Read,
+        progress: &dyn Progress,
+    ) -> Result<u64, ExecError> {
+        let (prog, args) = argv.split_first().expect("argv is never empty");
+        let mut child = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                argv: argv.join(" "),
+                source,
+            })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        feed(&argv.join(" "), child, stdin, input, progress)
     }
 
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<(), ExecError> {
@@ -164,4 +262,47 @@ impl Transport for Local {
         }
         dst.sync_all().map_err(io(remote))
     }
+}
+
+/// Copies `input` into `stdin` of `child` (running the command `shown`),
+/// then waits for it; returns the bytes copied. An error names the command
+/// with its stderr and any copy failure.
+pub(crate) fn feed(
+    shown: &str,
+    child: std::process::Child,
+    mut stdin: std::process::ChildStdin,
+    input: &mut dyn Read,
+    progress: &dyn Progress,
+) -> Result<u64, ExecError> {
+    let mut buf = vec![0u8; crate::lock::cache::CHUNK];
+    let mut total = 0u64;
+    let copy = (|| -> std::io::Result<()> {
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            stdin.write_all(&buf[..n])?;
+            total += n as u64;
+            progress.advance(n as u64);
+            crate::fault::point("copy-chunk");
+        }
+    })();
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ExecError::Spawn {
+            argv: shown.to_owned(),
+            source,
+        })?;
+    if !out.status.success() || copy.is_err() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let why = copy.err().map(|e| format!("{e}; ")).unwrap_or_default();
+        return Err(ExecError::Failed {
+            argv: shown.to_owned(),
+            status: out.status.to_string(),
+            stderr: format!("{why}{stderr}"),
+        });
+    }
+    Ok(total)
 }

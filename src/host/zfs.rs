@@ -60,6 +60,8 @@ pub fn list_columns() -> String {
 
 /// The host's lease dataset, under the parent.
 const LEASE: &str = "lease";
+/// The snapshot a move sends (taken and dropped by [`ZfsStorage::receive_disk`]).
+const MOVE_SNAPSHOT: &str = "vf-move";
 /// Its holder, as JSON.
 const LEASE_PROP: &str = "virtfleet:lease";
 
@@ -308,6 +310,77 @@ impl<'a> ZfsStorage<'a> {
         Err(StorageError::DeviceMissing { path: dev })
     }
 
+    /// Takes disk `volume` in from another ZFS storage `from` (the second
+    /// half of a move; its guest is stopped there): snapshots it there as
+    /// `@vf-move`, streams `zfs send -R` (every snapshot, the ownership
+    /// properties) into `zfs receive -u` here through this process, checks
+    /// that the received `@vf-move` has the guid of the sent one, and drops
+    /// `@vf-move` on both sides. A receive is atomic (an interrupted one
+    /// leaves nothing), so a disk already here came whole; if its
+    /// `@vf-move` is still there, its guid is checked now. Returns the
+    /// bytes streamed (0 when the disk was here already).
+    pub fn receive_disk(
+        &self,
+        from: &ZfsStorage<'_>,
+        volume: &str,
+        progress: &dyn Progress,
+    ) -> Result<u64, StorageError> {
+        let rel = layout::disk_rel(volume);
+        let (src, dst) = (from.ds(&rel), self.ds(&rel));
+        let (src_snap, dst_snap) = (
+            format!("{src}@{MOVE_SNAPSHOT}"),
+            format!("{dst}@{MOVE_SNAPSHOT}"),
+        );
+        let guid = |t: &dyn Transport, snap: &str| -> Result<String, StorageError> {
+            Ok(
+                t.run_ok(&["zfs", "get", "-Hp", "-o", "value", "guid", snap])?
+                    .trim()
+                    .to_owned(),
+            )
+        };
+        let mut bytes = 0;
+        if !self.exists(&dst)? {
+            self.containers()?;
+            if !from.exists(&src_snap)? {
+                from.t.run_ok(&["zfs", "snapshot", &src_snap])?;
+            }
+            // The stream's estimated size, for the progress bar (a dry run:
+            // no data read).
+            let dry = from.t.run_ok(&["zfs", "send", "-nP", "-R", &src_snap])?;
+            let estimate = dry
+                .lines()
+                .filter_map(|l| l.strip_prefix("size\t"))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .next_back();
+            progress.start(&format!("zfs send {volume}"), estimate);
+            bytes = super::transport::pipe(
+                from.t,
+                &["zfs", "send", "-R", &src_snap],
+                self.t,
+                &["zfs", "receive", "-u", &dst],
+                progress,
+            )?;
+            progress.finish("received");
+            crate::fault::point("move-received");
+        }
+        if self.exists(&dst_snap)? {
+            let (want, got) = (guid(from.t, &src_snap)?, guid(self.t, &dst_snap)?);
+            if want != got {
+                return Err(StorageError::ImageHashMismatch {
+                    path: dst_snap,
+                    expected: format!("guid {want}"),
+                    actual: format!("guid {got}"),
+                });
+            }
+            self.t.run_ok(&["zfs", "destroy", &dst_snap])?;
+        }
+        if from.exists(&src_snap)? {
+            from.t.run_ok(&["zfs", "destroy", &src_snap])?;
+        }
+        self.wait_device(&dst)?;
+        Ok(bytes)
+    }
+
     fn owner_props(owner: &DiskOwner) -> Vec<String> {
         let mut props = vec![
             "-o".into(),
@@ -360,6 +433,20 @@ impl StorageBackend for ZfsStorage<'_> {
         if rows.iter().any(|r| r.name == lease_ds) {
             state.lease = self.read_lease()?.map(Box::new);
         }
+        state.storage_free_bytes = self
+            .t
+            .run(&[
+                "zfs",
+                "get",
+                "-Hp",
+                "-o",
+                "value",
+                "available",
+                &self.parent,
+            ])
+            .ok()
+            .filter(|o| o.success)
+            .and_then(|o| o.stdout.trim().parse().ok());
         Ok(state)
     }
 

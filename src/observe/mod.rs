@@ -125,7 +125,7 @@ pub fn observe_host(fleet: &Fleet, host: &Host, depth: Depth) -> HostObservation
     // a policy that keeps nothing: snapshots taken under an earlier policy
     // must still be seen to be pruned (ZFS lists them all anyway).
     let with_snapshots: BTreeSet<String> = fleet
-        .machines_on(&host.name)
+        .machines_maybe_on(&host.name)
         .flat_map(|m| {
             m.disks()
                 .into_iter()
@@ -140,15 +140,16 @@ pub fn observe_host(fleet: &Fleet, host: &Host, depth: Depth) -> HostObservation
     // another host entry). Only those are read in full; ownership is then
     // decided by the `<vf:owner>` marker in the definition, as always.
     let names: BTreeSet<&str> = fleet
-        .machines_on(&host.name)
+        .machines_maybe_on(&host.name)
         .map(|m| m.name.as_str())
         .collect();
     let interest = |name: &str, uuid: &str| {
         names.contains(name)
+            || identity::uuid(fleet.name.as_str(), name) == uuid
             || fleet
                 .hosts
                 .values()
-                .any(|h| identity::uuid(fleet.name.as_str(), h.name.as_str(), name) == uuid)
+                .any(|h| identity::legacy_uuid(fleet.name.as_str(), h.name.as_str(), name) == uuid)
     };
     match try_observe(fleet.name.as_str(), host, &with_snapshots, &interest, depth) {
         Ok(state) => HostObservation::Reachable(state),

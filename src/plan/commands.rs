@@ -255,6 +255,7 @@ fn plan_of(basis: Basis<'_>, changes: Vec<Change>) -> Plan {
         unreachable: BTreeMap::new(),
         unmanaged: BTreeMap::new(),
         notes: Vec::new(),
+        placements: Vec::new(),
     }
 }
 

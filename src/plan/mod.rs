@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod expected;
 pub mod model;
+pub mod placement;
 pub mod planner;
 pub mod render;
 pub mod snapshots;

@@ -149,6 +149,29 @@ pub enum Action {
     Start,
     /// Stop the domain (ACPI shutdown, then power off after a grace period).
     Stop,
+    /// Move a machine here from host `from` with its data: stop it there
+    /// (ACPI shutdown, power off after the grace period), copy every disk
+    /// with its snapshots, verify each copy, and only then take it in. A
+    /// failure starts the guest again on `from` if it was running.
+    MoveIn {
+        /// The host it is on now.
+        from: String,
+        /// Its disks there (volume names), copied under the same names.
+        volumes: Vec<String>,
+        /// The base image of its root disk (already on this host by then).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<BaseRef>,
+        /// Bytes the disk files hold there (display; progress counts the real ones).
+        bytes: u64,
+    },
+    /// The last step of a move, after the machine runs here: undefine it on
+    /// `from` and move its disks and seed there to that host's trash.
+    FinishMove {
+        /// The host it came from.
+        from: String,
+        /// Its volumes there.
+        volumes: Vec<String>,
+    },
     /// Undefine the domain and move its disks to the trash.
     Destroy {
         /// The machine's owned volumes, trashed after the undefine.
@@ -273,6 +296,20 @@ impl Action {
             Action::Destroy { volumes } => {
                 format!("destroy ({} to trash)", plural(volumes.len(), "disk"))
             }
+            Action::MoveIn {
+                from,
+                volumes,
+                bytes,
+                ..
+            } => format!(
+                "move in from {from} ({}, {})",
+                plural(volumes.len(), "disk"),
+                human_bytes(*bytes)
+            ),
+            Action::FinishMove { from, volumes } => format!(
+                "finish the move: undefine on {from}, {} to its trash",
+                plural(volumes.len(), "volume")
+            ),
             Action::TrashDisk { volume } => format!("move disk {volume} to trash"),
             Action::ReleaseLease { .. } => "release the lease of a run that died".into(),
             Action::ProtectDisk { volume, protect } => {
@@ -379,6 +416,9 @@ pub struct Plan {
     /// refusal (e.g. a disk without its `vf-init` that cannot get one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Refusal>,
+    /// Where machines without a fixed host were placed, and moves, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<crate::plan::placement::Decision>,
 }
 
 impl Plan {

@@ -62,7 +62,8 @@ pub enum Nic {
 pub struct DomainSpec {
     /// The domain's name (the machine's).
     pub name: String,
-    /// Derived from (fleet, host, machine): stable across rebuilds.
+    /// Derived from (fleet, machine), or kept from an existing definition
+    /// (see `identity`): stable across rebuilds and moves.
     pub uuid: String,
     /// `kvm` or `qemu` (TCG).
     pub domain_type: DomainType,

@@ -71,6 +71,12 @@ pub struct HostState {
     /// The run changing this host right now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Box<Lease>>,
+    /// Bytes free where the host's disks live (the Dir path's filesystem,
+    /// the ZFS parent's `available`); `None` when not known (an older
+    /// saved observation, a storage root not made yet): placement then
+    /// does not count storage on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_free_bytes: Option<u64>,
 }
 
 /// A disk of this fleet.
@@ -134,6 +140,9 @@ impl HostObservation {
             // Taking the lease is the first thing an apply does: it must not
             // make the plan it applies look stale.
             s.lease = None;
+            // Free space moves with every write on the host: a plan placed
+            // with it stays valid (a disk that no longer fits fails its step).
+            s.storage_free_bytes = None;
         }
         let json = serde_json::to_vec(&copy).expect("observation serialises");
         hex::encode(Sha256::digest(&json))

@@ -301,3 +301,41 @@ pub fn taken_snapshot(out: &Outcome) -> String {
         .unwrap_or_else(|| panic!("no snapshot line in {}", out.all()))
         .to_owned()
 }
+
+/// A second, independent libvirtd (tests/libvirtd-instance) under a
+/// directory of its own: another host. Stopped (the daemon only) on drop.
+pub struct Instance(String);
+
+impl Instance {
+    /// Starts it (or finds it running) under `dir`; returns it and its URI.
+    pub fn start(dir: &str) -> (Instance, String) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
+        let out = Command::new(&script).args(["start", dir]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "second libvirtd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            Instance(dir.into()),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    }
+    /// Stops the daemon; its guests keep running.
+    pub fn stop(&self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirtd-instance");
+        assert!(
+            Command::new(script)
+                .args(["stop", &self.0])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod zfshost;
 
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};

@@ -5,8 +5,9 @@ use super::{HostPlan, Phase, is_up};
 use crate::fleet::{CpuMode, Fleet, Host, Machine, Power};
 use crate::plan::model::{Action, Change, Disruption};
 use crate::resources::domain::{DiskRef, DomainSpec, Nic, Owner, target_name};
+use crate::resources::identity::Identity;
 use crate::resources::observed::ObservedDomain;
-use crate::resources::{identity, layout, seed};
+use crate::resources::{layout, seed};
 use sha2::{Digest, Sha256};
 
 /// Hash of everything that goes into a machine's domain and disks, stored
@@ -27,9 +28,23 @@ pub fn spec_hash(definition: &DomainSpec, image_sha: &str, seed_sha: Option<&str
     hex::encode(&Sha256::digest(serde_json::to_vec(&v).expect("spec serialises"))[..8])
 }
 
-/// The domain virtfleet wants for `m` on `host`.
+/// The domain virtfleet wants for a new machine `m` on `host`.
 pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) -> DomainSpec {
+    desired_domain_as(fleet, host, m, image_sha, None)
+}
+
+/// The domain virtfleet wants for `m` on `host`, with the identity of an
+/// existing definition when there is one (`keep`: the observed domain on
+/// this host, or on the host a move comes from).
+pub fn desired_domain_as(
+    fleet: &Fleet,
+    host: &Host,
+    m: &Machine,
+    image_sha: &str,
+    keep: Option<&Identity>,
+) -> DomainSpec {
     let (f, h, n) = (fleet.name.as_str(), host.name.as_str(), m.name.as_str());
+    let id = keep.cloned().unwrap_or_else(|| Identity::derive(f, n));
     let mut disks: Vec<DiskRef> = m
         .disks()
         .iter()
@@ -54,14 +69,14 @@ pub fn desired_domain(fleet: &Fleet, host: &Host, m: &Machine, image_sha: &str) 
     }
     let mut spec = DomainSpec {
         name: n.into(),
-        uuid: identity::uuid(f, h, n),
+        uuid: id.uuid,
         domain_type: host.domain_type,
         cpu_mode: host.cpu_mode.clone(),
         vcpus: m.cpus,
         memory_mib: m.memory_mib,
         current_memory_mib: m.memory_mib,
         disks,
-        nic: Some(Nic::for_network(&m.network, identity::mac(f, h, n))),
+        nic: Some(Nic::for_network(&m.network, id.mac)),
         owner: None,
     };
     let hash = spec_hash(&spec, image_sha, seed_sha.as_deref());

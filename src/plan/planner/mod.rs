@@ -15,6 +15,7 @@
 mod disks;
 mod domain;
 mod images;
+mod moves;
 mod power;
 mod removals;
 mod seed;
@@ -22,12 +23,13 @@ mod snapshots;
 #[cfg(test)]
 mod testkit;
 
-pub use domain::{desired_domain, domain_diff, spec_hash};
+pub use domain::{desired_domain, desired_domain_as, domain_diff, spec_hash};
 pub(crate) use snapshots::disk_policy;
 
 use super::model::*;
 use crate::fleet::{Fleet, Host, Machine, Storage};
 use crate::lock::ImageLock;
+use crate::resources::identity::Identity;
 use crate::resources::observed::{
     HostObservation, HostState, Observation, ObservedDomain, PowerState,
 };
@@ -100,10 +102,14 @@ pub fn lock_digest(lock: &ImageLock) -> String {
 
 /// Digest of host `host`'s observation as far as a plan for `fleet` depends on it.
 pub fn host_digest(fleet: &Fleet, host: &str, obs: &HostObservation) -> String {
+    // Every machine that may be on the host (independent of placement, so
+    // apply computes the same digest from the same fleet).
     let names = fleet
         .machines
         .values()
-        .filter(|m| m.host.as_str() == host)
+        .filter(|m| {
+            m.host.as_str() == host || m.placement.candidates.iter().any(|c| c.as_str() == host)
+        })
         .map(|m| m.name.to_string())
         .collect();
     obs.digest(fleet.name.as_str(), &names)
@@ -238,7 +244,23 @@ pub fn plan(fleet: &Fleet, lock: &ImageLock, obs: &Observation, opts: Options) -
         unreachable: BTreeMap::new(),
         unmanaged: BTreeMap::new(),
         notes: Vec::new(),
+        placements: Vec::new(),
     };
+    let placement = crate::plan::placement::place(fleet, obs);
+    for (m, why) in &placement.unfit {
+        plan.refused.push(Refusal {
+            address: m.clone(),
+            message: why.clone(),
+        });
+    }
+    for (m, why) in &placement.waiting {
+        plan.notes.push(Refusal {
+            address: m.clone(),
+            message: why.clone(),
+        });
+    }
+    plan.placements.clone_from(&placement.decisions);
+    let placed = placement.fleet.as_ref().expect("placement makes a fleet");
     for host in fleet.hosts.values() {
         let name = host.name.to_string();
         let state = match obs.hosts.get(&name) {
@@ -253,12 +275,12 @@ pub fn plan(fleet: &Fleet, lock: &ImageLock, obs: &Observation, opts: Options) -
                 continue;
             }
         };
-        let unmanaged = unmanaged(fleet, host, state);
+        let unmanaged = unmanaged(placed, host, state);
         if !unmanaged.is_empty() {
             plan.unmanaged.insert(name, unmanaged);
         }
         let mut hp = HostPlan::new(host, opts);
-        plan_host(fleet, lock, state, &mut hp);
+        plan_host(placed, lock, state, obs, &placement, &mut hp);
         hp.finish_into(&mut plan);
     }
     plan
@@ -278,15 +300,51 @@ fn unmanaged(fleet: &Fleet, host: &Host, state: &HostState) -> Vec<String> {
 }
 
 /// One host: every resource in turn.
-fn plan_host(fleet: &Fleet, lock: &ImageLock, state: &HostState, hp: &mut HostPlan<'_>) {
+fn plan_host(
+    fleet: &Fleet,
+    lock: &ImageLock,
+    state: &HostState,
+    obs: &Observation,
+    placement: &crate::plan::placement::Placement,
+    hp: &mut HostPlan<'_>,
+) {
+    let h = hp.name();
     let desired: Vec<&Machine> = fleet.machines_on(&hp.host.name).collect();
     images::plan(lock, state, &desired, hp);
     removals::plan_stale_lease(state, hp);
     removals::plan_incomplete(state, hp);
+    let source = |from: &str| match obs.hosts.get(from) {
+        Some(HostObservation::Reachable(s)) => Some(s),
+        _ => None,
+    };
     for m in &desired {
-        plan_machine(fleet, lock, state, m, hp);
+        let n = m.name.as_str();
+        match placement.moves.get(n).and_then(|f| Some((f, source(f)?))) {
+            Some((from, src)) => moves::plan_move_in(fleet, lock, state, from, src, m, hp),
+            None => plan_machine(fleet, lock, state, m, hp),
+        }
+        for l in placement.leftovers.get(n).into_iter().flatten() {
+            if let Some(src) = source(l) {
+                moves::plan_leftover(l, src, m, hp);
+            }
+        }
     }
-    let desired_names: BTreeSet<&str> = desired.iter().map(|m| m.name.as_str()).collect();
+    // Machines moving away from here, or with a copy left here by a move,
+    // are the move's business, never removals.
+    let passing = fleet.machines.values().filter(|m| {
+        let n = m.name.as_str();
+        placement.moves.get(n).is_some_and(|f| f == h)
+            || placement
+                .leftovers
+                .get(n)
+                .is_some_and(|l| l.iter().any(|x| x == h))
+    });
+    let desired_names: BTreeSet<&str> = desired
+        .iter()
+        .copied()
+        .chain(passing)
+        .map(|m| m.name.as_str())
+        .collect();
     removals::plan_removed_machines(fleet, state, &desired_names, hp);
     removals::plan_orphan_disks(state, &desired_names, hp);
     removals::plan_trash_expiry(fleet, state, hp);
@@ -354,7 +412,9 @@ fn plan_machine(
         // A refused disk: the domain must not be (re)defined on it.
         return;
     };
-    let want = desired_domain(fleet, hp.host, m, pin.sha256.as_str());
+    // An existing definition keeps its UUID and MAC (see `identity`).
+    let keep = observed.and_then(|d| Identity::of(&d.config));
+    let want = desired_domain_as(fleet, hp.host, m, pin.sha256.as_str(), keep.as_ref());
     match observed {
         None => domain::plan_new(m, &want, &addr, hp),
         Some(d) => domain::plan_update(hp, &addr, m, &want, d),

@@ -42,6 +42,18 @@ pub fn human(plan: &Plan, now: u64, color: bool) -> String {
         return out;
     }
 
+    if !plan.placements.is_empty() {
+        let _ = writeln!(out, "\n{}", r.paint(BOLD, "placement:"));
+        for d in &plan.placements {
+            let from = d
+                .from
+                .as_deref()
+                .map(|f| format!(" (from {f})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {} -> {}{from}: {}", d.machine, d.host, d.reason);
+        }
+    }
+
     for host in hosts(plan) {
         out.push('\n');
         r.host_header(&mut out, plan, host);

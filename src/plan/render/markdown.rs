@@ -53,6 +53,23 @@ fn header(out: &mut String, plan: &Plan, now: u64) {
             cell(reason)
         );
     }
+    for d in &plan.placements {
+        let from = d
+            .from
+            .as_deref()
+            .map(|f| format!(" (from `{}`)", cell(f)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "- placement: `{}` → `{}`{from}: {}",
+            cell(&d.machine),
+            cell(&d.host),
+            cell(&d.reason)
+        );
+    }
+    if !plan.placements.is_empty() {
+        out.push('\n');
+    }
 }
 
 /// The changes to apply, host by host in the order the human rendering uses.

@@ -49,7 +49,9 @@ pub fn kind(action: &Action) -> Kind {
         | Action::Stop
         | Action::ProtectDisk { .. }
         | Action::ReleaseLease { .. }
-        | Action::RemoveIncomplete { .. } => Kind::Change,
+        | Action::RemoveIncomplete { .. }
+        | Action::MoveIn { .. }
+        | Action::FinishMove { .. } => Kind::Change,
         // A rollback keeps the disk and loses what was written since: it is
         // marked destructive by its disruption, and counted as a change.
         Action::Shutdown { .. } | Action::RollbackDisk { .. } => Kind::Change,
@@ -180,7 +182,15 @@ pub fn hosts(plan: &Plan) -> Vec<&str> {
         .iter()
         .map(|c| c.host.as_str())
         .chain(plan.pending.iter().map(|p| p.change.host.as_str()))
-        .chain(plan.refused.iter().map(|r| address_host(&r.address)))
+        // A machine that fits on no host is refused under its own name.
+        .chain(
+            plan.refused
+                .iter()
+                .map(|r| address_host(&r.address))
+                .filter(|h| {
+                    plan.inputs.hosts.contains_key(*h) || plan.unreachable.contains_key(*h)
+                }),
+        )
         .chain(plan.unreachable.keys().map(String::as_str))
         .chain(plan.unmanaged.keys().map(String::as_str))
         .collect();
@@ -269,6 +279,7 @@ mod tests {
             unreachable: BTreeMap::new(),
             unmanaged: BTreeMap::new(),
             notes: Vec::new(),
+            placements: Vec::new(),
         }
     }
 

@@ -1,0 +1,185 @@
+//! The two host-crossing steps of a move (see `plan::planner::moves`):
+//! `MoveIn` and `FinishMove`. They run on the destination host's thread
+//! and reach the source host with their own connection, under the run's
+//! lease on the source (so no other run changes the machine there
+//! meanwhile; see `leases`).
+//!
+//! Dir to Dir copies the qcow2 files (`DirStorage::receive_disk`); ZFS to
+//! ZFS streams `zfs send -R | zfs receive` (`ZfsStorage::receive_disk`).
+//!
+//! Safety: the source machine is never touched beyond a stop until the
+//! copy here is verified and the machine defined and started here (those
+//! are the steps between the two). A failed copy starts the guest again on
+//! the source when it was running, and the error says where it is.
+
+use super::bytes::StepBytes;
+use super::error::StepError;
+use super::step::{StepEnv, destroy, owned};
+use crate::fleet::{Host, Storage};
+use crate::host::dir::DirStorage;
+use crate::host::libvirt::Libvirt;
+use crate::host::storage::StorageError;
+use crate::host::transport::Transport;
+use crate::host::zfs::ZfsStorage;
+use crate::host::{backend, transport_for};
+use crate::plan::{BaseRef, Change};
+use crate::resources::layout;
+
+/// A connection to the host a machine moves from, with its lease held.
+struct Source<'f> {
+    host: &'f Host,
+    lv: Libvirt,
+    t: Box<dyn Transport>,
+    leases: &'f super::leases::Leases,
+}
+
+impl Drop for Source<'_> {
+    fn drop(&mut self) {
+        let storage = backend(self.host, self.t.as_ref());
+        self.leases
+            .release(self.host.name.as_str(), storage.as_ref());
+    }
+}
+
+fn host<'f>(env: &StepEnv<'f>, name: &str) -> Result<&'f Host, StepError> {
+    env.fleet
+        .hosts
+        .values()
+        .find(|h| h.name.as_str() == name)
+        .ok_or_else(|| StepError::HostNotInFleet { host: name.into() })
+}
+
+/// Opens host `from` under this run's lease there (shared with that
+/// host's own thread when the run changes it too: see `leases`).
+fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
+    let host = host(env, from)?;
+    let lv = Libvirt::open(&host.uri)?;
+    let t = transport_for(host)?;
+    let storage = backend(host, t.as_ref());
+    env.leases
+        .take(env.fleet, env.settings, from, storage.as_ref())?;
+    drop(storage);
+    Ok(Source {
+        host,
+        lv,
+        t,
+        leases: env.leases,
+    })
+}
+
+/// Copies and verifies each of `volumes` from the source into `dst`.
+fn copy_disks(
+    src: &Source<'_>,
+    dst: &Host,
+    dst_t: &dyn Transport,
+    volumes: &[String],
+    base: Option<&BaseRef>,
+    bytes: &StepBytes<'_>,
+) -> Result<(), StorageError> {
+    match (&src.host.storage, &dst.storage) {
+        (Storage::Dir { path: from }, Storage::Dir { path: to }) => {
+            let (from, to) = (
+                DirStorage::new(from, src.t.as_ref()),
+                DirStorage::new(to, dst_t),
+            );
+            volumes.iter().enumerate().try_for_each(|(i, v)| {
+                let b = base
+                    .filter(|_| i == 0)
+                    .map(|b| (b.sha256.as_str(), b.format.as_str()));
+                to.receive_disk(&from, v, b, bytes).map(|_| ())
+            })
+        }
+        (Storage::Zfs { parent: from }, Storage::Zfs { parent: to }) => {
+            let (from, to) = (
+                ZfsStorage::new(from, src.t.as_ref()),
+                ZfsStorage::new(to, dst_t),
+            );
+            volumes
+                .iter()
+                .try_for_each(|v| to.receive_disk(&from, v, bytes).map(|_| ()))
+        }
+        _ => unreachable!("checked by move_in"),
+    }
+}
+
+/// `MoveIn`: stop the machine on `from`, copy and verify each of `volumes`
+/// here. The root disk (the first volume) is re-pointed at this host's
+/// copy of `base`.
+pub(super) fn move_in(
+    c: &Change,
+    env: &StepEnv<'_>,
+    m: &str,
+    from: &str,
+    volumes: &[String],
+    base: Option<&BaseRef>,
+) -> Result<(), StepError> {
+    let src = open(env, from)?;
+    let dst_host = host(env, &c.host)?;
+    let kinds = matches!(
+        (&src.host.storage, &dst_host.storage),
+        (Storage::Dir { .. }, Storage::Dir { .. }) | (Storage::Zfs { .. }, Storage::Zfs { .. })
+    );
+    if !kinds {
+        return Err(StepError::MoveUnsupported {
+            machine: m.into(),
+            why: format!(
+                "from {from} to {}: between a Dir and a ZFS host (only Dir to Dir and ZFS to ZFS so far)",
+                c.host
+            ),
+        });
+    }
+    let src_env = StepEnv {
+        lv: &src.lv,
+        ..*env
+    };
+    super::step::owned_domain(&src_env, m)?;
+    let was_running = src.lv.is_running(m)?;
+    if was_running {
+        // Graceful first, powered off after the grace period, as any stop.
+        src.lv.stop(m, env.settings.shutdown_grace)?;
+    }
+    crate::fault::point("move-stopped");
+    let dst_t = transport_for(dst_host)?;
+    let bytes = StepBytes::new(env.events, &c.host, &c.address);
+    let copied = copy_disks(&src, dst_host, dst_t.as_ref(), volumes, base, &bytes);
+    if let Err(e) = copied {
+        let restarted = was_running && src.lv.start(m).is_ok();
+        return Err(StepError::MoveFailed {
+            machine: m.into(),
+            from: from.into(),
+            state: if restarted {
+                "running again there"
+            } else {
+                "stopped there; start it with `virsh start` or apply again"
+            },
+            source: Box::new(e.into()),
+        });
+    }
+    Ok(())
+}
+
+/// `FinishMove`: the machine runs here; undefine it on `from` and move its
+/// volumes there to that host's trash.
+pub(super) fn finish_move(
+    env: &StepEnv<'_>,
+    m: &str,
+    from: &str,
+    volumes: &[String],
+) -> Result<(), StepError> {
+    let src = open(env, from)?;
+    let storage = backend(src.host, src.t.as_ref());
+    let src_env = StepEnv {
+        lv: &src.lv,
+        storage: storage.as_ref(),
+        ..*env
+    };
+    if src.lv.exists(m) {
+        return destroy(&src_env, m, volumes);
+    }
+    // A run stopped between the undefine and the trashing left disks only.
+    for v in volumes {
+        owned(&src_env, &layout::disk_rel(v))?;
+        src_env.storage.trash(v, env.settings.now)?;
+    }
+    Ok(())
+}
