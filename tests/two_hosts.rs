@@ -6,6 +6,7 @@
 mod common;
 
 use common::lab::{Instance, Lab, SYSTEM, domains, virsh_ok};
+use std::process::Command;
 
 /// A process stopped with SIGSTOP, continued when dropped (also when the
 /// test fails), so the daemon can be stopped cleanly afterwards.
