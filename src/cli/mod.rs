@@ -263,9 +263,6 @@ pub fn main() -> ExitCode {
         Command::Ssh(a) => ssh::run(&ctx, a),
         Command::Watch(a) => watch::run(&ctx, a),
     };
-    // Every connection is closed by now; libvirt's event thread must finish
-    // releasing them before the C libraries' exit handlers run.
-    crate::host::libvirt::stop_event_loop();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -4,13 +4,13 @@
 //! thread (observation and apply fan out one thread per host). libvirt's
 //! default error printer is silenced once; errors come back as values.
 //!
-//! Every connection has keepalive on (as `virsh` does), driven by libvirt's
-//! default event loop on one background thread: a host that stops
-//! answering is given up after [`KEEPALIVE_INTERVAL_S`] ×
-//! [`KEEPALIVE_COUNT`] seconds instead of hanging the run forever, and the
-//! periodic ping also wakes a call whose reply is stuck in the libssh
-//! transport's buffer (`qemu+libssh://` in libvirt 9 can otherwise wait
-//! forever for a reply that has arrived: seen on `virDomainGetXMLDesc`).
+//! No keepalive and no libvirt event loop, on purpose: with the default
+//! event loop running on a thread of its own (which keepalive needs), two
+//! steps running side by side over `qemu+libssh://` crashed the process
+//! inside libvirt (SIGSEGV, seen in a CI-like run), and the loop's thread
+//! crashed at exit while releasing a libssh connection. A host that stops
+//! answering during observation is bounded by `--observe-timeout` instead
+//! (see `observe`).
 
 use super::stats;
 use crate::resources::domain::DomainSpec;
@@ -51,81 +51,9 @@ pub struct Libvirt {
     conn: Connect,
 }
 
-/// Seconds between keepalive pings on an idle or waiting connection.
-pub const KEEPALIVE_INTERVAL_S: i32 = 5;
-/// Unanswered pings after which libvirt closes the connection.
-pub const KEEPALIVE_COUNT: u32 = 6;
-
 fn quiet() {
     static ONCE: Once = Once::new();
     ONCE.call_once(virt::error::clear_error_callback);
-}
-
-/// libvirt's default event loop, run on a thread of its own (see
-/// [`event_loop`]); stopped by [`stop_event_loop`] before the process exits.
-struct EventLoop {
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-static EVENT_LOOP: std::sync::OnceLock<Option<EventLoop>> = std::sync::OnceLock::new();
-static EVENT_LOOP_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Registers libvirt's default event loop and runs it on a thread, once per
-/// process, before the first connection (keepalive needs it). Returns false
-/// when it could not be registered: connections then work as before,
-/// without keepalive.
-fn event_loop() -> bool {
-    EVENT_LOOP
-        .get_or_init(|| {
-            if let Err(e) = virt::event::event_register_default_impl() {
-                tracing::warn!(error = %e.message(), "libvirt: no event loop, so no keepalive");
-                return None;
-            }
-            let thread = std::thread::Builder::new()
-                .name("libvirt-events".into())
-                .spawn(|| {
-                    while !EVENT_LOOP_STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                        // An error here (none is expected) must not spin.
-                        if virt::event::event_run_default_impl().is_err() {
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                })
-                .ok()?;
-            Some(EventLoop {
-                thread: std::sync::Mutex::new(Some(thread)),
-            })
-        })
-        .is_some()
-}
-
-/// Stops the event loop and waits for its thread, if it was started. Must
-/// run before the process exits: a closed connection's last reference can
-/// be released on that thread (for `qemu+libssh://`, by sending the SSH
-/// channel's EOF), and doing that while the C libraries run their exit
-/// handlers crashes the process (seen as SIGSEGV in libcrypto after a
-/// successful `plan`, about one run in 20).
-pub fn stop_event_loop() {
-    let Some(Some(ev)) = EVENT_LOOP.get() else {
-        return;
-    };
-    let Some(thread) = ev.thread.lock().ok().and_then(|mut t| t.take()) else {
-        return;
-    };
-    EVENT_LOOP_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Wake the loop from its poll: a timer due at once, which removes
-    // itself when it fires.
-    let woken = virt::event::event_add_timeout(
-        0,
-        |id, _| {
-            // SAFETY: removing a timer from its own callback is allowed.
-            unsafe { sys::virEventRemoveTimeout(id) };
-        },
-        std::ptr::null_mut(),
-    );
-    if woken.is_ok() {
-        let _ = thread.join();
-    }
 }
 
 impl Libvirt {
@@ -133,20 +61,12 @@ impl Libvirt {
     pub fn open(uri: &str) -> Result<Libvirt, LibvirtError> {
         tracing::debug!(uri, "libvirt: connect");
         quiet();
-        let events = event_loop();
         let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError {
             uri: uri.into(),
             action: "cannot connect".into(),
             message: e.message().to_owned(),
             connecting: true,
         })?;
-        if events {
-            // Local drivers without an RPC link (test:///) refuse keepalive;
-            // that costs nothing there.
-            if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT) {
-                tracing::debug!(uri, error = %e.message(), "libvirt: no keepalive");
-            }
-        }
         Ok(Libvirt {
             uri: uri.into(),
             conn,
