@@ -149,28 +149,26 @@ fn write_mover(lab: &Lab, hosts: &[String], host: &str, power: &str, disk_gib: u
     lab.write_hosts(hosts, &[m], "");
 }
 
-#[test]
-fn a_machine_moves_between_dir_hosts_with_its_data_snapshots_and_identity() {
-    let (_second, uri2) = Instance::start("/var/lib/virtfleet-tests/t-move-libvirtd");
-    let mut lab = Lab::new("t-move");
+/// A lab named `name` with two Dir hosts without capacity: h1 on the system
+/// libvirtd, h2 on a second libvirtd of its own. Bound in this order by the
+/// callers, the lab is dropped (and cleans up) before the second daemon
+/// stops.
+fn two_dir_hosts(name: &str) -> (Instance, Lab, String, PathBuf, PathBuf, [String; 2]) {
+    let (second, uri2) = Instance::start(&format!("/var/lib/virtfleet-tests/{name}-libvirtd"));
+    let mut lab = Lab::new(name);
     lab.add_uri(&uri2);
     let (r1, r2) = (lab.root.join("h1"), lab.root.join("h2"));
+    let none = "None { cpus : Natural, memoryMiB : Natural }";
     let hosts = [
-        host(
-            "h1",
-            SYSTEM,
-            &r1,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
-        host(
-            "h2",
-            &uri2,
-            &r2,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
+        host("h1", SYSTEM, &r1, none, ""),
+        host("h2", &uri2, &r2, none, ""),
     ];
+    (second, lab, uri2, r1, r2, hosts)
+}
+
+#[test]
+fn a_machine_moves_between_dir_hosts_with_its_data_snapshots_and_identity() {
+    let (_second, lab, uri2, r1, r2, hosts) = two_dir_hosts("t-move");
     let dom = lab.m("mv");
     let (root_vol, data_vol) = (format!("{dom}-root"), format!("{dom}-data"));
     // Created stopped, so qemu-io can write into its disks; 100 MiB of pattern.
@@ -356,26 +354,7 @@ fn apply_killed(lab: &Lab, point: &str) -> std::process::ExitStatus {
 
 #[test]
 fn a_move_killed_at_any_point_never_loses_the_machine_and_a_rerun_finishes_it() {
-    let (_second, uri2) = Instance::start("/var/lib/virtfleet-tests/t-movek-libvirtd");
-    let mut lab = Lab::new("t-movek");
-    lab.add_uri(&uri2);
-    let (r1, r2) = (lab.root.join("h1"), lab.root.join("h2"));
-    let hosts = [
-        host(
-            "h1",
-            SYSTEM,
-            &r1,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
-        host(
-            "h2",
-            &uri2,
-            &r2,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
-    ];
+    let (_second, lab, uri2, r1, r2, hosts) = two_dir_hosts("t-movek");
     let dom = lab.m("mv");
     let root_vol = format!("{dom}-root");
     // Inside the move: after the stop, after the first disk's bytes, after
@@ -436,26 +415,7 @@ fn a_move_killed_at_any_point_never_loses_the_machine_and_a_rerun_finishes_it() 
 
 #[test]
 fn a_move_that_fails_leaves_the_machine_running_on_its_old_host_and_says_so() {
-    let (_second, uri2) = Instance::start("/var/lib/virtfleet-tests/t-movef-libvirtd");
-    let mut lab = Lab::new("t-movef");
-    lab.add_uri(&uri2);
-    let (r1, r2) = (lab.root.join("h1"), lab.root.join("h2"));
-    let hosts = [
-        host(
-            "h1",
-            SYSTEM,
-            &r1,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
-        host(
-            "h2",
-            &uri2,
-            &r2,
-            "None { cpus : Natural, memoryMiB : Natural }",
-            "",
-        ),
-    ];
+    let (_second, lab, uri2, _r1, r2, hosts) = two_dir_hosts("t-movef");
     let dom = lab.m("mv");
     write_mover(&lab, &hosts, "h1", "Running", 1);
     lab.apply(&[]).expect_code(0);
