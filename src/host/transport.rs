@@ -164,23 +164,33 @@ pub fn pipe(
 #[derive(Debug, Clone, Default)]
 pub struct Local;
 
+/// `argv` as a local command, in the C locale (its output is parsed).
+fn local_command(argv: &[&str]) -> Command {
+    let (prog, args) = argv.split_first().expect("argv is never empty");
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env("LC_ALL", "C");
+    cmd
+}
+
+/// The error for a local command that could not be started.
+fn spawn_error<'a>(argv: &'a [&'a str]) -> impl FnOnce(std::io::Error) -> ExecError + 'a {
+    move |source| ExecError::Spawn {
+        argv: argv.join(" "),
+        source,
+    }
+}
+
 impl Transport for Local {
     fn is_local(&self) -> bool {
         true
     }
 
     fn run(&self, argv: &[&str]) -> Result<Output, ExecError> {
-        let (prog, args) = argv.split_first().expect("argv is never empty");
         tracing::debug!(argv = %argv.join(" "), "run locally");
-        let out = Command::new(prog)
-            .args(args)
+        let out = local_command(argv)
             .stdin(Stdio::null())
-            .env("LC_ALL", "C")
             .output()
-            .map_err(|source| ExecError::Spawn {
-                argv: argv.join(" "),
-                source,
-            })?;
+            .map_err(spawn_error(argv))?;
         Ok(Output {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -189,18 +199,12 @@ impl Transport for Local {
     }
 
     fn spawn_reader(&self, argv: &[&str]) -> Result<std::process::Child, ExecError> {
-        let (prog, args) = argv.split_first().expect("argv is never empty");
-        Command::new(prog)
-            .args(args)
+        local_command(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("LC_ALL", "C")
             .spawn()
-            .map_err(|source| ExecError::Spawn {
-                argv: argv.join(" "),
-                source,
-            })
+            .map_err(spawn_error(argv))
     }
 
     fn run_with_stdin(
@@ -209,18 +213,12 @@ impl Transport for Local {
         input: &mut dyn Read,
         progress: &dyn Progress,
     ) -> Result<u64, ExecError> {
-        let (prog, args) = argv.split_first().expect("argv is never empty");
-        let mut child = Command::new(prog)
-            .args(args)
+        let mut child = local_command(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("LC_ALL", "C")
             .spawn()
-            .map_err(|source| ExecError::Spawn {
-                argv: argv.join(" "),
-                source,
-            })?;
+            .map_err(spawn_error(argv))?;
         let stdin = child.stdin.take().expect("piped stdin");
         feed(&argv.join(" "), child, stdin, input, progress)
     }
