@@ -121,10 +121,11 @@ impl Libvirt {
     /// (decided from the name and UUID libvirt returns with the listing, no
     /// call per domain): only those have their definition read (where the
     /// `<vf:owner>` marker decides ownership, as before) and their devices
-    /// looked at when they run (disk sizes, live vCPUs and memory,
-    /// addresses; one bulk statistics call for all of them). Every
-    /// other domain is known by name, UUID, run state and autostart only:
-    /// its `config` is [`DomainSpec::foreign`], with no owner.
+    /// looked at when they run (disk sizes, live vCPUs and memory in one
+    /// bulk statistics call for all of them; guest addresses only when
+    /// `addresses`, at three calls per running domain). Every other domain
+    /// is known by name, UUID, run state and autostart only: its `config`
+    /// is [`DomainSpec::foreign`], with no owner.
     pub fn domains_where(
         &self,
         interesting: impl Fn(&str, &str) -> bool,
