@@ -67,8 +67,11 @@ pub fn observe_to(fleet: &Fleet, now: u64, depth: Depth) -> Observation {
     let timeout = *TIMEOUT.get().unwrap_or(&DEFAULT_TIMEOUT);
     let (tx, rx) = mpsc::channel();
     let mut hosts: BTreeMap<String, HostObservation> = BTreeMap::new();
+    // One copy shared by the host threads: a thread left waiting on a
+    // silent host may outlive this call, so it cannot borrow `fleet`.
+    let shared = std::sync::Arc::new(fleet.clone());
     for h in fleet.hosts.values() {
-        let (fleet, host, tx) = (fleet.clone(), h.clone(), tx.clone());
+        let (fleet, host, tx) = (shared.clone(), h.clone(), tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("observe {}", h.name))
             .spawn(move || {
