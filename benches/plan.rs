@@ -1186,9 +1186,7 @@ impl Guard {
     fn new() -> Result<Guard> {
         let g = Guard;
         g.clean()?;
-        mkdir(Path::new(ROOT))?;
-        // QEMU runs as libvirt-qemu and must be able to traverse to the disks.
-        run_ok(Command::new("chmod").args(["0755", ROOT]), "chmod")?;
+        report::make_disk_root(Path::new(ROOT))?;
         Ok(g)
     }
 

@@ -203,3 +203,11 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("remove {}", dir.display())),
     }
 }
+
+/// Makes `dir` (with its parents) and opens it to everyone for reading and
+/// traversal: QEMU runs as libvirt-qemu and must reach the disks under it.
+pub fn make_disk_root(dir: &Path) -> Result<()> {
+    mkdir(dir)?;
+    run_ok(Command::new("chmod").arg("0755").arg(dir), "chmod")?;
+    Ok(())
+}
