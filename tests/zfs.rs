@@ -25,6 +25,8 @@ fn zfs_fleet(lab: &Lab, host: &ZfsHost, machines: &[String]) {
 #[test]
 fn zfs_host_end_to_end() {
     let host = ZfsHost::boot("zfs-host-run");
+    // Steps run side by side on one libssh connection.
+    libssh_connection_takes_calls_from_many_threads(&host);
     let mut lab = Lab::new("t-zfs");
     // The host is an emulated (TCG) guest: everything in it is slow.
     lab.timeout = std::time::Duration::from_secs(900);
@@ -499,6 +501,74 @@ fn crashes_inside_zfs_steps(lab: &Lab, host: &ZfsHost) {
     lab.apply(&["--allow-destroy"]).expect_code(0);
     assert!(!host.sh_ok("virsh list --all --name").contains(&d));
     let _ = a;
+}
+
+/// Four threads share one `qemu+libssh://` connection, as an apply's steps
+/// do, for 15 s of defines, listings and undefines. libvirt's libssh
+/// transport loses a reply when two calls are in flight (this hung within
+/// seconds, every run, before `Libvirt` took libssh calls one at a time):
+/// no call may wait a minute.
+fn libssh_connection_takes_calls_from_many_threads(host: &ZfsHost) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    use virtfleet::host::libvirt::Libvirt;
+    assert!(host.uri.starts_with("qemu+libssh://"), "{}", host.uri);
+    let lv = Arc::new(Libvirt::open(&host.uri).expect("connect over libssh"));
+    let calls = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let (lv, calls, done) = (lv.clone(), calls.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let name = format!("t-zfs-calls-{t}-{i}");
+                    lv.define(&format!(
+                        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+                    ))
+                    .unwrap();
+                    for _ in 0..3 {
+                        assert!(lv.exists(&name));
+                        assert!(!lv.is_running(&name).unwrap());
+                        assert!(lv.domains().unwrap().iter().any(|d| d.config.name == name));
+                        calls.fetch_add(3, Ordering::SeqCst);
+                    }
+                    lv.undefine(&name).unwrap();
+                    assert!(!lv.exists(&name));
+                    calls.fetch_add(3, Ordering::SeqCst);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut seen, mut moved) = (0, Instant::now());
+    // Past 15 s the workers finish their round and stop; a hung call shows
+    // as no new call for 60 s (and the test fails instead of waiting).
+    while !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        if started.elapsed() >= Duration::from_secs(15) {
+            done.store(true, Ordering::SeqCst);
+        }
+        let now = calls.load(Ordering::SeqCst);
+        if now != seen {
+            (seen, moved) = (now, Instant::now());
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(60),
+            "a libvirt call over libssh has not returned for 60 s ({seen} calls made)"
+        );
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    assert!(seen > 100, "only {seen} calls in 15 s");
+    assert_eq!(
+        host.sh_ok("virsh list --all --name | grep -c t-zfs-calls || true")
+            .trim(),
+        "0"
+    );
 }
 
 /// The other ways to reach a host: libvirt's plain `qemu+ssh://` (the
