@@ -207,6 +207,18 @@ in
       '';
     };
 
+    runTimeout = mkOption {
+      type = types.str;
+      default = "1h";
+      example = "30min";
+      description = ''
+        Timer mode: how long one run may take before systemd stops it
+        (TimeoutStartSec=). A run that never ends (a host that stops
+        answering in the middle of a step) would otherwise keep the timer
+        from ever starting the next one.
+      '';
+    };
+
     sshKeyFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -283,6 +295,9 @@ in
           if cfg.mode == "timer" then
             {
               Type = "oneshot";
+              # A oneshot may otherwise run for ever, and the timer never
+              # starts a unit that is still active.
+              TimeoutStartSec = cfg.runTimeout;
               # 4: changes left pending for lack of permission; nothing failed.
               SuccessExitStatus = "4";
             }

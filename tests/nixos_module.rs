@@ -279,6 +279,11 @@ fn every_option_changes_the_units_as_documented() {
         "SIGTERM to virtfleet alone: the step's ssh must live"
     );
     assert_eq!(d.values("TimeoutStopSec"), ["60s 30s"]);
+    assert_eq!(
+        d.values("TimeoutStartSec"),
+        ["1h"],
+        "a hung run must not hold the timer for ever"
+    );
     assert_eq!(d.values("CacheDirectory"), ["virtfleet"]);
     assert_eq!(d.values("ProtectSystem"), ["strict"]);
     assert!(d.values("ReadWritePaths").is_empty());
@@ -363,6 +368,10 @@ fn every_option_changes_the_units_as_documented() {
                 b(u);
                 c(u);
                 assert!(u.timer.is_none(), "no timer in watch mode");
+                assert!(
+                    u.values("TimeoutStartSec").is_empty(),
+                    "a watch runs for ever by design"
+                );
                 let argv = u.argv();
                 assert!(argv.contains(&"watch".into()) && !argv.contains(&"apply".into()));
             })
@@ -372,6 +381,7 @@ fn every_option_changes_the_units_as_documented() {
             json!("hourly"),
             unit_has("OnCalendar", "hourly"),
         ),
+        ("runTimeout", json!("30min"), unit_has("TimeoutStartSec", "30min")),
         ("allowRestart", json!(true), argv_has(&["--allow-restart"])),
         ("allowDestroy", json!(true), argv_has(&["--allow-destroy"])),
         ("shutdownTimeout", json!("5min"), {
