@@ -381,7 +381,11 @@ fn every_option_changes_the_units_as_documented() {
             json!("hourly"),
             unit_has("OnCalendar", "hourly"),
         ),
-        ("runTimeout", json!("30min"), unit_has("TimeoutStartSec", "30min")),
+        (
+            "runTimeout",
+            json!("30min"),
+            unit_has("TimeoutStartSec", "30min"),
+        ),
         ("allowRestart", json!(true), argv_has(&["--allow-restart"])),
         ("allowDestroy", json!(true), argv_has(&["--allow-destroy"])),
         ("shutdownTimeout", json!("5min"), {
