@@ -1,18 +1,23 @@
 //! A move's ZFS half on a real ZFS host: a disk sent from one parent
 //! dataset to another on the same host through `ZfsStorage::receive_disk`,
-//! the code `move in` runs between two ZFS hosts (`zfs send -R` streamed
+//! the code `move in` runs between two ZFS hosts (`zfs send` streamed
 //! through this process into `zfs receive -u`, over SSH on both sides).
 //! `zfs` and `sha256sum` inside the guest are the witnesses.
 //!
-//! Its own guest: `VIRTFLEET_TEST_ZFS_RUN` or
-//! /var/lib/virtfleet-tests/zfs-move-run, never the one tests/zfs.rs boots.
+//! Then a running machine moves by `apply` between two real ZFS hosts (a
+//! second guest booted beside the first).
+//!
+//! Its own guests: `VIRTFLEET_TEST_ZFS_RUN` or
+//! /var/lib/virtfleet-tests/zfs-move-run, and the same path with `-2`,
+//! never the one tests/zfs.rs boots.
 //! `cargo test --test zfs_move -- --nocapture` prints the figures.
 
 mod common;
 
+use common::lab::Lab;
 use common::zfshost::ZfsHost;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use virtfleet::host::storage::{NewDisk, StorageBackend};
 use virtfleet::host::transport_for;
 use virtfleet::host::zfs::ZfsStorage;
@@ -35,8 +40,19 @@ impl Progress for Count {
 const SHA: &str = "a74e6253c6b93509f05f42a27d0051a84a72905e8430e54c92d701402927ad8a";
 
 #[test]
-fn zfs_disk_moves_between_parents_with_its_data_snapshots_and_owner() {
+fn zfs_disks_move_between_parents_and_running_machines_between_two_zfs_hosts() {
     let host = ZfsHost::boot("zfs-move-run");
+    disk_moves_between_parents(&host);
+    // A second guest, beside the first (its run directory with `-2`).
+    let mut second = ZfsHost::run_dir("zfs-move-run").into_os_string();
+    second.push("-2");
+    let host2 = ZfsHost::boot_at(second.into());
+    running_machine_moves_between_two_hosts(&host, &host2);
+}
+
+/// A disk moves between two parent datasets of one host through the code a
+/// move runs, whole and then as bulk + increment (a running guest).
+fn disk_moves_between_parents(host: &ZfsHost) {
     // A fleet only to get the host's transport exactly as apply does.
     let dir = tempfile::tempdir().unwrap();
     let fleet_file = dir.path().join("fleet.dhall");
@@ -100,6 +116,11 @@ fn zfs_disk_moves_between_parents_with_its_data_snapshots_and_owner() {
     assert_eq!(host.prop(dst, "virtfleet:machine"), "mv");
     assert_eq!(host.prop(dst, "virtfleet:fleet"), "zm");
     assert_eq!(host.prop(dst, "volsize"), (1u64 << 30).to_string());
+    assert_eq!(
+        host.prop(dst, "origin"),
+        "-",
+        "a volume of its own: another host has no such origin"
+    );
     let snaps = host.sh_ok("zfs list -H -t snapshot -o name -r tank/mva tank/mvb");
     assert!(snaps.contains(&format!("{dst}@vf-init")), "{snaps}");
     assert!(
@@ -147,8 +168,200 @@ fn zfs_disk_moves_between_parents_with_its_data_snapshots_and_owner() {
         "not measured (no qemu-img in the ZFS host)".into()
     };
     println!(
-        "zfs move figures: 1 GiB zvol (clone) with 100 MiB written: zfs send -R | zfs receive through this process over SSH: {:.2} s, {bytes} bytes; baseline qemu-img convert + copy out: {baseline}",
+        "zfs move figures: 1 GiB zvol (clone) with 100 MiB written: zfs send (the oldest snapshot whole, then -I to the move snapshot) | zfs receive through this process over SSH: {:.2} s, {bytes} bytes; baseline qemu-img convert + copy out: {baseline}",
         took.as_secs_f64()
     );
+
+    // A running machine's move: the bulk is sent while the guest runs, then
+    // (stopped) only what it wrote since.
+    host.sh_ok(&format!("zfs destroy -r {dst}"));
+    let count = Count::default();
+    let started = Instant::now();
+    let bulk = b.pre_copy(&a, "mv-root", &count).unwrap();
+    let bulk_took = started.elapsed();
+    assert!(bulk > 100 << 20, "the bulk is the data: {bulk}");
+    let snaps = |ds: &str| host.sh_ok(&format!("zfs list -H -t snapshot -o name {ds}"));
+    assert!(snaps(dst).contains("@vf-move-pre"), "{}", snaps(dst));
+    // The guest writes on meanwhile: 4 MiB at 200 MiB.
+    host.sh_ok(&format!(
+        "head -c 4M /dev/urandom | dd of=/dev/zvol/{src} bs=1M seek=200 oflag=direct conv=fsync status=none"
+    ));
+    // An interrupted run that got this far sends nothing again.
+    assert_eq!(b.pre_copy(&a, "mv-root", &count).unwrap(), 0);
+    let started = Instant::now();
+    let rest = b.receive_disk(&a, "mv-root", &count).unwrap();
+    let rest_took = started.elapsed();
+    assert!(
+        rest > 4 << 20 && rest < 16 << 20,
+        "only the increment is sent while the guest is down: {rest} bytes"
+    );
+    let sum = |ds: &str| host.sh_ok(&format!("head -c 204M /dev/zvol/{ds} | sha256sum"));
+    assert_eq!(
+        sum(dst),
+        sum(src),
+        "the copy has the writes made after the bulk"
+    );
+    for ds in [src, dst] {
+        assert!(!snaps(ds).contains("@vf-move"), "dropped: {}", snaps(ds));
+    }
+    assert!(snaps(dst).contains("@vf-init"), "{}", snaps(dst));
+    println!(
+        "zfs move of a running guest: bulk while running {:.2} s, {bulk} bytes; then stopped: {:.2} s, {rest} bytes ({:.3}x the bulk's time)",
+        bulk_took.as_secs_f64(),
+        rest_took.as_secs_f64(),
+        rest_took.as_secs_f64() / bulk_took.as_secs_f64()
+    );
+
+    // A pre-copy whose source snapshot was replaced since (here by hand) is
+    // refused, and neither side is changed.
+    host.sh_ok(&format!("zfs destroy -r {dst}"));
+    b.pre_copy(&a, "mv-root", &count).unwrap();
+    host.sh_ok(&format!(
+        "zfs destroy {src}@vf-move-pre && zfs snapshot {src}@vf-move-pre"
+    ));
+    let e = b.receive_disk(&a, "mv-root", &count).unwrap_err();
+    assert!(
+        matches!(e, virtfleet::host::storage::StorageError::StaleCopy { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains(dst), "{e}");
+    assert!(
+        snaps(dst).contains("@vf-move-pre"),
+        "untouched: {}",
+        snaps(dst)
+    );
+    // What the hint says: destroy that copy; the next run copies whole.
+    host.sh_ok(&format!("zfs destroy -r {dst}"));
+    assert!(b.receive_disk(&a, "mv-root", &count).unwrap() > 100 << 20);
+    assert_eq!(sum(dst), sum(src));
+    for ds in [src, dst] {
+        assert!(!snaps(ds).contains("@vf-move"), "dropped: {}", snaps(ds));
+    }
     host.sh("zfs destroy -r tank/mva; zfs destroy -r tank/mvb");
+}
+
+/// `apply` moves a running machine from one real ZFS host to another: the
+/// bulk of its disks is sent while it runs, then only the increment; it runs
+/// on the new host with its UUID and its data, and its old disks are in the
+/// old host's trash.
+fn running_machine_moves_between_two_hosts(z1: &ZfsHost, z2: &ZfsHost) {
+    let mut lab = Lab::new("t-zmv");
+    // Both hosts are emulated (TCG) guests: everything in them is slow.
+    lab.timeout = Duration::from_secs(900);
+    let hosts = [("z1", z1), ("z2", z2)].map(|(name, h)| {
+        format!(
+            "V.Host::{{ name = \"{name}\", uri = \"{}\", storage = V.Storage.Zfs {{ parent = \"tank/vf\" }}, domainType = V.DomainType.Qemu, cpuMode = V.CpuMode.Default, network = V.Network.User }}",
+            h.uri
+        )
+    });
+    let write = |on: &str| {
+        let m = lab.machine(
+            "mv",
+            &format!(
+                "host = Some \"{on}\", power = V.Power.Running, dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]"
+            ),
+        );
+        lab.write_hosts(&hosts, &[m], "");
+    };
+    write("z1");
+    lab.apply(&[]).expect_code(0);
+    let dom = lab.m("mv");
+    let state = |h: &ZfsHost| h.sh(&format!("virsh domstate {dom}")).1.trim().to_owned();
+    assert_eq!(state(z1), "running");
+    let uuid = z1.sh_ok(&format!("virsh domuuid {dom}")).trim().to_owned();
+    // 64 MiB of pattern on the data disk, which the guest never touches.
+    let data = format!("tank/vf/disks/{dom}-data");
+    z1.sh_ok(&format!(
+        "head -c 64M /dev/urandom > /var/tmp/pattern && dd if=/var/tmp/pattern of=/dev/zvol/{data} bs=1M oflag=direct conv=fsync status=none"
+    ));
+    let want = z1.sh_ok("sha256sum < /var/tmp/pattern");
+    // The machine runs on `on` with its UUID and data disk `sum`, is gone
+    // from `off`, and no move snapshot is left on either.
+    let landed = |on: &ZfsHost, off: &ZfsHost, sum: &str, log: &str| {
+        assert_eq!(state(on), "running", "{log}");
+        assert!(!off.sh_ok("virsh list --all --name").contains(&dom));
+        assert_eq!(on.sh_ok(&format!("virsh domuuid {dom}")).trim(), uuid);
+        assert_eq!(
+            on.sh_ok(&format!("head -c 64M /dev/zvol/{data} | sha256sum")),
+            sum,
+            "the data moved, with what was written after the bulk"
+        );
+        for h in [on, off] {
+            let snaps = h.sh_ok("zfs list -H -t snapshot -o name -r tank/vf");
+            assert!(!snaps.contains("@vf-move"), "dropped: {snaps}");
+        }
+    };
+
+    write("z2");
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        plan.stdout.contains("move in from z1")
+            && plan
+                .stdout
+                .contains("while it runs, stop it there, send what it wrote since"),
+        "{}",
+        plan.stdout
+    );
+    let started = Instant::now();
+    let out = lab.apply(&["--allow-restart"]).expect_code(0);
+    let took = started.elapsed();
+    assert!(
+        out.stderr.contains("(guest running)")
+            && out.stderr.contains("(changes since the guest ran)"),
+        "the bulk while running, then the increment: {}",
+        out.stderr
+    );
+
+    landed(z2, z1, &want, &out.all());
+    assert_eq!(z2.prop(&data, "virtfleet:machine"), dom);
+    let trash = z1.sh_ok("zfs list -H -o name -r tank/vf/trash");
+    assert!(
+        trash.contains(&format!("{dom}-root")) && trash.contains(&format!("{dom}-data")),
+        "the old disks are in z1's trash: {trash}"
+    );
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    println!(
+        "zfs move between two hosts (apply: observe, bulk send while running, stop, increment, define, start, old disks to trash): {:.2} s",
+        took.as_secs_f64()
+    );
+
+    // And back, killed twice on the way (VIRTFLEET_FAULT): never lost, and
+    // the re-run finishes the move with what the guest wrote meanwhile.
+    write("z1");
+    let killed = |point: &str| {
+        let out = lab
+            .vf_command(&[
+                "apply",
+                "--auto-approve",
+                "--shutdown-timeout",
+                "1s",
+                "--allow-restart",
+            ])
+            .env("VIRTFLEET_FAULT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the run was not killed");
+    };
+    killed("move-precopied");
+    assert_eq!(state(z2), "running", "the bulk is sent while it runs");
+    assert!(
+        z1.sh_ok("zfs list -H -t snapshot -o name -r tank/vf/disks")
+            .contains("@vf-move-pre")
+    );
+    z2.sh_ok(&format!(
+        "head -c 8M /dev/urandom > /var/tmp/pattern2 && dd if=/var/tmp/pattern2 of=/dev/zvol/{data} bs=1M oflag=direct conv=fsync status=none"
+    ));
+    let want2 = z2.sh_ok(&format!("head -c 64M /dev/zvol/{data} | sha256sum"));
+    assert_ne!(want2, want);
+    killed("move-received");
+    assert_eq!(state(z2), "shut off", "stopped there, defined there");
+    assert!(!z1.sh_ok("virsh list --all --name").contains(&dom));
+    let out = lab.apply(&["--allow-restart"]).expect_code(0);
+    assert!(
+        out.stderr.contains("(changes since the guest ran)"),
+        "only the increment: {}",
+        out.stderr
+    );
+    landed(z1, z2, &want2, &out.all());
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
 }

@@ -5,7 +5,9 @@
 //! meanwhile; see `leases`).
 //!
 //! Dir to Dir copies the qcow2 files (`DirStorage::receive_disk`); ZFS to
-//! ZFS streams `zfs send -R | zfs receive` (`ZfsStorage::receive_disk`).
+//! ZFS streams `zfs send | zfs receive`, the bulk while a running guest
+//! still runs (`ZfsStorage::pre_copy`), then, stopped, only the increment
+//! since (`ZfsStorage::receive_disk`).
 //!
 //! Safety: the source machine is never touched beyond a stop until the
 //! copy here is verified and the machine defined and started here (those
@@ -102,6 +104,29 @@ fn copy_disks(
     }
 }
 
+/// Sends each of `volumes` from the source into `dst` while the guest runs
+/// there, where the backends can then send only the increment (ZFS to ZFS).
+fn pre_copy(
+    src: &Source<'_>,
+    dst: &Host,
+    dst_t: &dyn Transport,
+    volumes: &[String],
+    bytes: &StepBytes<'_>,
+) -> Result<(), StorageError> {
+    if let (Storage::Zfs { parent: from }, Storage::Zfs { parent: to }) =
+        (&src.host.storage, &dst.storage)
+    {
+        let (from, to) = (
+            ZfsStorage::new(from, src.t.as_ref()),
+            ZfsStorage::new(to, dst_t),
+        );
+        for v in volumes {
+            to.pre_copy(&from, v, bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// `MoveIn`: stop the machine on `from`, copy and verify each of `volumes`
 /// here. The root disk (the first volume) is re-pointed at this host's
 /// copy of `base`.
@@ -134,13 +159,23 @@ pub(super) fn move_in(
     };
     super::step::owned_domain(&src_env, m)?;
     let was_running = src.lv.is_running(m)?;
+    let dst_t = transport_for(dst_host)?;
+    let bytes = StepBytes::new(env.events, &c.host, &c.address);
     if was_running {
+        // ZFS to ZFS: the bulk goes while the guest still runs, so it is
+        // down only for the increment. A failure here has stopped nothing.
+        pre_copy(&src, dst_host, dst_t.as_ref(), volumes, &bytes).map_err(|e| {
+            StepError::MoveFailed {
+                machine: m.into(),
+                from: from.into(),
+                state: "still running there (it was not stopped)",
+                source: Box::new(e.into()),
+            }
+        })?;
         // Graceful first, powered off after the grace period, as any stop.
         src.lv.stop(m, env.settings.shutdown_grace)?;
     }
     crate::fault::point("move-stopped");
-    let dst_t = transport_for(dst_host)?;
-    let bytes = StepBytes::new(env.events, &c.host, &c.address);
     let copied = copy_disks(&src, dst_host, dst_t.as_ref(), volumes, base, &bytes);
     if let Err(e) = copied {
         let restarted = was_running && src.lv.start(m).is_ok();

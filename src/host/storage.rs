@@ -203,6 +203,10 @@ pub enum StorageError {
     /// A zvol's block device did not appear after it was created.
     #[error("{path} did not appear")]
     DeviceMissing { path: String },
+    /// A copy left on a move's destination by an earlier run no longer
+    /// matches its source: virtfleet neither sends onto it nor removes it.
+    #[error("{path}: {why}")]
+    StaleCopy { path: String, why: String },
     /// A removal was asked for something that is not a trash entry or a
     /// half-made object of this fleet: refused, nothing was removed.
     #[error("refusing to remove {path:?}: {why}")]
@@ -223,6 +227,9 @@ impl StorageError {
             StorageError::DeviceMissing { .. } => {
                 Some("zvol devices are made by udev on the host: is systemd-udevd running there?")
             }
+            StorageError::StaleCopy { .. } => Some(
+                "the copy is not in use: destroy it on the destination host (`zfs destroy -r` the dataset named), then apply again for a full copy",
+            ),
             StorageError::Parse(_) | StorageError::NotRemovable { .. } => None,
         }
     }

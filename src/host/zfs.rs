@@ -62,6 +62,9 @@ pub fn list_columns() -> String {
 const LEASE: &str = "lease";
 /// The snapshot a move sends (taken and dropped by [`ZfsStorage::receive_disk`]).
 const MOVE_SNAPSHOT: &str = "vf-move";
+/// The snapshot a move sends while the guest still runs
+/// ([`ZfsStorage::pre_copy`]); the final send is incremental from it.
+const PRE_SNAPSHOT: &str = "vf-move-pre";
 /// Its holder, as JSON.
 const LEASE_PROP: &str = "virtfleet:lease";
 
@@ -310,15 +313,178 @@ impl<'a> ZfsStorage<'a> {
         Err(StorageError::DeviceMissing { path: dev })
     }
 
+    /// The first half of moving a running machine's disk `volume` from
+    /// `from`: snapshots it there as `@vf-move-pre` while the guest still
+    /// runs and brings the copy here up to it (see [`catch_up`](Self::catch_up)),
+    /// so that [`receive_disk`](Self::receive_disk), once the guest is
+    /// stopped, sends only what changed since: the guest's downtime is that
+    /// increment, not the disk. Returns the bytes streamed (0 when an earlier
+    /// run got this far, or already took the final snapshot).
+    pub fn pre_copy(
+        &self,
+        from: &ZfsStorage<'_>,
+        volume: &str,
+        progress: &dyn Progress,
+    ) -> Result<u64, StorageError> {
+        let rel = layout::disk_rel(volume);
+        let src = from.ds(&rel);
+        if from.exists(&format!("{src}@{MOVE_SNAPSHOT}"))? {
+            return Ok(0);
+        }
+        from.take(&format!("{src}@{PRE_SNAPSHOT}"))?;
+        let label = format!("zfs send {volume} (guest running)");
+        let bytes = self.catch_up(from, &rel, PRE_SNAPSHOT, &label, progress)?;
+        crate::fault::point("move-precopied");
+        Ok(bytes)
+    }
+
+    /// Snapshot `snap` (`ds@name`), unless it exists.
+    fn take(&self, snap: &str) -> Result<(), StorageError> {
+        if !self.exists(snap)? {
+            self.t.run_ok(&["zfs", "snapshot", snap])?;
+        }
+        Ok(())
+    }
+
+    /// The snapshots of `ds` (names after the `@`) with their guids, oldest
+    /// first.
+    fn snapshots_with_guids(&self, ds: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let out = self.t.run_ok(&[
+            "zfs",
+            "list",
+            "-Hp",
+            "-t",
+            "snapshot",
+            "-o",
+            "name,guid",
+            "-s",
+            "createtxg",
+            "-d",
+            "1",
+            ds,
+        ])?;
+        out.lines()
+            .map(|l| {
+                let (name, guid) = l
+                    .split_once('\t')
+                    .ok_or_else(|| StorageError::Parse(format!("zfs list: {l:?}")))?;
+                let (_, snap) = name
+                    .split_once('@')
+                    .ok_or_else(|| StorageError::Parse(format!("zfs list: {l:?}")))?;
+                Ok((snap.to_owned(), guid.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Brings disk `rel` here up to `from`'s snapshot `target`, with every
+    /// snapshot before it and the properties (`-p`: the ownership travels).
+    /// Absent here: a full stream of the oldest snapshot, then the
+    /// increment to `target` (`-I`, every snapshot between). A full `-R`
+    /// stream is not used because it carries a clone's origin, which the
+    /// other host does not have: the copy is a whole volume of its own.
+    /// Present here (an earlier pass or run): only the increment from its
+    /// newest snapshot, which must be the source's very one (same guid), or
+    /// nothing is sent onto it. A receive is atomic, and the source's move
+    /// snapshots stay until the copy is verified, so an interrupted catch-up
+    /// is simply resumed. Returns the bytes streamed.
+    fn catch_up(
+        &self,
+        from: &ZfsStorage<'_>,
+        rel: &str,
+        target: &str,
+        label: &str,
+        progress: &dyn Progress,
+    ) -> Result<u64, StorageError> {
+        let (src, dst) = (from.ds(rel), self.ds(rel));
+        let theirs = from.snapshots_with_guids(&src)?;
+        let upto = theirs
+            .iter()
+            .position(|(n, _)| n == target)
+            .ok_or_else(|| StorageError::Parse(format!("{src}@{target} is not listed")))?;
+        let theirs = &theirs[..=upto];
+        let mut bytes = 0;
+        let since = if self.exists(&dst)? {
+            let Some((newest, guid)) = self.snapshots_with_guids(&dst)?.pop() else {
+                return Err(StorageError::StaleCopy {
+                    path: dst,
+                    why: "an earlier copy without snapshots; nothing was sent onto it".into(),
+                });
+            };
+            if !theirs.iter().any(|(n, g)| *n == newest && *g == guid) {
+                return Err(StorageError::StaleCopy {
+                    path: dst,
+                    why: format!(
+                        "an earlier run's copy, whose newest snapshot @{newest} is not {src}'s own any more; nothing was sent onto it"
+                    ),
+                });
+            }
+            newest
+        } else {
+            self.containers()?;
+            let oldest = &theirs[0].0;
+            bytes += self.stream(
+                from,
+                &["-p", &format!("{src}@{oldest}")],
+                &dst,
+                label,
+                progress,
+            )?;
+            oldest.clone()
+        };
+        if since != target {
+            bytes += self.stream(
+                from,
+                &["-p", "-I", &format!("@{since}"), &format!("{src}@{target}")],
+                &dst,
+                label,
+                progress,
+            )?;
+        }
+        Ok(bytes)
+    }
+
+    /// Streams `zfs send ARGS` on `from` into `zfs receive -u dst` here,
+    /// with the stream's estimated size (a dry run, no data read) for the
+    /// progress bar. Returns the bytes streamed.
+    fn stream(
+        &self,
+        from: &ZfsStorage<'_>,
+        args: &[&str],
+        dst: &str,
+        label: &str,
+        progress: &dyn Progress,
+    ) -> Result<u64, StorageError> {
+        let dry: Vec<&str> = ["zfs", "send", "-nP"].iter().chain(args).copied().collect();
+        let estimate = from
+            .t
+            .run_ok(&dry)?
+            .lines()
+            .filter_map(|l| l.strip_prefix("size\t"))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .next_back();
+        progress.start(label, estimate);
+        let send: Vec<&str> = ["zfs", "send"].iter().chain(args).copied().collect();
+        let bytes = super::transport::pipe(
+            from.t,
+            &send,
+            self.t,
+            &["zfs", "receive", "-u", dst],
+            progress,
+        )?;
+        progress.finish("received");
+        Ok(bytes)
+    }
+
     /// Takes disk `volume` in from another ZFS storage `from` (the second
     /// half of a move; its guest is stopped there): snapshots it there as
-    /// `@vf-move`, streams `zfs send -R` (every snapshot, the ownership
-    /// properties) into `zfs receive -u` here through this process, checks
-    /// that the received `@vf-move` has the guid of the sent one, and drops
-    /// `@vf-move` on both sides. A receive is atomic (an interrupted one
-    /// leaves nothing), so a disk already here came whole; if its
-    /// `@vf-move` is still there, its guid is checked now. Returns the
-    /// bytes streamed (0 when the disk was here already).
+    /// `@vf-move`, brings the copy here up to it (see
+    /// [`catch_up`](Self::catch_up): whole, or only the increment since
+    /// [`pre_copy`](Self::pre_copy)), checks that the copy's `@vf-move` has
+    /// the guid of the source's, then drops the move's snapshots, on the
+    /// source first. So a source still holding one means a move under way
+    /// (resumed here), and a disk here while the source holds none was
+    /// verified already. Returns the bytes streamed (0 when the disk was
+    /// here already).
     pub fn receive_disk(
         &self,
         from: &ZfsStorage<'_>,
@@ -327,55 +493,46 @@ impl<'a> ZfsStorage<'a> {
     ) -> Result<u64, StorageError> {
         let rel = layout::disk_rel(volume);
         let (src, dst) = (from.ds(&rel), self.ds(&rel));
-        let (src_snap, dst_snap) = (
-            format!("{src}@{MOVE_SNAPSHOT}"),
-            format!("{dst}@{MOVE_SNAPSHOT}"),
-        );
-        let guid = |t: &dyn Transport, snap: &str| -> Result<String, StorageError> {
-            Ok(
-                t.run_ok(&["zfs", "get", "-Hp", "-o", "value", "guid", snap])?
-                    .trim()
-                    .to_owned(),
-            )
-        };
+        let snap = |ds: &str, name: &str| format!("{ds}@{name}");
+        let (src_snap, dst_snap) = (snap(&src, MOVE_SNAPSHOT), snap(&dst, MOVE_SNAPSHOT));
+        let (src_pre, dst_pre) = (snap(&src, PRE_SNAPSHOT), snap(&dst, PRE_SNAPSHOT));
+        let under_way = from.exists(&src_pre)? || from.exists(&src_snap)?;
         let mut bytes = 0;
-        if !self.exists(&dst)? {
-            self.containers()?;
-            if !from.exists(&src_snap)? {
-                from.t.run_ok(&["zfs", "snapshot", &src_snap])?;
-            }
-            // The stream's estimated size, for the progress bar (a dry run:
-            // no data read).
-            let dry = from.t.run_ok(&["zfs", "send", "-nP", "-R", &src_snap])?;
-            let estimate = dry
-                .lines()
-                .filter_map(|l| l.strip_prefix("size\t"))
-                .filter_map(|n| n.trim().parse::<u64>().ok())
-                .next_back();
-            progress.start(&format!("zfs send {volume}"), estimate);
-            bytes = super::transport::pipe(
-                from.t,
-                &["zfs", "send", "-R", &src_snap],
-                self.t,
-                &["zfs", "receive", "-u", &dst],
-                progress,
-            )?;
-            progress.finish("received");
+        if under_way || !self.exists(&dst)? {
+            from.take(&src_snap)?;
+            let label = if self.exists(&dst)? {
+                format!("zfs send {volume} (changes since the guest ran)")
+            } else {
+                format!("zfs send {volume}")
+            };
+            bytes = self.catch_up(from, &rel, MOVE_SNAPSHOT, &label, progress)?;
             crate::fault::point("move-received");
-        }
-        if self.exists(&dst_snap)? {
+            let guid = |t: &dyn Transport, snap: &str| -> Result<String, StorageError> {
+                Ok(
+                    t.run_ok(&["zfs", "get", "-Hp", "-o", "value", "guid", snap])?
+                        .trim()
+                        .to_owned(),
+                )
+            };
             let (want, got) = (guid(from.t, &src_snap)?, guid(self.t, &dst_snap)?);
             if want != got {
-                return Err(StorageError::ImageHashMismatch {
+                return Err(StorageError::StaleCopy {
                     path: dst_snap,
-                    expected: format!("guid {want}"),
-                    actual: format!("guid {got}"),
+                    why: format!(
+                        "received with guid {got}, not the source's {want}; nothing was defined from it"
+                    ),
                 });
             }
-            self.t.run_ok(&["zfs", "destroy", &dst_snap])?;
         }
-        if from.exists(&src_snap)? {
-            from.t.run_ok(&["zfs", "destroy", &src_snap])?;
+        for (storage, s) in [
+            (from, &src_pre),
+            (from, &src_snap),
+            (self, &dst_pre),
+            (self, &dst_snap),
+        ] {
+            if storage.exists(s)? {
+                storage.t.run_ok(&["zfs", "destroy", s])?;
+            }
         }
         self.wait_device(&dst)?;
         Ok(bytes)

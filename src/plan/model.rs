@@ -152,7 +152,9 @@ pub enum Action {
     /// Move a machine here from host `from` with its data: stop it there
     /// (ACPI shutdown, power off after the grace period), copy every disk
     /// with its snapshots, verify each copy, and only then take it in. A
-    /// failure starts the guest again on `from` if it was running.
+    /// failure starts the guest again on `from` if it was running. Between
+    /// ZFS hosts the bulk is sent before the stop, while the guest runs, and
+    /// only the increment after it.
     MoveIn {
         /// The host it is on now.
         from: String,

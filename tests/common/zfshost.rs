@@ -8,8 +8,11 @@ use std::process::Command;
 pub struct ZfsHost {
     /// Its run directory (key, known_hosts, port, overlays).
     pub run: PathBuf,
-    /// The libvirt URI of the host.
+    /// The libvirt URI of the host (`qemu+ssh://`).
     pub uri: String,
+    /// The same host through libvirt's libssh transport (`qemu+libssh://`,
+    /// which reads keyfile= and known_hosts= itself).
+    pub libssh_uri: String,
     /// The forwarded SSH port on 127.0.0.1.
     pub port: String,
 }
@@ -19,9 +22,18 @@ impl ZfsHost {
     /// `$VIRTFLEET_TEST_ZFS_RUN` when set (so two test runs, each with its own
     /// guest, never share one).
     pub fn boot(dir: &str) -> ZfsHost {
-        let run = std::env::var_os("VIRTFLEET_TEST_ZFS_RUN")
+        ZfsHost::boot_at(Self::run_dir(dir))
+    }
+
+    /// The run directory [`ZfsHost::boot`] uses for `dir`.
+    pub fn run_dir(dir: &str) -> PathBuf {
+        std::env::var_os("VIRTFLEET_TEST_ZFS_RUN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/virtfleet-tests").join(dir));
+            .unwrap_or_else(|| PathBuf::from("/var/lib/virtfleet-tests").join(dir))
+    }
+
+    /// Boots one under `run`.
+    pub fn boot_at(run: PathBuf) -> ZfsHost {
         let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zfs-host/boot"))
             .arg("start")
             .arg(&run)
@@ -37,7 +49,17 @@ impl ZfsHost {
             .unwrap()
             .trim()
             .to_owned();
-        ZfsHost { run, uri, port }
+        let libssh_uri = format!(
+            "qemu+libssh://root@127.0.0.1:{port}/system?keyfile={key}&known_hosts={kh}&known_hosts_verify=normal&sshauth=privkey",
+            key = run.join("id_ed25519").display(),
+            kh = run.join("known_hosts").display(),
+        );
+        ZfsHost {
+            run,
+            uri,
+            libssh_uri,
+            port,
+        }
     }
 
     /// Runs a shell command inside the guest; returns (success, stdout+stderr).

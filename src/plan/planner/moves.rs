@@ -12,7 +12,7 @@
 
 use super::domain::{self, desired_domain_as};
 use super::{HostPlan, Phase, is_up, power, seed};
-use crate::fleet::{Fleet, Machine};
+use crate::fleet::{Fleet, Machine, Storage};
 use crate::lock::ImageLock;
 use crate::plan::model::{Action, BaseRef, Disruption};
 use crate::resources::identity::Identity;
@@ -54,11 +54,27 @@ pub(super) fn plan_move_in(
         return;
     }
     let bytes = declared.iter().map(|v| src.disks[v].size_bytes).sum();
-    let stop = if is_up(d) { "stop it there, " } else { "" };
-    let reason = format!(
-        "placed on {h}, now on {from}: {stop}copy {} ({}) with snapshots, verify, define and start here, then its old disks go to {from}'s trash",
+    let zfs = |name: &str| {
+        fleet
+            .hosts
+            .values()
+            .any(|x| x.name.as_str() == name && matches!(x.storage, Storage::Zfs { .. }))
+    };
+    let disks = format!(
+        "{} ({}) with snapshots",
         plural(declared.len(), "disk"),
         human_bytes(bytes)
+    );
+    // Mirrors `apply::moving`: between ZFS hosts the bulk goes first.
+    let copy = match (is_up(d), zfs(from) && zfs(h)) {
+        (true, true) => {
+            format!("send {disks} while it runs, stop it there, send what it wrote since")
+        }
+        (true, false) => format!("stop it there, copy {disks}"),
+        (false, _) => format!("copy {disks}"),
+    };
+    let reason = format!(
+        "placed on {h}, now on {from}: {copy}, verify, define and start here, then its old disks go to {from}'s trash"
     );
     let action = Action::MoveIn {
         from: from.to_owned(),
