@@ -5,7 +5,8 @@
 //! `zfs` and `sha256sum` inside the guest are the witnesses.
 //!
 //! Then a running machine moves by `apply` between two real ZFS hosts (a
-//! second guest booted beside the first).
+//! second guest booted beside the first), and a machine moves off the first
+//! guest, used as a Dir host over SSH, to the local libvirtd.
 //!
 //! Its own guests: `VIRTFLEET_TEST_ZFS_RUN` or
 //! /var/lib/virtfleet-tests/zfs-move-run, and the same path with `-2`,
@@ -14,7 +15,7 @@
 
 mod common;
 
-use common::lab::Lab;
+use common::lab::{Lab, SYSTEM, qemu_io};
 use common::zfshost::ZfsHost;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ fn zfs_disks_move_between_parents_and_running_machines_between_two_zfs_hosts() {
     second.push("-2");
     let host2 = ZfsHost::boot_at(second.into());
     running_machine_moves_between_two_hosts(&host, &host2);
+    drop(host2);
+    dir_machine_moves_off_a_remote_host(&host);
 }
 
 /// A disk moves between two parent datasets of one host through the code a
@@ -364,4 +367,54 @@ fn running_machine_moves_between_two_hosts(z1: &ZfsHost, z2: &ZfsHost) {
     );
     landed(z1, z2, &want2, &out.all());
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+}
+
+/// A Dir host reached over SSH (the first guest, its storage a directory)
+/// and the local libvirtd: `apply` moves a machine off the remote host, its
+/// qcow2 disk streamed through this process, checked by sha256 on both
+/// sides and re-pointed at the local copy of its base.
+fn dir_machine_moves_off_a_remote_host(z: &ZfsHost) {
+    let mut lab = Lab::new("t-zdir");
+    lab.timeout = Duration::from_secs(900);
+    let remote = std::path::Path::new("/var/lib/vf-dir");
+    z.sh_ok("rm -rf /var/lib/vf-dir");
+    let hosts = [
+        lab.host("r", &z.uri, remote),
+        lab.host("h", SYSTEM, &lab.root),
+    ];
+    let write = |on: &str| {
+        let m = lab.machine(
+            "dm",
+            &format!("host = Some \"{on}\", power = V.Power.Stopped"),
+        );
+        lab.write_hosts(&hosts, &[m], "");
+    };
+    write("r");
+    lab.apply(&[]).expect_code(0);
+    let dom = lab.m("dm");
+    let rel = layout::dir_disk_file_rel(&format!("{dom}-root"));
+    // 4 KiB of pattern 61 at 512 MiB, written in the remote host.
+    let file = remote.join(&rel);
+    z.sh_ok(&format!(
+        "qemu-io -f qcow2 -c 'write -P 61 512M 4k' {}",
+        file.display()
+    ));
+    write("h");
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(plan.stdout.contains("move in from r"), "{}", plan.stdout);
+    let out = lab.apply(&["--allow-restart"]).expect_code(0);
+    assert!(
+        qemu_io(&lab.root.join(&rel), "read", 61),
+        "the data came from the remote host: {}",
+        out.all()
+    );
+    assert!(common::lab::virsh(SYSTEM, &["dominfo", &dom]).0);
+    assert!(!z.sh(&format!("virsh dominfo {dom}")).0, "gone from r");
+    let trash = z.sh_ok("ls /var/lib/vf-dir/trash");
+    assert!(
+        trash.contains(&format!("{dom}-root@")),
+        "the old disk is in r's trash: {trash}"
+    );
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    z.sh("rm -rf /var/lib/vf-dir");
 }
