@@ -495,12 +495,13 @@ impl<'a> ZfsStorage<'a> {
         let (src, dst) = (from.ds(&rel), self.ds(&rel));
         let snap = |ds: &str, name: &str| format!("{ds}@{name}");
         let (src_snap, dst_snap) = (snap(&src, MOVE_SNAPSHOT), snap(&dst, MOVE_SNAPSHOT));
-        let (src_pre, dst_pre) = (snap(&src, PRE_SNAPSHOT), snap(&dst, PRE_SNAPSHOT));
+        let src_pre = snap(&src, PRE_SNAPSHOT);
         let under_way = from.exists(&src_pre)? || from.exists(&src_snap)?;
+        let present = self.exists(&dst)?;
         let mut bytes = 0;
-        if under_way || !self.exists(&dst)? {
+        if under_way || !present {
             from.take(&src_snap)?;
-            let label = if self.exists(&dst)? {
+            let label = if present {
                 format!("zfs send {volume} (changes since the guest ran)")
             } else {
                 format!("zfs send {volume}")
@@ -524,14 +525,9 @@ impl<'a> ZfsStorage<'a> {
                 });
             }
         }
-        for (storage, s) in [
-            (from, &src_pre),
-            (from, &src_snap),
-            (self, &dst_pre),
-            (self, &dst_snap),
-        ] {
-            if storage.exists(s)? {
-                storage.t.run_ok(&["zfs", "destroy", s])?;
+        for storage in [from, self] {
+            for name in [PRE_SNAPSHOT, MOVE_SNAPSHOT] {
+                storage.destroy_snapshot(volume, name)?;
             }
         }
         self.wait_device(&dst)?;
