@@ -357,9 +357,7 @@ impl Run<'_> {
     fn connect(&self, name: &str) -> Result<(Libvirt, Box<dyn Transport>, &Host), StepError> {
         let host = self
             .fleet
-            .hosts
-            .values()
-            .find(|x| x.name.as_str() == name)
+            .host_named(name)
             .ok_or_else(|| StepError::HostNotInFleet { host: name.into() })?;
         let lv = Libvirt::open(&host.uri)?;
         let t = transport_for(host)?;
@@ -448,9 +446,7 @@ impl Run<'_> {
         // A host's own `concurrency` caps the run's.
         let limit = self
             .fleet
-            .hosts
-            .values()
-            .find(|h| h.name.as_str() == name)
+            .host_named(name)
             .and_then(|h| h.concurrency)
             .map_or(self.settings.concurrency, |n| {
                 n.min(self.settings.concurrency)

@@ -45,9 +45,7 @@ impl Drop for Source<'_> {
 
 fn host<'f>(env: &StepEnv<'f>, name: &str) -> Result<&'f Host, StepError> {
     env.fleet
-        .hosts
-        .values()
-        .find(|h| h.name.as_str() == name)
+        .host_named(name)
         .ok_or_else(|| StepError::HostNotInFleet { host: name.into() })
 }
 

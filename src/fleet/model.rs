@@ -172,6 +172,11 @@ impl Machine {
 }
 
 impl Fleet {
+    /// Host `name`, if the fleet has it.
+    pub fn host_named(&self, name: &str) -> Option<&Host> {
+        self.hosts.values().find(|h| h.name.as_str() == name)
+    }
+
     /// Machines that may be on `host` (it is one of their candidates, or
     /// their provisional host), in name order: the ones observation looks for there.
     pub fn machines_maybe_on<'a>(

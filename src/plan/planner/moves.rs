@@ -56,9 +56,8 @@ pub(super) fn plan_move_in(
     let bytes = declared.iter().map(|v| src.disks[v].size_bytes).sum();
     let zfs = |name: &str| {
         fleet
-            .hosts
-            .values()
-            .any(|x| x.name.as_str() == name && matches!(x.storage, Storage::Zfs { .. }))
+            .host_named(name)
+            .is_some_and(|x| matches!(x.storage, Storage::Zfs { .. }))
     };
     let disks = format!(
         "{} ({}) with snapshots",
