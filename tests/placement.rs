@@ -341,3 +341,40 @@ fn changing_a_machines_host_is_a_restart_class_move_never_a_destroy() {
         "{finish:#?}"
     );
 }
+
+#[test]
+fn a_move_between_a_dir_and_a_zfs_host_says_it_converts_each_way() {
+    let on = |host: &str| {
+        let mut f = fleet(
+            "",
+            &[&format!(
+                "name = \"web\", host = Some \"{host}\", memoryMiB = 256"
+            )],
+        );
+        let hv2 = f.hosts.values_mut().find(|h| h.name.as_str() == "hv2");
+        hv2.unwrap().storage = virtfleet::fleet::Storage::Zfs {
+            parent: "tank/vf".into(),
+        };
+        f
+    };
+    let reason = |p: &Plan| {
+        p.changes
+            .iter()
+            .find(|c| matches!(c.action, Action::MoveIn { .. }))
+            .map(|c| c.reason.clone())
+            .unwrap_or_else(|| panic!("no move: {:#?}", p.changes))
+    };
+    // Running on Dir hv1, placed on ZFS hv2.
+    let hv1 = converged_with(&on("hv1"), "hv1", &["web"]);
+    let p = plan_of(&on("hv2"), &obs(Some(hv1), empty()), true);
+    let why = reason(&p);
+    assert!(
+        why.contains("stop it there, convert 1 disk (1.0 GiB) with snapshots from qcow2 files to zvols, verify"),
+        "{why}"
+    );
+    // And back.
+    let hv2 = converged_with(&on("hv2"), "hv2", &["web"]);
+    let p = plan_of(&on("hv1"), &obs(empty(), Some(hv2)), true);
+    let why = reason(&p);
+    assert!(why.contains("from zvols to qcow2 files"), "{why}");
+}

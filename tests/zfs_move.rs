@@ -6,7 +6,9 @@
 //!
 //! Then a running machine moves by `apply` between two real ZFS hosts (a
 //! second guest booted beside the first), and a machine moves off the first
-//! guest, used as a Dir host over SSH, to the local libvirtd.
+//! guest, used as a Dir host over SSH, to the local libvirtd. Last, a
+//! machine moves from the local Dir libvirtd to the ZFS host and back,
+//! converted both ways with its snapshots, and killed on the way each time.
 //!
 //! Its own guests: `VIRTFLEET_TEST_ZFS_RUN` or
 //! /var/lib/virtfleet-tests/zfs-move-run, and the same path with `-2`,
@@ -17,6 +19,7 @@ mod common;
 
 use common::lab::{Lab, SYSTEM, qemu_io};
 use common::zfshost::ZfsHost;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use virtfleet::host::storage::{NewDisk, StorageBackend};
@@ -51,6 +54,7 @@ fn zfs_disks_move_between_parents_and_running_machines_between_two_zfs_hosts() {
     running_machine_moves_between_two_hosts(&host, &host2);
     drop(host2);
     dir_machine_moves_off_a_remote_host(&host);
+    machine_converts_between_a_dir_and_a_zfs_host(&host);
 }
 
 /// A disk moves between two parent datasets of one host through the code a
@@ -417,4 +421,194 @@ fn dir_machine_moves_off_a_remote_host(z: &ZfsHost) {
     );
     lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
     z.sh("rm -rf /var/lib/vf-dir");
+}
+
+/// Reads 4 KiB at 512 MiB of raw device `dev` in the ZFS host: pattern `p`?
+fn zvol_reads(z: &ZfsHost, dev: &str, p: u8) -> bool {
+    let (ok, out) = z.sh(&format!("qemu-io -r -f raw -c 'read -P {p} 512M 4k' {dev}"));
+    ok && !out.contains("failed")
+}
+
+/// A machine with a data disk and a snapshot moves from the local Dir
+/// libvirtd to the ZFS host (qcow2 files to zvols) and back (zvols to qcow2
+/// files): each state of each disk is carried (the snapshot reads as it was
+/// taken, the current state as it is), the root stays a copy-on-write child
+/// of the base on both sides, and a run killed half way is finished by the
+/// next one.
+fn machine_converts_between_a_dir_and_a_zfs_host(z: &ZfsHost) {
+    let mut lab = Lab::new("t-zcv");
+    lab.timeout = Duration::from_secs(900);
+    let hosts = [
+        format!(
+            "V.Host::{{ name = \"z\", uri = \"{}\", storage = V.Storage.Zfs {{ parent = \"tank/vf\" }}, domainType = V.DomainType.Qemu, cpuMode = V.CpuMode.Default, network = V.Network.User }}",
+            z.uri
+        ),
+        lab.host("h", SYSTEM, &lab.root),
+    ];
+    let write = |on: &str| {
+        let m = lab.machine(
+            "cv",
+            &format!(
+                "host = Some \"{on}\", power = V.Power.Stopped, dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]"
+            ),
+        );
+        lab.write_hosts(&hosts, &[m], "");
+    };
+    write("h");
+    lab.apply(&[]).expect_code(0);
+    let dom = lab.m("cv");
+    let file = |d: &str| {
+        lab.root
+            .join(layout::dir_disk_file_rel(&format!("{dom}-{d}")))
+    };
+    let (root, data) = (file("root"), file("data"));
+    // The snapshot holds pattern 61, the current state 63; the data disk 62.
+    assert!(qemu_io(&root, "write", 61));
+    let snap =
+        common::lab::taken_snapshot(&lab.vf(&["snapshot", &dom, "--label", "pre"]).expect_code(0));
+    assert!(qemu_io(&root, "write", 63) && qemu_io(&data, "write", 62));
+    let ds = |d: &str| format!("tank/vf/disks/{dom}-{d}");
+
+    // Dir to ZFS, killed once the zvol is made: a half-made conversion.
+    write("z");
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        plan.stdout.contains("move in from h")
+            && plan.stdout.contains("convert 2 disks (")
+            && plan.stdout.contains("from qcow2 files to zvols"),
+        "{}",
+        plan.stdout
+    );
+    let killed = |point: &str| {
+        let out = lab
+            .vf_command(&["apply", "--auto-approve", "--allow-restart"])
+            .env("VIRTFLEET_FAULT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the run was not killed");
+    };
+    killed("move-converting");
+    assert_eq!(z.prop(&ds("root"), "virtfleet:converting"), "on");
+    assert!(
+        common::lab::virsh(SYSTEM, &["dominfo", &dom]).0,
+        "still on h"
+    );
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        plan.stdout.contains("left half-created"),
+        "the marked zvol is a half-made object: {}",
+        plan.stdout
+    );
+    let started = Instant::now();
+    let out = lab.apply(&["--allow-restart"]).expect_code(0);
+    let to_zfs = started.elapsed();
+    assert!(out.stderr.contains("convert"), "{}", out.stderr);
+    let sha16 = &SHA[..16];
+    assert_eq!(
+        z.prop(&ds("root"), "origin"),
+        format!("tank/vf/images/{sha16}@base"),
+        "the root is still a clone of the base: unchanged blocks shared"
+    );
+    assert_eq!(z.prop(&ds("root"), "virtfleet:converting"), "-");
+    assert_eq!(z.prop(&ds("root"), "virtfleet:machine"), dom);
+    let snaps = z.sh_ok(&format!(
+        "zfs list -H -t snapshot -o name -s createtxg {}",
+        ds("root")
+    ));
+    assert!(
+        snaps.contains(&format!("@{snap}")) && !snaps.contains("vf-move"),
+        "{snaps}"
+    );
+    assert!(zvol_reads(z, &format!("/dev/zvol/{}", ds("root")), 63));
+    assert!(zvol_reads(z, &format!("/dev/zvol/{}", ds("data")), 62));
+    z.sh_ok(&format!(
+        "zfs set snapdev=visible {0} && udevadm settle",
+        ds("root")
+    ));
+    let at_snap = zvol_reads(z, &format!("/dev/zvol/{}@{snap}", ds("root")), 61);
+    z.sh_ok(&format!(
+        "zfs inherit snapdev {0} && udevadm settle",
+        ds("root")
+    ));
+    assert!(at_snap, "the snapshot reads as it was taken");
+    assert!(z.sh(&format!("virsh dominfo {dom}")).0);
+    assert!(
+        !common::lab::virsh(SYSTEM, &["dominfo", &dom]).0,
+        "gone from h"
+    );
+    let trash: Vec<String> = std::fs::read_dir(lab.root.join("trash"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for d in ["root", "data"] {
+        assert!(
+            trash.iter().any(|t| t.starts_with(&format!("{dom}-{d}@"))),
+            "the {d} qcow2 file is in h's trash: {trash:?}"
+        );
+    }
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+
+    // And back, ZFS to Dir, killed once the file is copied here.
+    write("h");
+    let plan = lab.vf(&["plan"]).expect_code(0);
+    assert!(
+        plan.stdout.contains("from zvols to qcow2 files"),
+        "{}",
+        plan.stdout
+    );
+    let stages = || {
+        z.sh_ok("ls /var/tmp")
+            .lines()
+            .filter(|l| l.starts_with("virtfleet-stage-"))
+            .count()
+    };
+    let staged_before = stages();
+    killed("move-copied");
+    assert!(z.sh(&format!("virsh dominfo {dom}")).0, "still on z");
+    let started = Instant::now();
+    lab.apply(&["--allow-restart"]).expect_code(0);
+    let to_dir = started.elapsed();
+    assert!(qemu_io(&root, "read", 63) && qemu_io(&data, "read", 62));
+    let info = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains(&format!("\"backing-filename\": \"{}", lab.root.display()))
+            && info.contains(&snap),
+        "an overlay on h's own base, with the snapshot: {info}"
+    );
+    let copy = lab.root.join("snapshot-check.qcow2");
+    std::fs::copy(&root, &copy).unwrap();
+    let applied = Command::new("qemu-img")
+        .args(["snapshot", "-a", &snap])
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(
+        applied.success() && qemu_io(&copy, "read", 61),
+        "the snapshot reads as it was taken"
+    );
+    std::fs::remove_file(&copy).unwrap();
+    let size = std::fs::metadata(&root).unwrap().len();
+    assert!(
+        size < 64 << 20,
+        "only what differs from the base: {size} bytes"
+    );
+    let trash = z.sh_ok("zfs list -H -o name -r tank/vf/trash");
+    assert!(
+        trash.contains(&format!("{dom}-root")) && trash.contains(&format!("{dom}-data")),
+        "{trash}"
+    );
+    // The killed run's staging directory stays (README, Known limitations);
+    // the finished one removed its own.
+    assert_eq!(stages(), staged_before + 1);
+    lab.vf(&["plan", "--detailed-exitcode"]).expect_code(0);
+    println!(
+        "move across backends (apply, stopped machine, 1 GiB root + 1 GiB data, one snapshot): Dir to ZFS {:.2} s, ZFS to Dir {:.2} s",
+        to_zfs.as_secs_f64(),
+        to_dir.as_secs_f64()
+    );
 }

@@ -7,7 +7,11 @@
 //! Dir to Dir copies the qcow2 files (`DirStorage::receive_disk`); ZFS to
 //! ZFS streams `zfs send | zfs receive`, the bulk while a running guest
 //! still runs (`ZfsStorage::pre_copy`), then, stopped, only the increment
-//! since (`ZfsStorage::receive_disk`).
+//! since (`ZfsStorage::receive_disk`). Between a Dir and a ZFS host the
+//! disk is converted, snapshots included (`host::convert`): what crosses is
+//! a qcow2 file holding what differs from the base, made on the ZFS side
+//! (`ZfsStorage::export_qcow2`) or taken in there
+//! (`ZfsStorage::receive_converted`).
 //!
 //! Safety: the source machine is never touched beyond a stop until the
 //! copy here is verified and the machine defined and started here (those
@@ -20,12 +24,13 @@ use super::step::{StepEnv, destroy, owned};
 use crate::fleet::{Host, Storage};
 use crate::host::dir::DirStorage;
 use crate::host::libvirt::Libvirt;
-use crate::host::storage::StorageError;
+use crate::host::storage::{Ownership, StorageError, with_stage};
 use crate::host::transport::Transport;
 use crate::host::zfs::ZfsStorage;
 use crate::host::{backend, transport_for};
 use crate::plan::{BaseRef, Change};
 use crate::resources::layout;
+use crate::resources::observed::DiskOwner;
 
 /// A connection to the host a machine moves from, with its lease held.
 struct Source<'f> {
@@ -67,39 +72,78 @@ fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
     })
 }
 
-/// Copies and verifies each of `volumes` from the source into `dst`.
+/// The owner of disk `volume` on the source, which must be this fleet's.
+fn owner_of(env: &StepEnv<'_>, src: &Source<'_>, volume: &str) -> Result<DiskOwner, StepError> {
+    let rel = layout::disk_rel(volume);
+    let storage = backend(src.host, src.t.as_ref());
+    match storage.ownership(&rel)? {
+        Ownership::Fleet(o) if o.fleet == env.fleet.name.as_str() => Ok(o),
+        other => Err(StepError::NotOwned {
+            what: format!("{rel} on {}", src.host.name),
+            fleet: env.fleet.name.to_string(),
+            owner: match other {
+                Ownership::Fleet(o) => format!("it belongs to fleet {:?}", o.fleet),
+                _ => "it carries no virtfleet ownership marker".into(),
+            },
+        }),
+    }
+}
+
+/// Copies and verifies each of `volumes` from the source into `dst`. The
+/// root disk (the first volume) is an overlay on (a clone of) `base`.
 fn copy_disks(
+    env: &StepEnv<'_>,
     src: &Source<'_>,
     dst: &Host,
     dst_t: &dyn Transport,
     volumes: &[String],
     base: Option<&BaseRef>,
     bytes: &StepBytes<'_>,
-) -> Result<(), StorageError> {
-    match (&src.host.storage, &dst.storage) {
-        (Storage::Dir { path: from }, Storage::Dir { path: to }) => {
-            let (from, to) = (
-                DirStorage::new(from, src.t.as_ref()),
-                DirStorage::new(to, dst_t),
-            );
-            volumes.iter().enumerate().try_for_each(|(i, v)| {
-                let b = base
-                    .filter(|_| i == 0)
-                    .map(|b| (b.sha256.as_str(), b.format.as_str()));
-                to.receive_disk(&from, v, b, bytes).map(|_| ())
-            })
+) -> Result<(), StepError> {
+    let base_of = |i: usize| base.filter(|_| i == 0);
+    for (i, v) in volumes.iter().enumerate() {
+        match (&src.host.storage, &dst.storage) {
+            (Storage::Dir { path: from }, Storage::Dir { path: to }) => {
+                let from = DirStorage::new(from, src.t.as_ref());
+                let b = base_of(i).map(|b| (b.sha256.as_str(), b.format.as_str()));
+                DirStorage::new(to, dst_t).receive_disk(&from, v, b, bytes)?;
+            }
+            (Storage::Zfs { parent: from }, Storage::Zfs { parent: to }) => {
+                let from = ZfsStorage::new(from, src.t.as_ref());
+                ZfsStorage::new(to, dst_t).receive_disk(&from, v, bytes)?;
+            }
+            (Storage::Dir { path: from }, Storage::Zfs { parent: to }) => {
+                let from = DirStorage::new(from, src.t.as_ref());
+                let owner = owner_of(env, src, v)?;
+                let sha = base_of(i).map(|b| b.sha256.as_str());
+                let file = from.disk_file(v);
+                ZfsStorage::new(to, dst_t).receive_converted(
+                    src.t.as_ref(),
+                    &file,
+                    &owner,
+                    v,
+                    sha,
+                    bytes,
+                )?;
+            }
+            (Storage::Zfs { parent: from }, Storage::Dir { path: to }) => {
+                let to = DirStorage::new(to, dst_t);
+                if to.has_disk(v)? {
+                    continue;
+                }
+                let owner = owner_of(env, src, v)?;
+                let record = serde_json::to_string(&owner).expect("owner serialises") + "\n";
+                let from = ZfsStorage::new(from, src.t.as_ref());
+                let b = base_of(i).map(|b| (b.sha256.as_str(), b.format.as_str()));
+                with_stage(src.t.as_ref(), |stage| {
+                    let file = format!("{stage}/disk.qcow2");
+                    from.export_qcow2(v, b.map(|(sha, _)| sha), &file, bytes)?;
+                    to.receive_file(src.t.as_ref(), &file, &record, v, b, bytes)
+                })?;
+            }
         }
-        (Storage::Zfs { parent: from }, Storage::Zfs { parent: to }) => {
-            let (from, to) = (
-                ZfsStorage::new(from, src.t.as_ref()),
-                ZfsStorage::new(to, dst_t),
-            );
-            volumes
-                .iter()
-                .try_for_each(|v| to.receive_disk(&from, v, bytes).map(|_| ()))
-        }
-        _ => unreachable!("checked by move_in"),
     }
+    Ok(())
 }
 
 /// Sends each of `volumes` from the source into `dst` while the guest runs
@@ -138,19 +182,6 @@ pub(super) fn move_in(
 ) -> Result<(), StepError> {
     let src = open(env, from)?;
     let dst_host = host(env, &c.host)?;
-    let kinds = matches!(
-        (&src.host.storage, &dst_host.storage),
-        (Storage::Dir { .. }, Storage::Dir { .. }) | (Storage::Zfs { .. }, Storage::Zfs { .. })
-    );
-    if !kinds {
-        return Err(StepError::MoveUnsupported {
-            machine: m.into(),
-            why: format!(
-                "from {from} to {}: between a Dir and a ZFS host (only Dir to Dir and ZFS to ZFS so far)",
-                c.host
-            ),
-        });
-    }
     let src_env = StepEnv {
         lv: &src.lv,
         ..*env
@@ -174,7 +205,7 @@ pub(super) fn move_in(
         src.lv.stop(m, env.settings.shutdown_grace)?;
     }
     crate::fault::point("move-stopped");
-    let copied = copy_disks(&src, dst_host, dst_t.as_ref(), volumes, base, &bytes);
+    let copied = copy_disks(env, &src, dst_host, dst_t.as_ref(), volumes, base, &bytes);
     if let Err(e) = copied {
         let restarted = was_running && src.lv.start(m).is_ok();
         return Err(StepError::MoveFailed {
@@ -185,7 +216,7 @@ pub(super) fn move_in(
             } else {
                 "stopped there; start it with `virsh start` or apply again"
             },
-            source: Box::new(e.into()),
+            source: Box::new(e),
         });
     }
     Ok(())

@@ -155,13 +155,9 @@ impl<'a> DirStorage<'a> {
     }
 
     /// Takes disk `volume` in from another Dir host's storage `from` (the
-    /// second half of a move; its guest is stopped there): copies the
-    /// qcow2 file with its internal snapshots and its ownership record
-    /// into a `disks/.new-*` directory, checks the copy's sha256 against
-    /// the original's, points an overlay at this host's copy of its base
-    /// (`base`: sha256 and format), and only then renames it into place.
-    /// Returns the bytes copied. Idempotent: a disk already in place here
-    /// came through this same check, and is left alone (0 bytes).
+    /// second half of a move; its guest is stopped there): its qcow2 file
+    /// with its internal snapshots and its ownership record, through
+    /// [`receive_file`](Self::receive_file). Returns the bytes copied.
     pub fn receive_disk(
         &self,
         from: &DirStorage<'_>,
@@ -169,13 +165,33 @@ impl<'a> DirStorage<'a> {
         base: Option<(&str, &str)>,
         progress: &dyn crate::progress::Progress,
     ) -> Result<u64, StorageError> {
-        let final_dir = self.path(&layout::disk_rel(volume));
-        if self.t.run(&["test", "-d", &final_dir])?.success {
+        if self.has_disk(volume)? {
             return Ok(0);
         }
-        let src_dir = from.path(&layout::disk_rel(volume));
-        let src_file = format!("{src_dir}/disk.qcow2");
-        let owner = from.t.run_ok(&["cat", &format!("{src_dir}/owner.json")])?;
+        let owner = from.owner_record(volume)?;
+        let file = from.disk_file(volume);
+        self.receive_file(from.t, &file, &owner, volume, base, progress)
+    }
+
+    /// Takes qcow2 file `src` on host `from` in as disk `volume` owned by
+    /// `owner` (its owner.json): copies it into a `disks/.new-*`
+    /// directory, checks the copy's sha256 against the original's, points
+    /// an overlay at this host's copy of its base (`base`: sha256 and
+    /// format), and only then renames it into place. Returns the bytes
+    /// copied. Idempotent: a disk already in place here came through this
+    /// same check, and is left alone (0 bytes).
+    pub fn receive_file(
+        &self,
+        from: &dyn Transport,
+        src: &str,
+        owner: &str,
+        volume: &str,
+        base: Option<(&str, &str)>,
+        progress: &dyn crate::progress::Progress,
+    ) -> Result<u64, StorageError> {
+        if self.has_disk(volume)? {
+            return Ok(0);
+        }
         let tmp_dir = self.path(&format!("disks/.new-{volume}"));
         self.private_dir(&self.path("disks"))?;
         if !self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?.success {
@@ -184,42 +200,8 @@ impl<'a> DirStorage<'a> {
         self.t
             .write_file(&format!("{tmp_dir}/owner.json"), owner.as_bytes())?;
         let file = format!("{tmp_dir}/disk.qcow2");
-        let size = from
-            .t
-            .run_ok(&["stat", "-c", "%s", "--", &src_file])?
-            .trim()
-            .parse::<u64>()
-            .ok();
-        progress.start(&format!("copy {volume}"), size);
-        if from.t.is_local() {
-            self.t
-                .put_file(std::path::Path::new(&src_file), &file, progress)?;
-        } else {
-            // Streamed through this process: the hosts need no way to reach
-            // each other.
-            let of = format!("of={file}");
-            super::transport::pipe(
-                from.t,
-                &["cat", "--", &src_file],
-                self.t,
-                &["dd", &of, "bs=4M", "status=none"],
-                progress,
-            )?;
-        }
-        progress.finish("copied");
-        crate::fault::point("move-copied");
-        let sum = |t: &dyn Transport, f: &str| -> Result<String, StorageError> {
-            let out = t.run_ok(&["sha256sum", "--", f])?;
-            Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
-        };
-        let (want, got) = (sum(from.t, &src_file)?, sum(self.t, &file)?);
-        if want != got {
-            return Err(StorageError::ImageHashMismatch {
-                path: file,
-                expected: want,
-                actual: got,
-            });
-        }
+        let label = format!("copy {volume}");
+        let size = super::storage::copy_checked(from, src, self.t, &file, &label, progress)?;
         if let Some((sha, fmt)) = base {
             // The header names the base by its path on the old host; the
             // base's bytes are the same here (its sha256 is pinned), so only
@@ -229,9 +211,22 @@ impl<'a> DirStorage<'a> {
                 .run_ok(&["qemu-img", "rebase", "-u", "-F", fmt, "-b", &backing, &file])?;
         }
         self.t.run_ok(&["chmod", "0600", &file])?;
+        let final_dir = self.path(&layout::disk_rel(volume));
         self.t.run_ok(&["mv", "-T", "--", &tmp_dir, &final_dir])?;
         crate::fault::point("move-disk-in");
-        Ok(size.unwrap_or(0))
+        Ok(size)
+    }
+
+    /// True when disk `volume` is in place (only complete disks are).
+    pub fn has_disk(&self, volume: &str) -> Result<bool, ExecError> {
+        let dir = self.path(&layout::disk_rel(volume));
+        Ok(self.t.run(&["test", "-d", &dir])?.success)
+    }
+
+    /// The ownership record (owner.json) of disk `volume`, as stored.
+    pub fn owner_record(&self, volume: &str) -> Result<String, StorageError> {
+        let dir = self.path(&layout::disk_rel(volume));
+        Ok(self.t.run_ok(&["cat", &format!("{dir}/owner.json")])?)
     }
 
     /// Absolute path of `rel` under the root.
@@ -244,7 +239,8 @@ impl<'a> DirStorage<'a> {
         self.path(&layout::dir_image_rel(sha256, format))
     }
 
-    fn file_path(&self, volume: &str) -> String {
+    /// The qcow2 file of disk `volume`.
+    pub fn disk_file(&self, volume: &str) -> String {
         self.path(&layout::dir_disk_file_rel(volume))
     }
 
@@ -376,7 +372,7 @@ impl<'a> DirStorage<'a> {
             "-f",
             "qcow2",
             "--output=json",
-            &self.file_path(volume),
+            &self.disk_file(volume),
         ])?;
         serde_json::from_str(&out).map_err(|e| StorageError::Parse(e.to_string()))
     }
@@ -399,7 +395,7 @@ impl<'a> DirStorage<'a> {
         with_snapshots: &BTreeSet<String>,
         info: Option<Result<qcow2::Info, StorageError>>,
     ) -> Result<OwnedDisk, StorageError> {
-        let path = self.file_path(volume);
+        let path = self.disk_file(volume);
         let mut info = info.transpose()?;
         // An unreadable size is an error, never 0: a zero would plan a
         // bogus "grow 0 → N GiB".
@@ -429,7 +425,7 @@ impl<'a> DirStorage<'a> {
     /// is this machine, else (or when that fails) from `qemu-img info`.
     fn qcow2_info(&self, volume: &str) -> Result<qcow2::Info, StorageError> {
         if self.t.is_local()
-            && let Ok(i) = qcow2::read_file(&self.file_path(volume))
+            && let Ok(i) = qcow2::read_file(&self.disk_file(volume))
         {
             return Ok(i);
         }
@@ -451,7 +447,7 @@ impl<'a> DirStorage<'a> {
             return out;
         }
         if !self.t.is_local() {
-            let files: Vec<String> = volumes.iter().map(|v| self.file_path(v)).collect();
+            let files: Vec<String> = volumes.iter().map(|v| self.disk_file(v)).collect();
             // A fixed script; the paths are its arguments, never part of it.
             let mut argv = vec![
                 "sh",
@@ -564,7 +560,7 @@ impl StorageBackend for DirStorage<'_> {
             .filter(|n| !n.starts_with('.') && !n.contains('/'))
             .filter(|n| {
                 with_snapshots.contains(*n)
-                    || attached.get(&self.file_path(n)).is_none_or(|s| *s == 0)
+                    || attached.get(&self.disk_file(n)).is_none_or(|s| *s == 0)
             })
             .collect();
         let mut infos = self.infos(&needed);
@@ -781,7 +777,7 @@ impl StorageBackend for DirStorage<'_> {
                 "qemu-img",
                 "resize",
                 "-q",
-                &self.file_path(volume),
+                &self.disk_file(volume),
                 &format!("{size_gib}G"),
             ])?;
         }
@@ -844,7 +840,7 @@ impl StorageBackend for DirStorage<'_> {
     }
 
     fn snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
-        let file = self.file_path(volume);
+        let file = self.disk_file(volume);
         if self.snapshot_names(volume)?.iter().any(|n| n == name) {
             return Ok(());
         }
@@ -856,14 +852,14 @@ impl StorageBackend for DirStorage<'_> {
     fn destroy_snapshot(&self, volume: &str, name: &str) -> Result<(), StorageError> {
         if self.snapshot_names(volume)?.iter().any(|n| n == name) {
             self.t
-                .run_ok(&["qemu-img", "snapshot", "-d", name, &self.file_path(volume)])?;
+                .run_ok(&["qemu-img", "snapshot", "-d", name, &self.disk_file(volume)])?;
         }
         Ok(())
     }
 
     fn rollback(&self, volume: &str, name: &str) -> Result<(), StorageError> {
         self.t
-            .run_ok(&["qemu-img", "snapshot", "-a", name, &self.file_path(volume)])?;
+            .run_ok(&["qemu-img", "snapshot", "-a", name, &self.disk_file(volume)])?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! its storage backend. The pure descriptions of what is defined there
 //! (domain XML, identities, disk layout) are in [`crate::resources`].
 
+pub mod convert;
 pub mod dir;
 pub mod lease;
 pub mod libvirt;

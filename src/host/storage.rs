@@ -179,6 +179,70 @@ pub fn verify_on_host(t: &dyn Transport, dest: &str, sha256: &str) -> Result<(),
     Ok(())
 }
 
+/// Runs `f` with a fresh private staging directory on the host, removed
+/// afterwards whatever `f` returns. `mktemp -d` makes it 0700 under an
+/// unpredictable name: nobody else can swap a file in it between a check
+/// and its use, as they could at a fixed /var/tmp path.
+pub fn with_stage<R>(
+    t: &dyn Transport,
+    f: impl FnOnce(&str) -> Result<R, StorageError>,
+) -> Result<R, StorageError> {
+    let stage = t
+        .run_ok(&["mktemp", "-d", "/var/tmp/virtfleet-stage-XXXXXXXX"])?
+        .trim()
+        .to_owned();
+    let done = f(&stage);
+    let _ = t.run(&["rm", "-rf", "--", &stage]);
+    done
+}
+
+/// Copies file `src` on host `from` to `dst` on host `to` (streamed through
+/// this process when neither is this machine: the hosts need no way to
+/// reach each other), then checks that both hash to the same sha256.
+/// Returns the bytes copied.
+pub fn copy_checked(
+    from: &dyn Transport,
+    src: &str,
+    to: &dyn Transport,
+    dst: &str,
+    label: &str,
+    progress: &dyn Progress,
+) -> Result<u64, StorageError> {
+    let size = from
+        .run_ok(&["stat", "-c", "%s", "--", src])?
+        .trim()
+        .parse::<u64>()
+        .ok();
+    progress.start(label, size);
+    if from.is_local() {
+        to.put_file(Path::new(src), dst, progress)?;
+    } else {
+        let of = format!("of={dst}");
+        super::transport::pipe(
+            from,
+            &["cat", "--", src],
+            to,
+            &["dd", &of, "bs=4M", "status=none"],
+            progress,
+        )?;
+    }
+    progress.finish("copied");
+    crate::fault::point("move-copied");
+    let sum = |t: &dyn Transport, f: &str| -> Result<String, StorageError> {
+        let out = t.run_ok(&["sha256sum", "--", f])?;
+        Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+    };
+    let (want, got) = (sum(from, src)?, sum(to, dst)?);
+    if want != got {
+        return Err(StorageError::ImageHashMismatch {
+            path: dst.into(),
+            expected: want,
+            actual: got,
+        });
+    }
+    Ok(size.unwrap_or(0))
+}
+
 /// A failed storage operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -207,6 +271,10 @@ pub enum StorageError {
     /// matches its source: virtfleet neither sends onto it nor removes it.
     #[error("{path}: {why}")]
     StaleCopy { path: String, why: String },
+    /// A conversion between a Dir and a ZFS host is made against the base
+    /// image's zvol on the ZFS side, and it is not there.
+    #[error("{host_path}: base image {sha256} is not on this host (a conversion needs it)")]
+    BaseMissing { host_path: String, sha256: String },
     /// A removal was asked for something that is not a trash entry or a
     /// half-made object of this fleet: refused, nothing was removed.
     #[error("refusing to remove {path:?}: {why}")]
@@ -229,6 +297,9 @@ impl StorageError {
             }
             StorageError::StaleCopy { .. } => Some(
                 "the copy is not in use: destroy it on the destination host (`zfs destroy -r` the dataset named), then apply again for a full copy",
+            ),
+            StorageError::BaseMissing { .. } => Some(
+                "apply puts a base image on every host a machine of that image is placed on: place the machine there for one apply, then move it",
             ),
             StorageError::Parse(_) | StorageError::NotRemovable { .. } => None,
         }

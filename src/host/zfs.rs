@@ -13,7 +13,11 @@
 //! creates the dataset, so nothing exists half-owned. One `zfs list -Hp`
 //! observes everything; its parser is a pure function tested on real output.
 
-use super::storage::{BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_verified};
+use super::convert::{self, Image};
+use super::storage::{
+    BaseImage, NewDisk, Ownership, StorageBackend, StorageError, copy_checked, copy_verified,
+    with_stage,
+};
 use super::transport::{ExecError, Transport};
 use crate::progress::Progress;
 use crate::resources::layout;
@@ -26,8 +30,16 @@ const PROTECT: &str = "virtfleet:protect";
 /// Set on a disk grown under a running guest until the guest is told.
 const GROW_UNTOLD: &str = "virtfleet:grow-untold";
 
+/// Set on a disk zvol while a move converts a qcow2 file into it: until it
+/// is cleared (the last step), the zvol is a half-made object.
+const CONVERTING: &str = "virtfleet:converting";
+
+/// The internal snapshot a conversion takes of the file's current state,
+/// so it can visit the older ones and come back.
+const NOW_SNAPSHOT: &str = "vf-move-now";
+
 /// Properties read by one listing, after name, type, volsize and origin.
-pub const PROPS: [&str; 10] = [
+pub const PROPS: [&str; 11] = [
     "virtfleet:managed",
     "virtfleet:fleet",
     "virtfleet:machine",
@@ -38,6 +50,7 @@ pub const PROPS: [&str; 10] = [
     GROW_UNTOLD,
     PROTECT,
     super::seedstore::ZFS_SEED_PROP,
+    CONVERTING,
 ];
 
 /// One row of `zfs list -Hp -o name,type,volsize,origin,<PROPS>`.
@@ -173,6 +186,10 @@ pub fn interpret(parent: &str, fleet: &str, rows: &[Row]) -> HostState {
                     }
                     None => state.incomplete.push(rel.to_owned()),
                 }
+            }
+            // A conversion that stopped half way: redone from scratch.
+            ("disks", "volume") if ours && r.props.contains_key(CONVERTING) => {
+                state.incomplete.push(rel.to_owned());
             }
             ("disks", "volume") if ours => {
                 state
@@ -534,6 +551,200 @@ impl<'a> ZfsStorage<'a> {
         Ok(bytes)
     }
 
+    /// True when zvol `ds` carries the mark of a conversion under way.
+    fn converting(&self, ds: &str) -> Result<bool, StorageError> {
+        let out = self
+            .t
+            .run(&["zfs", "get", "-Hp", "-o", "value", CONVERTING, ds])?;
+        Ok(out.success && out.stdout.trim() == "on")
+    }
+
+    /// The device of the base image `sha256`'s zvol here, if it is here.
+    fn base_device(&self, sha256: &str) -> Result<String, StorageError> {
+        let ds = self.ds(&layout::zfs_image_rel(sha256));
+        if !self.exists(&format!("{ds}@base"))? {
+            return Err(StorageError::BaseMissing {
+                host_path: ds,
+                sha256: sha256.into(),
+            });
+        }
+        Ok(format!("/dev/zvol/{ds}"))
+    }
+
+    /// Takes disk `volume` in from qcow2 file `src` on a Dir host (`from`),
+    /// converted to a zvol (the second half of a move; its guest is stopped
+    /// there). The file, an overlay on the base with its internal
+    /// snapshots, is copied into a staging directory here, checked by
+    /// sha256 and re-pointed at this host's base zvol. A zvol is cloned from
+    /// that base (made blank for a disk without one), marked
+    /// `virtfleet:converting`, and made to read like each of the file's
+    /// snapshots in turn, each then a ZFS snapshot of the same name, and
+    /// last like the file itself ([`convert::sync`], each checked by
+    /// `qemu-img compare`). Only then is the mark cleared: a marked zvol is
+    /// a half-made object, observed as incomplete and redone from scratch.
+    /// Returns the bytes copied (0 when the disk was here already).
+    pub fn receive_converted(
+        &self,
+        from: &dyn Transport,
+        src: &str,
+        owner: &DiskOwner,
+        volume: &str,
+        base: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<u64, StorageError> {
+        let ds = self.ds(&layout::disk_rel(volume));
+        if self.exists(&ds)? {
+            if !self.converting(&ds)? {
+                return Ok(0);
+            }
+            self.t.run_ok(&["zfs", "destroy", "-r", &ds])?;
+        }
+        let base_dev = base.map(|sha| self.base_device(sha)).transpose()?;
+        self.containers()?;
+        with_stage(self.t, |stage| {
+            let file = format!("{stage}/disk.qcow2");
+            let label = format!("copy {volume}");
+            let bytes = copy_checked(from, src, self.t, &file, &label, progress)?;
+            if let Some(dev) = &base_dev {
+                // Same pinned bytes under another name: only the header
+                // changes (`-u`).
+                self.t.run_ok(&[
+                    "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", dev, &file,
+                ])?;
+            }
+            let size = round_mib(convert::qcow2_size(self.t, &file)?).to_string();
+            let mut argv: Vec<String> = match base {
+                Some(_) => vec![
+                    "zfs".into(),
+                    "clone".into(),
+                    "-o".into(),
+                    format!("volsize={size}"),
+                ],
+                None => ["zfs", "create", "-s", "-V", &size]
+                    .map(String::from)
+                    .into(),
+            };
+            argv.extend(["-o".into(), "volmode=dev".into()]);
+            argv.extend(Self::owner_props(owner));
+            argv.extend(["-o".into(), format!("{CONVERTING}=on")]);
+            if let Some(sha) = base {
+                argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
+            }
+            argv.push(ds.clone());
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            self.t.run_ok(&argv)?;
+            self.wait_device(&ds)?;
+            crate::fault::point("move-converting");
+            let snaps = convert::qcow2_snapshots(self.t, &file)?;
+            // Counted in disk views read and made alike, one per state.
+            let size: u64 = size.parse().unwrap_or(0);
+            let states = snaps.len() as u64 + 1;
+            progress.start(&format!("convert {volume} to a zvol"), Some(size * states));
+            let (dev, scratch) = (format!("/dev/zvol/{ds}"), format!("{stage}/scratch.qcow2"));
+            let (from_img, to_img) = (
+                Image {
+                    path: &file,
+                    format: "qcow2",
+                },
+                Image {
+                    path: &dev,
+                    format: "raw",
+                },
+            );
+            if !snaps.is_empty() {
+                self.t
+                    .run_ok(&["qemu-img", "snapshot", "-c", NOW_SNAPSHOT, &file])?;
+            }
+            for name in snaps.iter().map(String::as_str).chain([NOW_SNAPSHOT]) {
+                if !snaps.is_empty() {
+                    self.t
+                        .run_ok(&["qemu-img", "snapshot", "-a", name, &file])?;
+                }
+                convert::sync(self.t, from_img, to_img, &scratch)?;
+                if name != NOW_SNAPSHOT {
+                    self.snapshot(volume, name)?;
+                }
+                progress.advance(size);
+            }
+            progress.finish("converted");
+            self.t.run_ok(&["zfs", "inherit", CONVERTING, &ds])?;
+            Ok(bytes)
+        })
+    }
+
+    /// Writes disk `volume` here as qcow2 file `file` (in a staging
+    /// directory), for a Dir host (the first half of a move there; its
+    /// guest is stopped): an overlay on this host's base zvol (`base`)
+    /// holding only what differs from it, or a whole image for a disk
+    /// without one, with each ZFS snapshot of the disk as an internal
+    /// snapshot of the same name, oldest first (the snapshots' devices are
+    /// shown, `snapdev=visible`, for as long as it reads them). Every state
+    /// is checked by `qemu-img compare` against the zvol it came from.
+    pub fn export_qcow2(
+        &self,
+        volume: &str,
+        base: Option<&str>,
+        file: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), StorageError> {
+        let ds = self.ds(&layout::disk_rel(volume));
+        let size = self
+            .t
+            .run_ok(&["zfs", "get", "-Hp", "-o", "value", "volsize", &ds])?
+            .trim()
+            .to_owned();
+        let mut argv = vec!["qemu-img", "create", "-q", "-f", "qcow2"];
+        let base_dev = base.map(|sha| self.base_device(sha)).transpose()?;
+        if let Some(dev) = &base_dev {
+            argv.extend(["-F", "raw", "-b", dev]);
+        }
+        argv.extend([file, &size]);
+        self.t.run_ok(&argv)?;
+        let snaps: Vec<String> = self
+            .snapshots_with_guids(&ds)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.starts_with("vf-move"))
+            .collect();
+        let bytes: u64 = size.parse().unwrap_or(0);
+        let states = snaps.len() as u64 + 1;
+        progress.start(&format!("convert {volume} to qcow2"), Some(bytes * states));
+        let scratch = format!("{file}.scratch");
+        let to_img = Image {
+            path: file,
+            format: "qcow2",
+        };
+        if !snaps.is_empty() {
+            self.t.run_ok(&["zfs", "set", "snapdev=visible", &ds])?;
+        }
+        let states = snaps
+            .iter()
+            .map(|s| format!("{ds}@{s}"))
+            .chain([ds.clone()]);
+        let carried = states
+            .zip(snaps.iter().map(Some).chain([None]))
+            .try_for_each(|(state, name)| -> Result<(), StorageError> {
+                self.wait_device(&state)?;
+                let dev = format!("/dev/zvol/{state}");
+                let from_img = Image {
+                    path: &dev,
+                    format: "raw",
+                };
+                convert::sync(self.t, from_img, to_img, &scratch)?;
+                if let Some(name) = name {
+                    self.t.run_ok(&["qemu-img", "snapshot", "-c", name, file])?;
+                }
+                progress.advance(bytes);
+                Ok(())
+            });
+        if !snaps.is_empty() {
+            let _ = self.t.run(&["zfs", "inherit", "snapdev", &ds]);
+        }
+        carried?;
+        progress.finish("converted");
+        Ok(())
+    }
+
     fn owner_props(owner: &DiskOwner) -> Vec<String> {
         let mut props = vec![
             "-o".into(),
@@ -618,17 +829,7 @@ impl StorageBackend for ZfsStorage<'_> {
         if done.success && done.stdout.trim() == sha256 && self.exists(&format!("{ds}@base"))? {
             return Ok(());
         }
-        // Staged in a fresh private directory (mktemp -d makes it 0700 with
-        // an unpredictable name): nobody else can swap the file between the
-        // hash check and its use, as they could at a fixed /var/tmp path.
-        let stage = self
-            .t
-            .run_ok(&["mktemp", "-d", "/var/tmp/virtfleet-stage-XXXXXXXX"])?
-            .trim()
-            .to_owned();
-        let staged = self.write_base(base, &ds, &stage, progress);
-        let _ = self.t.run(&["rm", "-rf", "--", &stage]);
-        staged
+        with_stage(self.t, |stage| self.write_base(base, &ds, stage, progress))
     }
 
     fn create_disk(&self, disk: &NewDisk<'_>) -> Result<(), StorageError> {
@@ -917,10 +1118,13 @@ impl StorageBackend for ZfsStorage<'_> {
     fn remove_incomplete(&self, path: &str) -> Result<(), StorageError> {
         let seed = path.starts_with("disks/")
             && path.ends_with(&format!(".{}", crate::resources::seed::SEED_DISK));
-        if !(path.starts_with("images/") || seed) || path.contains('@') {
+        let converting = || -> Result<bool, StorageError> {
+            Ok(path.starts_with("disks/") && self.converting(&self.ds(path))?)
+        };
+        if path.contains('@') || !(path.starts_with("images/") || seed || converting()?) {
             return Err(StorageError::NotRemovable {
                 path: path.into(),
-                why: "not an incomplete base image",
+                why: "not an incomplete base image, seed or conversion",
             });
         }
         self.t.run_ok(&["zfs", "destroy", "-r", &self.ds(path)])?;

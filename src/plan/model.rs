@@ -154,7 +154,8 @@ pub enum Action {
     /// with its snapshots, verify each copy, and only then take it in. A
     /// failure starts the guest again on `from` if it was running. Between
     /// ZFS hosts the bulk is sent before the stop, while the guest runs, and
-    /// only the increment after it.
+    /// only the increment after it; between a Dir and a ZFS host each disk
+    /// is converted, snapshots included.
     MoveIn {
         /// The host it is on now.
         from: String,

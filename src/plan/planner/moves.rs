@@ -64,13 +64,23 @@ pub(super) fn plan_move_in(
         plural(declared.len(), "disk"),
         human_bytes(bytes)
     );
-    // Mirrors `apply::moving`: between ZFS hosts the bulk goes first.
-    let copy = match (is_up(d), zfs(from) && zfs(h)) {
-        (true, true) => {
+    // Mirrors `apply::moving`: between ZFS hosts the bulk goes first;
+    // between a Dir and a ZFS host each disk is converted.
+    let copy = match (is_up(d), zfs(from), zfs(h)) {
+        (true, true, true) => {
             format!("send {disks} while it runs, stop it there, send what it wrote since")
         }
-        (true, false) => format!("stop it there, copy {disks}"),
-        (false, _) => format!("copy {disks}"),
+        (up, src_zfs, dst_zfs) if src_zfs != dst_zfs => {
+            let (a, b) = if src_zfs {
+                ("zvols", "qcow2 files")
+            } else {
+                ("qcow2 files", "zvols")
+            };
+            let stop = if up { "stop it there, " } else { "" };
+            format!("{stop}convert {disks} from {a} to {b}")
+        }
+        (true, ..) => format!("stop it there, copy {disks}"),
+        (false, ..) => format!("copy {disks}"),
     };
     let reason = format!(
         "placed on {h}, now on {from}: {copy}, verify, define and start here, then its old disks go to {from}'s trash"
