@@ -655,12 +655,23 @@ impl<'a> ZfsStorage<'a> {
                 self.t
                     .run_ok(&["qemu-img", "snapshot", "-c", NOW_SNAPSHOT, &file])?;
             }
-            for name in snaps.iter().map(String::as_str).chain([NOW_SNAPSHOT]) {
+            let backing = base_dev.as_deref().map(|path| Image {
+                path,
+                format: "raw",
+            });
+            let states = snaps.iter().map(String::as_str).chain([NOW_SNAPSHOT]);
+            for (i, name) in states.enumerate() {
                 if !snaps.is_empty() {
                     self.t
                         .run_ok(&["qemu-img", "snapshot", "-a", name, &file])?;
                 }
-                convert::sync(self.t, from_img, to_img, &scratch)?;
+                if i == 0 {
+                    // The zvol still reads like the file's backing (the base,
+                    // or zeros): only the file's own clusters differ.
+                    convert::commit_onto(self.t, &file, backing, to_img)?;
+                } else {
+                    convert::sync(self.t, from_img, to_img, &scratch)?;
+                }
                 if name != NOW_SNAPSHOT {
                     self.snapshot(volume, name)?;
                 }
