@@ -57,6 +57,36 @@ fn zfs_disks_move_between_parents_and_running_machines_between_two_zfs_hosts() {
     machine_converts_between_a_dir_and_a_zfs_host(&host);
 }
 
+/// A ZFS host of fleet.dhall (an emulated guest, parent `tank/vf`).
+fn zfs_host(name: &str, uri: &str) -> String {
+    format!(
+        "V.Host::{{ name = \"{name}\", uri = \"{uri}\", storage = V.Storage.Zfs {{ parent = \"tank/vf\" }}, domainType = V.DomainType.Qemu, cpuMode = V.CpuMode.Default, network = V.Network.User }}"
+    )
+}
+
+/// Writes the fleet: machine `name` (`power`, with a 1 GiB data disk) on `on`.
+fn place(lab: &Lab, hosts: &[String], name: &str, power: &str, on: &str) {
+    let m = lab.machine(
+        name,
+        &format!(
+            "host = Some \"{on}\", power = V.Power.{power}, dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]"
+        ),
+    );
+    lab.write_hosts(hosts, &[m], "");
+}
+
+/// Runs `apply --allow-restart ARGS`, killed at fault point `point`.
+fn apply_killed_at(lab: &Lab, point: &str, args: &[&str]) {
+    let mut argv = vec!["apply", "--auto-approve", "--allow-restart"];
+    argv.extend(args);
+    let out = lab
+        .vf_command(&argv)
+        .env("VIRTFLEET_FAULT", point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{point}: the run was not killed");
+}
+
 /// A disk moves between two parent datasets of one host through the code a
 /// move runs, whole and then as bulk + increment (a running guest).
 fn disk_moves_between_parents(host: &ZfsHost) {
@@ -255,21 +285,8 @@ fn running_machine_moves_between_two_hosts(z1: &ZfsHost, z2: &ZfsHost) {
     let mut lab = Lab::new("t-zmv");
     // Both hosts are emulated (TCG) guests: everything in them is slow.
     lab.timeout = Duration::from_secs(900);
-    let hosts = [("z1", z1), ("z2", z2)].map(|(name, h)| {
-        format!(
-            "V.Host::{{ name = \"{name}\", uri = \"{}\", storage = V.Storage.Zfs {{ parent = \"tank/vf\" }}, domainType = V.DomainType.Qemu, cpuMode = V.CpuMode.Default, network = V.Network.User }}",
-            h.uri
-        )
-    });
-    let write = |on: &str| {
-        let m = lab.machine(
-            "mv",
-            &format!(
-                "host = Some \"{on}\", power = V.Power.Running, dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]"
-            ),
-        );
-        lab.write_hosts(&hosts, &[m], "");
-    };
+    let hosts = [zfs_host("z1", &z1.uri), zfs_host("z2", &z2.uri)];
+    let write = |on: &str| place(&lab, &hosts, "mv", "Running", on);
     write("z1");
     lab.apply(&[]).expect_code(0);
     let dom = lab.m("mv");
@@ -335,20 +352,7 @@ fn running_machine_moves_between_two_hosts(z1: &ZfsHost, z2: &ZfsHost) {
     // And back, killed twice on the way (VIRTFLEET_FAULT): never lost, and
     // the re-run finishes the move with what the guest wrote meanwhile.
     write("z1");
-    let killed = |point: &str| {
-        let out = lab
-            .vf_command(&[
-                "apply",
-                "--auto-approve",
-                "--shutdown-timeout",
-                "1s",
-                "--allow-restart",
-            ])
-            .env("VIRTFLEET_FAULT", point)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{point}: the run was not killed");
-    };
+    let killed = |point: &str| apply_killed_at(&lab, point, &["--shutdown-timeout", "1s"]);
     killed("move-precopied");
     assert_eq!(state(z2), "running", "the bulk is sent while it runs");
     assert!(
@@ -451,22 +455,8 @@ fn zvol_reads(z: &ZfsHost, dev: &str, p: u8) -> bool {
 fn machine_converts_between_a_dir_and_a_zfs_host(z: &ZfsHost) {
     let mut lab = Lab::new("t-zcv");
     lab.timeout = Duration::from_secs(900);
-    let hosts = [
-        format!(
-            "V.Host::{{ name = \"z\", uri = \"{}\", storage = V.Storage.Zfs {{ parent = \"tank/vf\" }}, domainType = V.DomainType.Qemu, cpuMode = V.CpuMode.Default, network = V.Network.User }}",
-            z.uri
-        ),
-        lab.host("h", SYSTEM, &lab.root),
-    ];
-    let write = |on: &str| {
-        let m = lab.machine(
-            "cv",
-            &format!(
-                "host = Some \"{on}\", power = V.Power.Stopped, dataDisks = [ V.Disk::{{ name = \"data\", sizeGiB = 1 }} ]"
-            ),
-        );
-        lab.write_hosts(&hosts, &[m], "");
-    };
+    let hosts = [zfs_host("z", &z.uri), lab.host("h", SYSTEM, &lab.root)];
+    let write = |on: &str| place(&lab, &hosts, "cv", "Stopped", on);
     write("h");
     lab.apply(&[]).expect_code(0);
     let dom = lab.m("cv");
@@ -492,14 +482,7 @@ fn machine_converts_between_a_dir_and_a_zfs_host(z: &ZfsHost) {
         "{}",
         plan.stdout
     );
-    let killed = |point: &str| {
-        let out = lab
-            .vf_command(&["apply", "--auto-approve", "--allow-restart"])
-            .env("VIRTFLEET_FAULT", point)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{point}: the run was not killed");
-    };
+    let killed = |point: &str| apply_killed_at(&lab, point, &[]);
     killed("move-converting");
     assert_eq!(z.prop(&ds("root"), "virtfleet:converting"), "on");
     assert!(
