@@ -113,27 +113,29 @@ pub fn commit_onto(
     Ok(())
 }
 
-/// The internal snapshot names of qcow2 `file`, oldest first (the order
-/// `qemu-img info` lists them in: by id).
-pub fn qcow2_snapshots(t: &dyn Transport, file: &str) -> Result<Vec<String>, StorageError> {
-    let info = t.run_ok(&["qemu-img", "info", "--output=json", "-f", "qcow2", file])?;
-    snapshots_of(&info)
+/// What a conversion needs to know of a qcow2 file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Info {
+    /// Its virtual size in bytes.
+    pub virtual_size: u64,
+    /// Its internal snapshot names, oldest first (by id, the order they
+    /// were taken in; not by name, as a Dir disk's observation lists them).
+    pub snapshots: Vec<String>,
 }
 
-/// The virtual size in bytes of qcow2 `file`.
-pub fn qcow2_size(t: &dyn Transport, file: &str) -> Result<u64, StorageError> {
+/// `qemu-img info` of qcow2 `file`, read once.
+pub fn qcow2_info(t: &dyn Transport, file: &str) -> Result<Qcow2Info, StorageError> {
     let info = t.run_ok(&["qemu-img", "info", "--output=json", "-f", "qcow2", file])?;
     let v: serde_json::Value =
         serde_json::from_str(&info).map_err(|e| StorageError::Parse(e.to_string()))?;
-    v["virtual-size"]
-        .as_u64()
-        .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))
+    Ok(Qcow2Info {
+        virtual_size: super::dir::virtual_size_of(&v)?,
+        snapshots: snapshots_of(&v),
+    })
 }
 
-fn snapshots_of(info: &str) -> Result<Vec<String>, StorageError> {
-    let v: serde_json::Value =
-        serde_json::from_str(info).map_err(|e| StorageError::Parse(e.to_string()))?;
-    let mut snaps: Vec<(u64, String)> = v["snapshots"]
+fn snapshots_of(info: &serde_json::Value) -> Vec<String> {
+    let mut snaps: Vec<(u64, String)> = info["snapshots"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -144,7 +146,7 @@ fn snapshots_of(info: &str) -> Result<Vec<String>, StorageError> {
         })
         .collect();
     snaps.sort();
-    Ok(snaps.into_iter().map(|(_, n)| n).collect())
+    snaps.into_iter().map(|(_, n)| n).collect()
 }
 
 #[cfg(test)]
@@ -154,10 +156,10 @@ mod tests {
 
     #[test]
     fn snapshots_come_oldest_first_by_id_not_by_name() {
-        let info = r#"{"virtual-size": 1, "snapshots": [
-            {"id": "10", "name": "a-late"}, {"id": "2", "name": "z-early"}]}"#;
-        assert_eq!(snapshots_of(info).unwrap(), ["z-early", "a-late"]);
-        assert!(snapshots_of(r#"{"virtual-size": 1}"#).unwrap().is_empty());
+        let info = serde_json::json!({"virtual-size": 1, "snapshots": [
+            {"id": "10", "name": "a-late"}, {"id": "2", "name": "z-early"}]});
+        assert_eq!(snapshots_of(&info), ["z-early", "a-late"]);
+        assert!(snapshots_of(&serde_json::json!({"virtual-size": 1})).is_empty());
     }
 
     fn qemu(args: &[&str]) {
@@ -199,7 +201,9 @@ mod tests {
         qemu(&["qemu-img", "snapshot", "-c", "one", &ov]);
         qemu(&["qemu-img", "snapshot", "-a", "init", &ov]);
         qemu(&["qemu-io", "-f", "qcow2", "-c", "write -P 51 4M 64k", &ov]);
-        assert_eq!(qcow2_snapshots(&Local, &ov).unwrap(), ["init", "one"]);
+        let info = qcow2_info(&Local, &ov).unwrap();
+        assert_eq!(info.virtual_size, 16 << 20);
+        assert_eq!(info.snapshots, ["init", "one"]);
         std::fs::copy(&base, &target).unwrap();
         let scratch = p("scratch.qcow2");
         let (src, tgt) = (

@@ -158,6 +158,7 @@ impl<'a> DirStorage<'a> {
     /// second half of a move; its guest is stopped there): its qcow2 file
     /// with its internal snapshots and its ownership record, through
     /// [`receive_file`](Self::receive_file). Returns the bytes copied.
+    /// Idempotent: a disk already in place here is left alone (0 bytes).
     pub fn receive_disk(
         &self,
         from: &DirStorage<'_>,
@@ -178,8 +179,9 @@ impl<'a> DirStorage<'a> {
     /// directory, checks the copy's sha256 against the original's, points
     /// an overlay at this host's copy of its base (`base`: sha256 and
     /// format), and only then renames it into place. Returns the bytes
-    /// copied. Idempotent: a disk already in place here came through this
-    /// same check, and is left alone (0 bytes).
+    /// copied. The caller has checked that the disk is not here yet
+    /// ([`has_disk`](Self::has_disk)): one in place came through this same
+    /// check, and is left alone.
     pub fn receive_file(
         &self,
         from: &dyn Transport,
@@ -189,9 +191,6 @@ impl<'a> DirStorage<'a> {
         base: Option<(&str, &str)>,
         progress: &dyn crate::progress::Progress,
     ) -> Result<u64, StorageError> {
-        if self.has_disk(volume)? {
-            return Ok(0);
-        }
         let tmp_dir = self.path(&format!("disks/.new-{volume}"));
         self.private_dir(&self.path("disks"))?;
         if !self.t.run(&["mkdir", "-m", "0711", &tmp_dir])?.success {
@@ -1004,7 +1003,7 @@ impl DirStorage<'_> {
 }
 
 /// The virtual size in `qemu-img info` JSON.
-fn virtual_size_of(info: &serde_json::Value) -> Result<u64, StorageError> {
+pub(super) fn virtual_size_of(info: &serde_json::Value) -> Result<u64, StorageError> {
     info["virtual-size"]
         .as_u64()
         .ok_or_else(|| StorageError::Parse("qemu-img info has no virtual-size".into()))

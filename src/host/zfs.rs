@@ -551,6 +551,36 @@ impl<'a> ZfsStorage<'a> {
         Ok(bytes)
     }
 
+    /// Creates disk zvol `ds` of `size` (`zfs` size syntax) in one command,
+    /// so it exists owned (by `owner`, plus properties `extra`) and sized,
+    /// or not at all: a copy-on-write clone of base image `base`'s `@base`,
+    /// or a sparse blank zvol.
+    fn make_disk(
+        &self,
+        ds: &str,
+        size: &str,
+        base: Option<&str>,
+        owner: &DiskOwner,
+        extra: &[String],
+    ) -> Result<(), StorageError> {
+        let mut argv: Vec<String> = match base {
+            Some(_) => ["zfs", "clone", "-o", &format!("volsize={size}")]
+                .map(String::from)
+                .into(),
+            None => ["zfs", "create", "-s", "-V", size].map(String::from).into(),
+        };
+        argv.extend(["-o".into(), "volmode=dev".into()]);
+        argv.extend(Self::owner_props(owner));
+        argv.extend(extra.iter().flat_map(|p| ["-o".into(), p.clone()]));
+        if let Some(sha) = base {
+            argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
+        }
+        argv.push(ds.into());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.t.run_ok(&argv)?;
+        Ok(())
+    }
+
     /// True when zvol `ds` carries the mark of a conversion under way.
     fn converting(&self, ds: &str) -> Result<bool, StorageError> {
         let out = self
@@ -612,32 +642,14 @@ impl<'a> ZfsStorage<'a> {
                     "qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", dev, &file,
                 ])?;
             }
-            let size = round_mib(convert::qcow2_size(self.t, &file)?).to_string();
-            let mut argv: Vec<String> = match base {
-                Some(_) => vec![
-                    "zfs".into(),
-                    "clone".into(),
-                    "-o".into(),
-                    format!("volsize={size}"),
-                ],
-                None => ["zfs", "create", "-s", "-V", &size]
-                    .map(String::from)
-                    .into(),
-            };
-            argv.extend(["-o".into(), "volmode=dev".into()]);
-            argv.extend(Self::owner_props(owner));
-            argv.extend(["-o".into(), format!("{CONVERTING}=on")]);
-            if let Some(sha) = base {
-                argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
-            }
-            argv.push(ds.clone());
-            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            self.t.run_ok(&argv)?;
+            let info = convert::qcow2_info(self.t, &file)?;
+            let size = round_mib(info.virtual_size);
+            let mark = [format!("{CONVERTING}=on")];
+            self.make_disk(&ds, &size.to_string(), base, owner, &mark)?;
             self.wait_device(&ds)?;
             crate::fault::point("move-converting");
-            let snaps = convert::qcow2_snapshots(self.t, &file)?;
+            let snaps = info.snapshots;
             // Counted in disk views read and made alike, one per state.
-            let size: u64 = size.parse().unwrap_or(0);
             let states = snaps.len() as u64 + 1;
             progress.start(&format!("convert {volume} to a zvol"), Some(size * states));
             let (dev, scratch) = (format!("/dev/zvol/{ds}"), format!("{stage}/scratch.qcow2"));
@@ -849,24 +861,9 @@ impl StorageBackend for ZfsStorage<'_> {
             return Ok(());
         }
         self.containers()?;
-        let props = Self::owner_props(disk.owner);
-        let mut argv: Vec<String> = match disk.base {
-            // One command: the clone exists owned and sized, or not at all.
-            Some(_) => ["zfs", "clone", "-o", &format!("volsize={}G", disk.size_gib)]
-                .map(String::from)
-                .into(),
-            None => ["zfs", "create", "-s", "-V", &format!("{}G", disk.size_gib)]
-                .map(String::from)
-                .into(),
-        };
-        argv.extend(["-o".into(), "volmode=dev".into()]);
-        argv.extend(props);
-        if let Some((sha, _)) = disk.base {
-            argv.push(format!("{}@base", self.ds(&layout::zfs_image_rel(sha))));
-        }
-        argv.push(ds.clone());
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.t.run_ok(&argv)?;
+        let size = format!("{}G", disk.size_gib);
+        let base = disk.base.map(|(sha, _)| sha);
+        self.make_disk(&ds, &size, base, disk.owner, &[])?;
         crate::fault::point("disk-cloned");
         self.wait_device(&ds)
     }
