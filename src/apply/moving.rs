@@ -20,7 +20,7 @@
 
 use super::bytes::StepBytes;
 use super::error::StepError;
-use super::step::{StepEnv, destroy, owned};
+use super::step::{StepEnv, destroy, not_owned, owned};
 use crate::fleet::{Host, Storage};
 use crate::host::dir::DirStorage;
 use crate::host::libvirt::Libvirt;
@@ -76,16 +76,14 @@ fn open<'f>(env: &StepEnv<'f>, from: &str) -> Result<Source<'f>, StepError> {
 fn owner_of(env: &StepEnv<'_>, src: &Source<'_>, volume: &str) -> Result<DiskOwner, StepError> {
     let rel = layout::disk_rel(volume);
     let storage = backend(src.host, src.t.as_ref());
+    let fleet = env.fleet.name.as_str();
     match storage.ownership(&rel)? {
-        Ownership::Fleet(o) if o.fleet == env.fleet.name.as_str() => Ok(o),
-        other => Err(StepError::NotOwned {
-            what: format!("{rel} on {}", src.host.name),
-            fleet: env.fleet.name.to_string(),
-            owner: match other {
-                Ownership::Fleet(o) => format!("it belongs to fleet {:?}", o.fleet),
-                _ => "it carries no virtfleet ownership marker".into(),
-            },
-        }),
+        Ownership::Fleet(o) if o.fleet == fleet => Ok(o),
+        other => Err(not_owned(
+            format!("{rel} on {}", src.host.name),
+            fleet,
+            &other,
+        )),
     }
 }
 

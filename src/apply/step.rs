@@ -145,14 +145,19 @@ pub(super) fn owned(env: &StepEnv<'_>, rel: &str) -> Result<(), StepError> {
     if now.allows(fleet) {
         return Ok(());
     }
-    Err(StepError::NotOwned {
-        what: rel.into(),
+    Err(not_owned(rel.into(), fleet, &now))
+}
+
+/// The refusal to change `what`, owned as `now` says, for `fleet`.
+pub(super) fn not_owned(what: String, fleet: &str, now: &Ownership) -> StepError {
+    StepError::NotOwned {
+        what,
         fleet: fleet.into(),
         owner: match now {
             Ownership::Fleet(o) => format!("it belongs to fleet {:?}", o.fleet),
             _ => "it carries no virtfleet ownership marker".into(),
         },
-    })
+    }
 }
 
 /// Checks that domain `m` is this fleet's (or gone) before it is undefined

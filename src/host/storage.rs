@@ -196,9 +196,10 @@ pub fn with_stage<R>(
     done
 }
 
-/// Copies file `src` on host `from` to `dst` on host `to` (streamed through
-/// this process when neither is this machine: the hosts need no way to
-/// reach each other), then checks that both hash to the same sha256.
+/// Copies file `src` on host `from` to `dst` on host `to` (put from here
+/// when `from` is this machine, else streamed through this process: the
+/// hosts need no way to reach each other), then checks that both hash to
+/// the same sha256.
 /// Returns the bytes copied.
 pub fn copy_checked(
     from: &dyn Transport,
